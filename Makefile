@@ -1,0 +1,17 @@
+# The two commands of the README: `make demo` brings mm up and runs its demo batch; `make test` runs the tests.
+PYTHON ?= python3
+
+.PHONY: install demo test test-fast
+
+install:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+demo: install
+	mm up --demo
+
+test: install
+	$(PYTHON) -m pytest
+
+test-fast:
+	$(PYTHON) -m pytest -m "not llama and not slow"

@@ -1,0 +1,1 @@
+"""mm: a Celery + Redis scheduler for LLM inference jobs on GPU hosts running Ollama."""

@@ -1,0 +1,116 @@
+"""Every mm setting in one place: an ``MM_*`` environment variable, its type, default and doc.
+
+``celeryconfig.py`` and every mm process read these; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _opt(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; build with :func:`load` (environment) or directly in tests."""
+
+    redis_url: str = _opt("redis://127.0.0.1:6379/0", "Redis URL: Celery broker, result backend and mm state.")
+    runtime_url: str = _opt("http://127.0.0.1:11434", "Ollama-API runtime this node's workers and agent call.")
+    node: str = _opt(socket.gethostname(), "Name of this GPU host; its broker queue is mm.node.<node>.")
+    memory_budget: int = _opt(0, "Bytes of model memory on this node when NVML is absent (0: use NVML, else 8 GiB).")
+    use_nvml: bool = _opt(True, "Read GPU memory from NVML when a GPU is present.")
+
+    max_prompt_chars: int = _opt(100_000, "Longest prompt (or sum of chat message contents) accepted.")
+    max_images: int = _opt(8, "Most images one job may carry.")
+    max_image_bytes: int = _opt(20 * 1024 * 1024, "Largest decoded image accepted, in bytes.")
+
+    size_multiplier: float = _opt(1.3, "Estimated resident size = tag size x this, until a load teaches the real size.")
+    safety_margin: int = _opt(512 * 1024 * 1024, "Bytes kept free on every node/GPU when placing models.")
+    min_residency_s: float = _opt(10.0, "A freshly loaded model is not evicted for this many seconds.")
+    aging_s: float = _opt(60.0, "Seconds of waiting that raise a job's weight by one priority class.")
+    default_num_ctx: int = _opt(4096, "num_ctx fixed per model so clients cannot force reloads.")
+    default_max_parallel: int = _opt(4, "Parallel jobs per resident model unless the registry says otherwise.")
+    pinned_models: str = _opt("", "Comma-separated models that are never unloaded.")
+
+    job_time_limit_s: int = _opt(1800, "Hard time limit of one inference job.")
+    visibility_timeout_s: int = _opt(3600, "kombu visibility timeout; must exceed job_time_limit_s.")
+    result_expires_s: int = _opt(86_400, "Results and job records expire after this many seconds.")
+    max_deliveries: int = _opt(3, "A job delivered this many times without finishing is dead-lettered.")
+    runtime_retries: int = _opt(3, "Retries of a transient runtime error (connection, 5xx) per job.")
+    runtime_timeout_s: float = _opt(600.0, "HTTP timeout of one runtime call.")
+
+    lease_ttl_ms: int = _opt(3000, "Leader lease TTL; renewed every third of it.")
+    tick_s: float = _opt(0.25, "Leader reconcile interval (it also wakes at once when jobs arrive).")
+    heartbeat_s: float = _opt(1.0, "Node and worker state publish interval.")
+    state_ttl_s: float = _opt(5.0, "TTL of published node/worker state; a silent node disappears after it.")
+    unload_settle_s: float = _opt(5.0, "After an unload, wait up to this long for memory to show as free.")
+    worker_slots: int = _opt(4, "Threads of one model-worker (its -c).")
+
+    @property
+    def pinned(self) -> frozenset[str]:
+        return frozenset(m.strip() for m in self.pinned_models.split(",") if m.strip())
+
+    def __post_init__(self) -> None:
+        if self.visibility_timeout_s <= self.job_time_limit_s:
+            raise ValueError(
+                f"MM_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
+                f"MM_JOB_TIME_LIMIT_S ({self.job_time_limit_s}), or long jobs run twice"
+            )
+
+
+def env_name(name: str) -> str:
+    return "MM_" + name.upper()
+
+
+def _parse(raw: str, typ: Any, name: str) -> Any:
+    try:
+        if typ in (bool, "bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if typ in (int, "int"):
+            return int(raw.replace("_", ""))
+        if typ in (float, "float"):
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {typ}") from None
+
+
+def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``MM_*`` variables in ``environ`` (default ``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = environ.get(env_name(f.name))
+        if raw is not None:
+            values[f.name] = _parse(raw, f.type, f.name)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """(variable, type, default, doc) for every setting, for the README and ``mm config``."""
+    return [
+        (env_name(f.name), str(f.type), f.default, f.metadata["doc"])
+        for f in dataclasses.fields(Settings)
+    ]
+
+
+_current: Settings | None = None
+
+
+def get() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    global _current
+    if _current is None:
+        _current = load()
+    return _current
