@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 import redis
 
 from tests.procs import Proc, free_port, wait_for
+
+# Chosen before any test imports mm, so the Celery app and every child process use this Redis.
+REDIS_PORT = free_port()
+os.environ["MM_REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
+os.environ["MM_USE_NVML"] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +22,7 @@ def redis_server(tmp_path_factory):
     binary = shutil.which("redis-server")
     assert binary, "redis-server is not installed (apt-get install -y redis-server)"
     data = tmp_path_factory.mktemp("redis")
-    port = free_port()
+    port = REDIS_PORT
     proc = Proc(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "",
          "--appendonly", "yes", "--appendfsync", "everysec"],

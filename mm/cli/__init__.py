@@ -9,6 +9,8 @@ import click
 # command name -> "module:attribute"; imported only when that command runs.
 COMMANDS = {
     "runtime": "mm.cli.runtime:runtime",
+    "enqueue": "mm.cli.enqueue:enqueue",
+    "up": "mm.cli.up:up",
 }
 
 

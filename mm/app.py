@@ -1,0 +1,14 @@
+"""The Celery app: a leaf module. Clients send tasks by name and never import worker code."""
+
+from celery import Celery
+
+app = Celery("mm", include=["workers.node_tasks", "workers.model_tasks"])
+app.config_from_object("celeryconfig")
+# A string, so clients that import the app never import worker code.
+app.steps["consumer"].add("workers.bootsteps:MMRole")
+
+# Task names are the contract between clients and workers.
+INFER_TASK = "mm.infer"
+LOAD_TASK = "mm.node.load"
+UNLOAD_TASK = "mm.node.unload"
+PULL_TASK = "mm.node.pull"

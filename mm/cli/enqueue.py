@@ -1,0 +1,114 @@
+"""``mm enqueue``: submit one job or a test load (the seed's --batch, --random, --spam modes)."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+import time
+
+import click
+
+from mm import events, registry, store
+from mm.errors import JobFailed, ValidationError
+
+BATCH_PROMPTS = [
+    "Explain what a GPU does in one sentence.",
+    "Write a haiku about queues.",
+    "List three prime numbers.",
+    "What is the capital of France?",
+]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _plan_jobs(model, prompt, batch, random_n, spam_n, priority, known, rng):
+    if batch:
+        return [(model, p, priority) for p in BATCH_PROMPTS]
+    count = random_n or spam_n
+    if count:
+        models = [model] if model else sorted(known)
+        return [(rng.choice(models), rng.choice(BATCH_PROMPTS), rng.choice(["high", "normal", "low"]))
+                for _ in range(count)]
+    return [(model, prompt, priority)]
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.argument("prompt", required=False)
+@click.option("--priority", "-p", type=click.Choice(["high", "normal", "low"]), default="normal", show_default=True)
+@click.option("--kind", type=click.Choice(["generate", "embed"]), default="generate", show_default=True)
+@click.option("--num-predict", type=int, default=None, help="Most tokens to generate.")
+@click.option("--wait", is_flag=True, help="Wait for the job and print its output and timings.")
+@click.option("--batch", is_flag=True, help="Submit the predefined batch of 4 prompts to MODEL.")
+@click.option("--random", "random_n", type=int, default=0, metavar="N",
+              help="Submit N jobs with random prompts, priorities and (without MODEL) models.")
+@click.option("--spam", "spam_n", type=int, default=0, metavar="N", help="Like --random N, without checking results.")
+@click.option("--delay", type=float, default=0.0, metavar="S", help="Seconds between submissions.")
+@click.option("--no-check", is_flag=True, help="Do not wait for results.")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait for results.")
+@click.option("--seed", type=int, default=None, help="Random seed for --random/--spam.")
+def enqueue(model, prompt, priority, kind, num_predict, wait, batch, random_n, spam_n, delay, no_check, timeout, seed):
+    """Submit PROMPT to MODEL (or a test load) and, with --wait or a test load, report the results."""
+    import mm
+
+    r = store.connect()
+    known = registry.names(r)
+    if not (random_n or spam_n) and not model:
+        raise click.UsageError("MODEL is required (known: " + ", ".join(sorted(known)) + ")")
+    if not (batch or random_n or spam_n) and prompt is None:
+        raise click.UsageError("PROMPT is required for a single job")
+    if not known and (random_n or spam_n) and not model:
+        raise click.ClickException("no models registered yet: is a gpu-broker running?")
+    options = {"num_predict": num_predict} if num_predict is not None else None
+    planned = _plan_jobs(model, prompt, batch, random_n, spam_n, priority, known, random.Random(seed))
+    single = len(planned) == 1 and not batch
+    check = not (no_check or spam_n) and (wait or not single)
+    started = time.time()
+
+    jobs = []
+    try:
+        with click.progressbar(planned, label="submitting", file=sys.stderr, hidden=single) as bar:
+            for job_model, job_prompt, job_priority in bar:
+                jobs.append(mm.submit(job_model, job_prompt, kind=kind, priority=job_priority, options=options))
+                if delay:
+                    time.sleep(delay)
+    except ValidationError as exc:
+        raise click.ClickException(f"refused before enqueue: {exc}") from None
+    if not check:
+        for job in jobs:
+            click.echo(job.id)
+        return
+
+    latencies, failures, outputs = [], [], []
+    deadline = time.time() + timeout
+    with click.progressbar(jobs, label="waiting", file=sys.stderr, hidden=single) as bar:
+        for job in bar:
+            try:
+                result = job.get(timeout=max(0.1, deadline - time.time()))
+                outputs.append(result)
+                record = job.record()
+                latencies.append(float(record["completed_at"]) - float(record["submitted_at"]))
+            except (JobFailed, TimeoutError) as exc:
+                failures.append((job.id, str(exc)))
+    if single and outputs:
+        result = outputs[0]
+        click.echo(result.get("response") or json.dumps(result.get("embeddings", result.get("message"))))
+        click.echo(json.dumps(result["timings"]), err=True)
+    loads = sum(1 for e in events.recent(r, 10_000) if e["kind"] == "load" and e["at"] >= started)
+    click.echo(
+        f"completed {len(outputs)}, failed {len(failures)}, "
+        f"p50 {_percentile(latencies, 0.5):.2f}s, p95 {_percentile(latencies, 0.95):.2f}s, "
+        f"mean {statistics.fmean(latencies) if latencies else 0:.2f}s, loads {loads}",
+        err=single,
+    )
+    for job_id, reason in failures:
+        click.echo(f"failed {job_id}: {reason}", err=True)
+    if failures:
+        sys.exit(1)

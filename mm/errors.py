@@ -1,0 +1,28 @@
+"""Exceptions mm raises to its users."""
+
+
+class MMError(Exception):
+    """Base of every mm error."""
+
+
+class ValidationError(MMError, ValueError):
+    """A request was refused before anything was enqueued; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class UnknownModel(ValidationError):
+    def __init__(self, model: str):
+        super().__init__("model", f"unknown model {model!r}: no runtime lists it in /api/tags")
+        self.model = model
+
+
+class JobFailed(MMError):
+    """A job ended FAILED; the message is the reason."""
+
+
+class StaleToken(MMError):
+    """A broker command carried a fencing token older than the newest one the node has seen."""

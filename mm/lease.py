@@ -1,0 +1,93 @@
+"""The leader lease and fencing tokens.
+
+One broker leads at a time: it holds ``mm:lock:broker`` (``SET NX PX``) and acts with a token from
+``INCR mm:fence``. Every command carries the token, and a node refuses any token older than the
+newest it has seen, so a leader paused past its lease cannot act when it wakes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from mm import keys
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# Accept a token only if it is at least the newest one seen; remember it.
+_FENCE = """
+local seen = tonumber(redis.call('GET', KEYS[1]) or '0')
+local token = tonumber(ARGV[1])
+if token < seen then
+  return seen
+end
+redis.call('SET', KEYS[1], token)
+return 0
+"""
+
+
+class Lease:
+    """A renewable lease on one key, held by ``owner``."""
+
+    def __init__(self, r: redis.Redis, owner: str, ttl_ms: int, key: str = keys.BROKER_LEASE):
+        self.r = r
+        self.owner = owner
+        self.ttl_ms = ttl_ms
+        self.key = key
+        self.token: int | None = None
+        self._valid_until = 0.0
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+
+    def acquire(self) -> int | None:
+        """Take the lease if free; return the new fencing token, else None."""
+        started = time.monotonic()
+        if not self.r.set(self.key, self.owner, nx=True, px=self.ttl_ms):
+            return None
+        self.token = int(self.r.incr(keys.FENCE))
+        self._valid_until = started + self.ttl_ms / 1000
+        return self.token
+
+    def renew(self) -> bool:
+        """Extend the lease; False (and the lease is dropped locally) if it was lost."""
+        started = time.monotonic()
+        try:
+            ok = bool(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+        except redis.RedisError:
+            ok = False
+        if ok:
+            self._valid_until = started + self.ttl_ms / 1000
+        else:
+            self._valid_until = 0.0
+            self.token = None
+        return ok
+
+    def valid(self) -> bool:
+        """True while the last successful renewal still covers now (monotonic, survives SIGSTOP)."""
+        return self.token is not None and time.monotonic() < self._valid_until
+
+    def release(self) -> None:
+        try:
+            self._release(keys=[self.key], args=[self.owner])
+        except redis.RedisError:
+            pass
+        self.token = None
+        self._valid_until = 0.0
+
+
+def check_fence(r: redis.Redis, node: str, token: int) -> int:
+    """Record ``token`` for ``node``; return 0 if accepted, else the newer token already seen."""
+    return int(r.eval(_FENCE, 1, keys.node_fence_seen(node), int(token)))

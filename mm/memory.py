@@ -1,0 +1,86 @@
+"""Where a node's model memory figures come from: NVML on a GPU host, else a configured budget.
+
+Both monitors answer the same question with the same shape, so the node agent and the tests
+treat them alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUDGET = 8 * 1024**3
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    index: int
+    name: str
+    total: int
+    used: int
+    free: int
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    source: str  # "nvml" or "budget"
+    total: int
+    used: int
+    free: int
+    gpus: list[GpuMemory] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class MemoryMonitor(Protocol):
+    def read(self, resident_bytes: int) -> MemoryState:
+        """Memory now, given the bytes the runtime reports as resident."""
+
+
+class BudgetMonitor:
+    """A fixed budget minus what the runtime reports as resident (hosts without NVML)."""
+
+    def __init__(self, budget: int):
+        self.budget = budget or DEFAULT_BUDGET
+
+    def read(self, resident_bytes: int) -> MemoryState:
+        used = min(resident_bytes, self.budget)
+        return MemoryState("budget", self.budget, used, self.budget - used)
+
+
+class NvmlMonitor:
+    """Per-GPU memory from NVML (pynvml); figures are the whole device's, whoever holds it."""
+
+    def __init__(self) -> None:
+        import pynvml
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        if not self._handles:
+            raise RuntimeError("NVML reports no GPU")
+
+    def read(self, resident_bytes: int) -> MemoryState:
+        gpus = []
+        for index, handle in enumerate(self._handles):
+            info = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            name = self._nvml.nvmlDeviceGetName(handle)
+            gpus.append(GpuMemory(index, name if isinstance(name, str) else name.decode(),
+                                  int(info.total), int(info.used), int(info.free)))
+        return MemoryState(
+            "nvml", sum(g.total for g in gpus), sum(g.used for g in gpus), sum(g.free for g in gpus), gpus
+        )
+
+
+def monitor_for(budget: int, use_nvml: bool = True) -> MemoryMonitor:
+    """NVML when asked for, a budget is not forced, and a GPU answers; else the budget."""
+    if use_nvml and not budget:
+        try:
+            return NvmlMonitor()
+        except Exception as exc:  # no driver, no GPU, or pynvml missing: all mean "use the budget"
+            log.info("NVML unavailable (%s); using a memory budget of %d bytes", exc, budget or DEFAULT_BUDGET)
+    return BudgetMonitor(budget)

@@ -1,0 +1,258 @@
+"""The scheduling policy: a pure function from a :class:`Snapshot` to the actions that serve demand.
+
+The live leader calls :func:`plan` every tick and the discrete-event simulator calls the same
+function, so it reads nothing but its argument (time is ``snapshot.now``), iterates in sorted
+order, and re-planning an unchanged snapshot yields the same actions.
+
+Design, in one place:
+
+- **Score.** Each priority class has a level (low 0, normal 1, high 2) and a weight of
+  ``10 ** level`` (1 / 10 / 100). Aging: every ``aging_s`` that a class's oldest job has waited
+  raises that class one level, past ``high`` too (a low job that waited ``3 * aging_s`` weighs
+  1000, more than a fresh high one), so nothing starves. A model's score is the sum over its
+  classes of ``queued * weight``.
+- **Placement.** Models with queued jobs that are neither resident nor being loaded anywhere
+  are placed in score order, one copy per model, one Load per node per tick, never on a node
+  with an operation under way (``node.pending``) or without workers. A node where the model
+  fits in free memory (``size + safety_margin <= free``) wins, the one with the most free
+  memory first; else the node where eviction is cheapest: least backlog evicted, then fewest
+  drains, fewest victims, most memory left.
+- **Eviction.** Never a pinned model, one with an operation pending, or one loaded less than
+  ``min_residency_s`` ago. Victims are taken in the order: no queued jobs before queued
+  (lower score first), idle before in flight, least recently used first; then victims the
+  rest can do without are dropped again. A victim with jobs in flight is drained first
+  (its workers are unbound) and unloaded on a later tick, when ``in_flight`` is 0; the
+  challenger's Load goes out in the same tick as the last Unload.
+- **Hysteresis.** A resident model with a backlog is served before switching: it is evicted
+  only when the challenger's score exceeds ``SWITCH_FACTOR`` (4) times the summed scores of
+  the backlogged victims. A fresh high job thus displaces a backlog of fewer than 25 fresh low
+  jobs (or 2 normal ones); a larger one is served first unless the challenger ages, each
+  ``aging_s`` multiplying its weight by 10, so every challenger gets its turn.
+- **Workers** (:mod:`mm.policy_workers`): a resident model with queued jobs gets bound
+  workers on its node until their slots cover ``min(queued + in_flight, max_parallel)``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+from mm.policy_workers import assign_workers
+from mm.snapshot import (
+    PRIORITY_CLASSES,
+    Action,
+    Demand,
+    Load,
+    Node,
+    Reject,
+    Resident,
+    Snapshot,
+    Unbind,
+    Unload,
+)
+
+__all__ = ["CLASS_LEVEL", "SWITCH_FACTOR", "class_weight", "demand_score", "plan"]
+
+CLASS_LEVEL = {"high": 2, "normal": 1, "low": 0}
+LEVEL_RATIO = 10.0  # weight ratio between adjacent levels: high / normal / low = 100 / 10 / 1
+MAX_LEVEL = 30  # aging stops here; keeps weights finite and comparable
+SWITCH_FACTOR = 4.0  # a backlogged resident is evicted only for a challenger scoring this many times more
+
+
+def class_weight(priority: str, oldest_wait_s: float, aging_s: float) -> float:
+    """Weight of one job of class ``priority`` whose class's oldest job waited ``oldest_wait_s``.
+
+    Args:
+        priority: ``high``, ``normal`` or ``low`` (an unknown class counts as ``normal``).
+        oldest_wait_s: age of the class's oldest queued job.
+        aging_s: waiting time that raises the class by one level; ``<= 0`` disables aging.
+
+    Returns:
+        ``10 ** level``, where level is the class's (low 0 .. high 2) plus one per ``aging_s``.
+    """
+    level = CLASS_LEVEL.get(priority, CLASS_LEVEL["normal"])
+    if aging_s > 0 and oldest_wait_s > 0:
+        level += 0
+    return LEVEL_RATIO ** min(level, MAX_LEVEL)
+
+
+def demand_score(demand: Demand, aging_s: float) -> float:
+    """Aged, priority-weighted demand of one model: sum of ``queued * class_weight`` over classes."""
+    classes = [c for c in PRIORITY_CLASSES if c in demand.queued]
+    classes += sorted(c for c in demand.queued if c not in CLASS_LEVEL)
+    score = 0.0
+    for cls in classes:
+        count = demand.queued[cls]
+        if count > 0:
+            score += count * class_weight(cls, demand.oldest_wait_s.get(cls, 0.0), aging_s)
+    return score
+
+
+@dataclass
+class _NodeRoom:
+    """One node's free memory and its evictable residents, in eviction preference order."""
+
+    name: str
+    node: Node
+    free: int
+    victims: list[Resident]
+    cum_size: list[int]  # cum_size[k]: bytes freed by evicting victims[0..k]
+
+    @property
+    def freeable(self) -> int:
+        return self.free + (self.cum_size[-1] if self.cum_size else 0)
+
+
+@dataclass
+class _Plan:
+    unbinds: list[Unbind] = field(default_factory=list)
+    unloads: list[Unload] = field(default_factory=list)
+    loads: list[Load] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    doomed: set[tuple[str, str]] = field(default_factory=set)  # (node, model) being evicted
+
+
+def plan(snapshot: Snapshot) -> list[Action]:
+    """Decide what to load, unload, bind and unbind (and which jobs to reject) now.
+
+    Args:
+        snapshot: the cluster's state: demand per model, nodes, residents, workers.
+
+    Returns:
+        Actions in execution order: unbinds, unloads, loads, binds, then rejects. Re-planning a
+        snapshot in which earlier actions are still under way (``node.pending``) repeats none.
+    """
+    scores = {m: demand_score(d, snapshot.aging_s) for m, d in snapshot.demand.items() if d.total > 0}
+    out = _Plan()
+    challengers = _challengers(snapshot, scores, out)
+    _place(snapshot, scores, challengers, out)
+    binds = assign_workers(snapshot, scores, out.doomed, out.unbinds)
+    return [*out.unbinds, *out.unloads, *out.loads, *binds, *out.rejects]
+
+
+def _challengers(snapshot: Snapshot, scores: dict[str, float], out: _Plan) -> list[tuple[str, int, float]]:
+    """Demanded models with no copy resident or pending, as (model, bytes needed, score), best first.
+
+    Models that can never run are rejected here instead.
+    """
+    present: set[str] = set()
+    for node in snapshot.nodes.values():
+        present.update(node.resident)
+        present.update(node.pending)
+    largest = max((n.total for n in snapshot.nodes.values()), default=None)
+    result = []
+    for model in sorted(scores, key=lambda m: (-scores[m], m)):
+        if model in present:
+            continue
+        info = snapshot.models.get(model)
+        if info is None:
+            out.rejects.append(Reject(model, f"unknown model {model!r}: not in the registry"))
+            continue
+        need = info.size + snapshot.safety_margin
+        if largest is not None and need > largest:
+            out.rejects.append(Reject(
+                model,
+                f"model {model!r} needs {need} bytes ({info.size} + safety margin {snapshot.safety_margin}), "
+                f"more than the largest node's {largest} bytes",
+            ))
+            continue
+        result.append((model, need, scores[model]))
+    return result
+
+
+def _rooms(snapshot: Snapshot, scores: dict[str, float]) -> dict[str, _NodeRoom]:
+    """Nodes that may take a Load this tick: no operation pending, at least one worker."""
+    rooms = {}
+    for name in sorted(snapshot.nodes):
+        node = snapshot.nodes[name]
+        if node.pending or not node.workers:
+            continue
+        victims = [r for r in node.resident.values() if _evictable(snapshot, r)]
+        victims.sort(key=lambda r: (scores.get(r.model, 0.0) > 0, scores.get(r.model, 0.0),
+                                    r.in_flight > 0, r.last_used, r.model))
+        cum, total = [], 0
+        for r in victims:
+            total += r.size
+            cum.append(total)
+        rooms[name] = _NodeRoom(name, node, node.free, victims, cum)
+    return rooms
+
+
+def _evictable(snapshot: Snapshot, resident: Resident) -> bool:
+    info = snapshot.models.get(resident.model)
+    if info is not None and info.pinned:
+        return False
+    return snapshot.now - resident.loaded_at >= snapshot.min_residency_s
+
+
+def _victims(room: _NodeRoom, deficit: int, scores: dict[str, float], score: float) -> list[Resident] | None:
+    """The victims that free ``deficit`` bytes on ``room`` for a challenger scoring ``score``, or None."""
+    k = bisect_left(room.cum_size, deficit)
+    if k == len(room.cum_size):
+        return None
+    chosen = room.victims[: k + 1]
+    freed = room.cum_size[k]
+    # Greedy order can over-evict (a small LRU model and then a big one): drop the ones not needed,
+    # trying the least preferred victims first.
+    for victim in reversed(chosen[:-1]):
+        if freed - victim.size >= deficit:
+            chosen.remove(victim)
+            freed -= victim.size
+    backlog = sum(scores.get(v.model, 0.0) for v in chosen)
+    if backlog > 0 and not score > SWITCH_FACTOR * backlog:
+        return None
+    return chosen
+
+
+def _place(snapshot: Snapshot, scores: dict[str, float], challengers: list[tuple[str, int, float]],
+           out: _Plan) -> None:
+    """Give each challenger, best first, a node: free memory first, else the cheapest eviction."""
+    rooms = _rooms(snapshot, scores)
+    by_free = [(-room.free, name) for name, room in rooms.items()]
+    heapq.heapify(by_free)
+    max_freeable = max((room.freeable for room in rooms.values()), default=0)
+    # Challengers come in falling score order and a failed node is left unchanged, so a model needing
+    # at least as much as one that found no node anywhere finds none either.
+    smallest_failed = None
+    for model, need, score in challengers:
+        if not rooms:
+            break
+        while by_free[0][1] not in rooms:
+            heapq.heappop(by_free)
+        if -by_free[0][0] >= need:
+            room, victims = rooms[by_free[0][1]], []
+        elif need > max_freeable or (smallest_failed is not None and need >= smallest_failed):
+            continue
+        else:
+            best = None
+            for name, room in rooms.items():
+                victims = _victims(room, need - room.free, scores, score)
+                if victims is None:
+                    continue
+                cost = (sum(scores.get(v.model, 0.0) for v in victims), sum(v.in_flight > 0 for v in victims),
+                        len(victims), -(room.free + sum(v.size for v in victims)), name)
+                if best is None or cost < best[0]:
+                    best = (cost, room, victims)
+            if best is None:
+                smallest_failed = need
+                continue
+            _, room, victims = best
+        _commit(room, model, victims, out)
+        del rooms[room.name]
+        if room.freeable == max_freeable:
+            max_freeable = max((r.freeable for r in rooms.values()), default=0)
+
+
+def _commit(room: _NodeRoom, model: str, victims: list[Resident], out: _Plan) -> None:
+    """Evict ``victims`` from ``room`` and load ``model`` there, or start draining if jobs still run."""
+    for victim in victims:
+        out.doomed.add((room.name, victim.model))
+        for worker in sorted(room.node.workers, key=lambda w: w.hostname):
+            if worker.bound == victim.model:
+                out.unbinds.append(Unbind(room.name, worker.hostname, victim.model))
+    if any(v.in_flight > 0 for v in victims):
+        return  # drain: the Unload and the Load go out on a later tick, once nothing runs on the victims
+    for victim in victims:
+        out.unloads.append(Unload(room.name, victim.model, f"evicted to make room for {model}"))
+    out.loads.append(Load(room.name, model))

@@ -1,0 +1,126 @@
+"""The model registry: what every runtime serves, kept in the Redis hash ``mm:models``.
+
+Models are synced from each node's runtime ``/api/tags`` (a model pulled into a runtime becomes
+schedulable with no other step). Each entry keeps a size estimate (tag size x multiplier), the
+real size learned from ``/api/ps`` after a load, fixed load options, max parallel and pinned.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import redis
+
+from mm import keys
+from mm.settings import Settings
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    tag_size: int
+    size_estimate: int
+    learned_size: int = 0
+    digest: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    num_ctx: int = 4096
+    max_parallel: int = 4
+    pinned: bool = False
+    nodes: list[str] = field(default_factory=list)
+    synced_at: float = 0.0
+
+    @property
+    def size(self) -> int:
+        """Bytes the model is expected to occupy when resident."""
+        return self.learned_size or self.size_estimate
+
+    @property
+    def load_options(self) -> dict[str, Any]:
+        """Options fixed per model so clients cannot force a reload."""
+        return {"num_ctx": self.num_ctx}
+
+
+def _decode(raw: bytes | str) -> ModelEntry:
+    return ModelEntry(**json.loads(raw))
+
+
+def all_models(r: redis.Redis) -> dict[str, ModelEntry]:
+    """Every registered model by name."""
+    return {k.decode() if isinstance(k, bytes) else k: _decode(v) for k, v in r.hgetall(keys.MODELS).items()}
+
+
+def get(r: redis.Redis, name: str) -> ModelEntry | None:
+    raw = r.hget(keys.MODELS, name)
+    return _decode(raw) if raw else None
+
+
+def names(r: redis.Redis) -> frozenset[str]:
+    return frozenset(k.decode() if isinstance(k, bytes) else k for k in r.hkeys(keys.MODELS))
+
+
+def save(r: redis.Redis, entry: ModelEntry) -> None:
+    r.hset(keys.MODELS, entry.name, json.dumps(asdict(entry)))
+
+
+def sync_node(r: redis.Redis, node: str, tags: Iterable[dict[str, Any]], settings: Settings) -> list[str]:
+    """Merge one node's ``/api/tags`` models into the registry; return names newly added.
+
+    A model no longer listed by this node loses the node; one listed by no node is removed.
+    """
+    now = time.time()
+    listed = {t["name"]: t for t in tags}
+    existing = all_models(r)
+    added = []
+    pipe = r.pipeline()
+    for name, tag in listed.items():
+        entry = existing.get(name)
+        size = int(tag.get("size") or 0)
+        if entry is None:
+            entry = ModelEntry(
+                name=name, tag_size=size, size_estimate=int(size * settings.size_multiplier),
+                num_ctx=settings.default_num_ctx, max_parallel=settings.default_max_parallel,
+            )
+            added.append(name)
+        elif entry.digest and entry.digest != tag.get("digest", ""):
+            entry.learned_size = 0  # a new version of the model: relearn its size
+        entry.tag_size = size
+        entry.size_estimate = int(size * settings.size_multiplier)
+        entry.digest = tag.get("digest", "")
+        entry.details = tag.get("details") or {}
+        entry.pinned = entry.pinned or name in settings.pinned
+        entry.nodes = sorted(set(entry.nodes) | {node})
+        entry.synced_at = now
+        pipe.hset(keys.MODELS, name, json.dumps(asdict(entry)))
+    for name, entry in existing.items():
+        if name not in listed and node in entry.nodes:
+            entry.nodes = [n for n in entry.nodes if n != node]
+            if entry.nodes:
+                pipe.hset(keys.MODELS, name, json.dumps(asdict(entry)))
+            else:
+                pipe.hdel(keys.MODELS, name)
+    pipe.execute()
+    return added
+
+
+def learn_size(r: redis.Redis, name: str, size: int) -> None:
+    """Record the real resident size seen in ``/api/ps`` after a load."""
+    entry = get(r, name)
+    if entry is not None and size > 0 and entry.learned_size != size:
+        entry.learned_size = size
+        save(r, entry)
+
+
+def set_flags(r: redis.Redis, name: str, **flags: Any) -> ModelEntry:
+    """Set pinned, max_parallel or num_ctx on a registered model."""
+    entry = get(r, name)
+    if entry is None:
+        raise KeyError(name)
+    for flag, value in flags.items():
+        if flag not in ("pinned", "max_parallel", "num_ctx"):
+            raise ValueError(f"{flag} cannot be set")
+        setattr(entry, flag, value)
+    save(r, entry)
+    return entry

@@ -1,0 +1,73 @@
+"""The bootstep that gives a Celery worker its mm role.
+
+A worker consuming a node queue (``-Q mm.node.<node>``) is a gpu-broker: it runs the node agent and
+a leader candidate. Any other worker is a model-worker: it publishes its state and waits to be bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import bootsteps
+
+from mm import keys, store
+from mm.memory import monitor_for
+from mm.settings import get as get_settings
+from workers import node_agent_current, worker_state
+
+log = logging.getLogger("mm.worker")
+
+
+def _is_broker(consumer) -> bool:
+    return any(name.startswith(keys.node_queue("")) for name in consumer.app.amqp.queues.consume_from)
+
+
+class MMRole(bootsteps.StartStopStep):
+    """Starts the node agent and leader (gpu-broker) or the worker-state publisher (model-worker)."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.started = False
+
+    def start(self, c):
+        # Called again after a broker connection loss; the role is set up once per process.
+        if worker_state.current is not None:
+            worker_state.current.consumer = c
+        if self.started:
+            return
+        self.started = True
+        settings = get_settings()
+        r = store.connect()
+        if _is_broker(c):
+            from workers.leader import Leader
+            from workers.node_agent import NodeAgent
+            agent = NodeAgent(settings, r, monitor_for(settings.memory_budget, settings.use_nvml))
+            try:
+                agent.sync_registry(force=True)
+            except Exception as exc:  # runtime not up yet: the heartbeat keeps trying
+                log.warning("registry sync from %s failed: %s", settings.runtime_url, exc)
+            agent.start()
+            node_agent_current.agent = agent
+            leader = Leader(c.app, settings, r, owner=f"{c.hostname}:{os.getpid()}")
+            leader.start()
+            node_agent_current.leader = leader
+            log.info("gpu-broker for node %s started (runtime %s)", settings.node, settings.runtime_url)
+        else:
+            state = worker_state.WorkerState(
+                r, c.hostname, settings.node, c.controller.concurrency, settings.heartbeat_s, settings.state_ttl_s
+            )
+            state.consumer = c
+            state.start()
+            worker_state.current = state
+            log.info("model-worker %s on node %s started with %d slots", c.hostname, settings.node, state.slots)
+
+    def shutdown(self, c):
+        if node_agent_current.leader is not None:
+            node_agent_current.leader.stop()
+        if node_agent_current.agent is not None:
+            node_agent_current.agent.stop()
+        if worker_state.current is not None:
+            worker_state.current.stop()

@@ -1,0 +1,59 @@
+"""Fenced remote-control commands the leader sends to model-workers: bind to and unbind from a model."""
+
+from __future__ import annotations
+
+import logging
+
+from celery.worker.control import control_command, ok
+
+from mm import keys, store
+from mm.lease import check_fence
+from workers import worker_state
+
+log = logging.getLogger("mm.worker")
+
+
+def _refused(node: str, token: int, what: str) -> dict | None:
+    newer = check_fence(store.connect(), node, token)
+    if newer:
+        log.warning("FENCE refused %s with token %s: token %s already seen", what, token, newer)
+        return {"error": f"stale token {token} < {newer}"}
+    return None
+
+
+@control_command(args=[("model", str), ("token", int)], signature="<model> <token>")
+def mm_bind(state, model, token, **_):
+    """Start consuming ``mm.model.<model>`` if ``token`` is current for this worker's node."""
+    me = worker_state.current
+    if me is None:
+        return {"error": "not a model-worker"}
+    refused = _refused(me.node, token, f"bind {me.hostname} to {model}")
+    if refused:
+        return refused
+    consumer = state.consumer
+    if me.bound and me.bound != model:
+        consumer.call_soon(consumer.cancel_task_queue, keys.model_queue(me.bound))
+    consumer.call_soon(consumer.add_task_queue, keys.model_queue(model), None, "direct", None)
+    me.set_bound(model)
+    return ok(f"bound to {model}")
+
+
+@control_command(args=[("model", str), ("token", int)], signature="<model> <token>")
+def mm_unbind(state, model, token, **_):
+    """Stop consuming ``mm.model.<model>``; jobs already running finish, the rest stay queued."""
+    me = worker_state.current
+    if me is None:
+        return {"error": "not a model-worker"}
+    refused = _refused(me.node, token, f"unbind {me.hostname} from {model}")
+    if refused:
+        return refused
+    unbind_self(state.consumer, model)
+    return ok(f"unbound from {model}")
+
+
+def unbind_self(consumer, model: str) -> None:
+    """Stop consuming ``model``'s queue (also used by a worker that finds the model not resident)."""
+    consumer.call_soon(consumer.cancel_task_queue, keys.model_queue(model))
+    me = worker_state.current
+    if me is not None and me.bound == model:
+        me.set_bound(None)

@@ -1,0 +1,163 @@
+"""The leader: active only while it holds the broker lease; turns plan(snapshot) into fenced commands.
+
+Every gpu-broker runs one. A standby keeps trying to take the lease and leads once it lapses.
+The lease is renewed by its own thread at a third of its TTL; the deciding thread checks the
+lease's monotonic validity before every command, so a renewal failure stops it at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import Celery
+
+from mm import events, keys
+from mm.app import LOAD_TASK, UNLOAD_TASK
+from mm.lease import Lease
+from mm.policy import plan
+from mm.settings import Settings
+from mm.errors import JobFailed
+from mm.snapshot import Bind, Load, Reject, Unbind, Unload
+from workers.snapshot_reader import build_snapshot, read_raw
+
+log = logging.getLogger("mm.leader")
+
+COMMAND_TIMEOUT_S = 300.0  # a load/unload not reported done by then is considered lost
+BIND_SETTLE_S = 3.0  # how long a (un)bind is assumed done before the worker's own record shows it
+
+
+class Leader:
+    """Lease holder and reconcile loop of one gpu-broker process."""
+
+    def __init__(self, app: Celery, settings: Settings, r, owner: str):
+        self.app = app
+        self.settings = settings
+        self.r = r
+        self.lease = Lease(r, owner, settings.lease_ttl_ms)
+        self.pending: dict[tuple[str, str], float] = {}  # (node, model) -> sent at
+        self.binds: dict[str, tuple[str | None, float]] = {}  # worker -> (model, sent at)
+        self.ticks = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def leading(self) -> bool:
+        return self.lease.valid()
+
+    def start(self) -> None:
+        for target, name in ((self._hold_lease, "mm-lease"), (self._decide_loop, "mm-leader")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self.lease.token is not None:
+            self.lease.release()
+
+    # --- lease ---------------------------------------------------------------------------
+    def _hold_lease(self) -> None:
+        interval = self.settings.lease_ttl_ms / 3000
+        while not self._stop.is_set():
+            try:
+                if self.lease.token is None:
+                    token = self.lease.acquire()
+                    if token is not None:
+                        log.info("LEASE acquired by %s with token %d", self.lease.owner, token)
+                        events.emit(self.r, "leader", owner=self.lease.owner, token=token)
+                        self.pending.clear()
+                        self.binds.clear()
+                        self.r.lpush(keys.WAKE, 1)
+                elif not self.lease.renew():
+                    log.warning("LEASE lost by %s: renewal failed; standing down", self.lease.owner)
+            except Exception:
+                log.exception("lease handling failed")
+            self._stop.wait(interval)
+
+    # --- deciding ------------------------------------------------------------------------
+    def _decide_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.r.blpop([keys.WAKE], timeout=self.settings.tick_s)
+                self.r.delete(keys.WAKE)
+                if self.leading:
+                    self.tick()
+            except Exception:
+                log.exception("leader tick failed")
+                self._stop.wait(self.settings.tick_s)
+
+    def _forget_finished(self, nodes: dict[str, dict[str, Any]]) -> None:
+        now = time.time()
+        for (node, model), sent in list(self.pending.items()):
+            op = nodes.get(node, {}).get("ops", {}).get(model)
+            finished = op is not None and op.get("state") in ("done", "failed") and op.get("at", 0) >= sent
+            if finished or now - sent > COMMAND_TIMEOUT_S or node not in nodes:
+                del self.pending[(node, model)]
+        for worker, (_model, sent) in list(self.binds.items()):
+            if now - sent > BIND_SETTLE_S:
+                del self.binds[worker]
+
+    def tick(self) -> list[Any]:
+        """Read a snapshot, plan, and send the actions; return them."""
+        self.ticks += 1
+        raw = read_raw(self.r)
+        self._forget_finished(raw.nodes)
+        snapshot, _ = build_snapshot(
+            self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, raw=raw
+        )
+        actions = plan(snapshot)
+        for action in actions:
+            token = self.lease.token
+            if token is None or not self.leading:
+                log.warning("LEASE no longer valid; dropping %d planned actions", len(actions))
+                break
+            self.dispatch(action, token)
+        return actions
+
+    def dispatch(self, action: Any, token: int) -> None:
+        """Send one action as a fenced command."""
+        now = time.time()
+        if isinstance(action, Load):
+            self.pending[(action.node, action.model)] = now
+            self.app.send_task(LOAD_TASK, kwargs={"model": action.model, "token": token},
+                               queue=keys.node_queue(action.node))
+            log.info("PLAN load %s on %s (token %d)", action.model, action.node, token)
+        elif isinstance(action, Unload):
+            self.pending[(action.node, action.model)] = now
+            self.app.send_task(UNLOAD_TASK, kwargs={"model": action.model, "token": token, "reason": action.reason},
+                               queue=keys.node_queue(action.node))
+            log.info("PLAN unload %s on %s: %s (token %d)", action.model, action.node, action.reason, token)
+        elif isinstance(action, Bind):
+            self.binds[action.worker] = (action.model, now)
+            self.app.control.broadcast("mm_bind", arguments={"model": action.model, "token": token},
+                                       destination=[action.worker], reply=False)
+            log.info("PLAN bind %s to %s", action.worker, action.model)
+        elif isinstance(action, Unbind):
+            self.binds[action.worker] = (None, now)
+            self.app.control.broadcast("mm_unbind", arguments={"model": action.model, "token": token},
+                                       destination=[action.worker], reply=False)
+            log.info("PLAN unbind %s from %s", action.worker, action.model)
+        elif isinstance(action, Reject):
+            self.reject_queued(action.model, action.reason)
+
+    def reject_queued(self, model: str, reason: str) -> int:
+        """Fail every queued job of ``model`` with ``reason``; return how many."""
+        failed = 0
+        for step in keys.PRIORITY_STEPS:
+            name = keys.priority_list(model, step)
+            while (message := self.r.rpop(name)) is not None:
+                job_id = json.loads(message)["headers"]["id"]
+                self.app.backend.mark_as_failure(job_id, JobFailed(reason))
+                self.r.hset(keys.job(job_id), mapping={"status": "failed", "error": reason, "completed_at": time.time()})
+                failed += 1
+        if failed:
+            log.warning("REJECT %d jobs of %s: %s", failed, model, reason)
+            events.emit(self.r, "reject", model=model, jobs=failed, reason=reason)
+        return failed
+

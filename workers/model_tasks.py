@@ -1,0 +1,90 @@
+"""The inference task run by model-bound workers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from typing import Any
+
+import ollama
+from celery.exceptions import Reject
+
+from mm import keys, registry, store
+from mm.app import INFER_TASK, app
+from mm.errors import JobFailed
+from mm.settings import get as get_settings
+from workers import control, worker_state  # noqa: F401  (control registers the bind commands)
+from workers.inference import build_result, call_with_retries
+
+log = logging.getLogger("mm.worker")
+
+
+@functools.lru_cache(maxsize=4)
+def _runtime(url: str, timeout: float) -> ollama.Client:
+    return ollama.Client(host=url, timeout=timeout)
+
+
+def _resident_entry(r, node: str, model: str) -> dict[str, Any] | None:
+    raw = r.get(keys.node_state(node))
+    if not raw:
+        return None
+    return next((m for m in json.loads(raw)["resident"] if m["model"] == model), None)
+
+
+def _fail(r, job_id: str, reason: str) -> None:
+    r.hset(keys.job(job_id), mapping={"status": "failed", "error": reason, "completed_at": time.time()})
+
+
+@app.task(name=INFER_TASK, bind=True)
+def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
+    """Run one job on this node's runtime, if its model is resident here; else requeue it."""
+    settings = get_settings()
+    r = store.connect()
+    job_id = self.request.id
+    model = request["model"]
+    me = worker_state.current
+    node = me.node if me else settings.node
+    hostname = self.request.hostname or ""
+
+    resident = _resident_entry(r, node, model)
+    if resident is None:
+        # Never let the runtime load a model behind the scheduler's back: put the job back.
+        log.warning("job %s: %s is not resident on %s; requeued", job_id, model, node)
+        if me is not None and getattr(me, "consumer", None) is not None:
+            control.unbind_self(me.consumer, model)
+        time.sleep(0.2)  # the leader rebinds within a tick; do not spin on the queue meanwhile
+        raise Reject(f"{model} not resident on {node}", requeue=True)
+
+    deliveries = r.incr(keys.deliveries(job_id))
+    r.expire(keys.deliveries(job_id), settings.result_expires_s)
+    if deliveries > settings.max_deliveries:
+        reason = f"dead-lettered after {deliveries - 1} deliveries without finishing (worker lost each time?)"
+        r.rpush(keys.DEAD_LETTERS, json.dumps({"id": job_id, "model": model, "reason": reason, "at": time.time()}))
+        _fail(r, job_id, reason)
+        raise JobFailed(reason)
+
+    started = time.time()
+    r.hset(keys.job(job_id), mapping={"status": "running", "started_at": started, "node": node, "worker": hostname})
+    if me is not None:
+        me.job_started(model)
+    try:
+        entry = registry.get(r, model)
+        response = call_with_retries(
+            _runtime(settings.runtime_url, settings.runtime_timeout_s), request,
+            entry.load_options if entry else {}, settings,
+        )
+    except JobFailed as exc:
+        _fail(r, job_id, str(exc))
+        raise
+    finally:
+        if me is not None:
+            me.job_ended(model)
+        r.hset(keys.ACTIVITY, model, time.time())
+    # The load this job waited for, if the model was loaded after it was submitted.
+    load_s = resident.get("load_s", 0.0) if resident.get("loaded_at", 0) > submitted_at else 0.0
+    result = build_result(response, request, job_id=job_id, node=node, worker=hostname,
+                          queue_wait_s=started - submitted_at, load_s=load_s)
+    r.hset(keys.job(job_id), mapping={"status": "complete", "completed_at": time.time()})
+    return result

@@ -1,0 +1,196 @@
+"""The node agent: one per GPU host, inside the gpu-broker worker. It always runs.
+
+It publishes the node's state (memory, resident models, operations) every heartbeat with a TTL,
+syncs the registry from the runtime's ``/api/tags``, and carries out the leader's fenced load,
+unload and pull commands against the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import Any, Callable
+
+import ollama
+
+from mm import events, keys, registry
+from mm.errors import StaleToken
+from mm.lease import check_fence
+from mm.memory import MemoryMonitor
+from mm.settings import Settings
+
+log = logging.getLogger("mm.node")
+
+TAGS_SYNC_EVERY_S = 5.0
+
+
+def _expires_ts(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return None
+
+
+class NodeAgent:
+    """Publishes one node's state and executes fenced commands on its runtime."""
+
+    def __init__(self, settings: Settings, r, monitor: MemoryMonitor):
+        self.settings = settings
+        self.node = settings.node
+        self.r = r
+        self.monitor = monitor
+        self.runtime = ollama.Client(host=settings.runtime_url, timeout=settings.runtime_timeout_s)
+        self._lock = threading.Lock()
+        self.loaded: dict[str, dict[str, float]] = {}  # model -> {loaded_at, load_s}
+        self.ops: dict[str, dict[str, Any]] = {}  # model -> the last operation on it
+        self._last_sync = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- state -------------------------------------------------------------------------
+    def resident(self) -> list[dict[str, Any]]:
+        """Models the runtime holds now, from ``/api/ps``."""
+        models = []
+        for m in self.runtime.ps().models:
+            loaded = self.loaded.get(m.model or "", {})
+            models.append({
+                "model": m.model, "size": int(m.size or 0), "size_vram": int(m.size_vram or 0),
+                "digest": m.digest, "expires_at": _expires_ts(m.expires_at),
+                "loaded_at": loaded.get("loaded_at", 0.0), "load_s": loaded.get("load_s", 0.0),
+            })
+        return models
+
+    def publish(self) -> dict[str, Any]:
+        """Write this node's state to Redis (with a TTL) and return it."""
+        state: dict[str, Any] = {"node": self.node, "runtime_url": self.settings.runtime_url, "at": time.time()}
+        try:
+            resident = self.resident()
+            state["runtime_up"] = True
+        except Exception as exc:  # runtime down: publish that, never die
+            resident, state["runtime_up"], state["runtime_error"] = [], False, str(exc)
+        state["resident"] = resident
+        state["memory"] = self.monitor.read(sum(m["size"] for m in resident)).as_dict()
+        with self._lock:
+            state["ops"] = dict(self.ops)
+        pipe = self.r.pipeline()
+        pipe.set(keys.node_state(self.node), json.dumps(state), px=int(self.settings.state_ttl_s * 1000))
+        pipe.zadd(keys.NODES, {self.node: state["at"]})
+        pipe.execute()
+        return state
+
+    def sync_registry(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_sync < TAGS_SYNC_EVERY_S:
+            return
+        self._last_sync = time.monotonic()
+        tags = [
+            {"name": m.model, "size": m.size, "digest": m.digest,
+             "details": m.details.model_dump() if m.details else {}}
+            for m in self.runtime.list().models
+        ]
+        for name in registry.sync_node(self.r, self.node, tags, self.settings):
+            log.info("REGISTRY model %s registered from %s", name, self.node)
+
+    def start(self) -> None:
+        """Publish state every heartbeat in a background thread."""
+        self._thread = threading.Thread(target=self._run, name="mm-node-agent", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.r.delete(keys.node_state(self.node))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync_registry()
+                self.publish()
+            except Exception:
+                log.exception("node state publish failed")
+            self._stop.wait(self.settings.heartbeat_s)
+
+    # --- commands ----------------------------------------------------------------------
+    def _fenced(self, op: str, model: str, token: int, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        newer = check_fence(self.r, self.node, token)
+        if newer:
+            log.warning("FENCE refused %s %s with token %s: token %s already seen", op, model, token, newer)
+            raise StaleToken(f"{op} {model}: token {token} is older than {newer}")
+        started = time.time()
+        self._set_op(model, {"op": op, "state": "running", "token": token, "at": started})
+        try:
+            result = body()
+        except Exception as exc:
+            self._set_op(model, {"op": op, "state": "failed", "token": token, "at": time.time(), "error": str(exc)})
+            events.emit(self.r, f"{op}_failed", model=model, node=self.node, error=str(exc))
+            self.publish()
+            raise
+        self._set_op(model, {"op": op, "state": "done", "token": token, "at": time.time(),
+                             "seconds": round(time.time() - started, 3)})
+        self.publish()
+        return result
+
+    def _set_op(self, model: str, op: dict[str, Any]) -> None:
+        with self._lock:
+            self.ops[model] = op
+
+    def load(self, model: str, token: int) -> dict[str, Any]:
+        """Load ``model`` with its fixed options and keep_alive -1; learn its real size."""
+
+        def body() -> dict[str, Any]:
+            entry = registry.get(self.r, model)
+            options = entry.load_options if entry else {}
+            started = time.time()
+            self.runtime.generate(model=model, prompt="", keep_alive=-1, options=options)
+            load_s = time.time() - started
+            self.loaded[model] = {"loaded_at": time.time(), "load_s": load_s}
+            size = next((m["size"] for m in self.resident() if m["model"] == model), 0)
+            registry.learn_size(self.r, model, size)
+            log.info("LOAD %s on %s in %.2fs (%d bytes)", model, self.node, load_s, size)
+            events.emit(self.r, "load", model=model, node=self.node, seconds=round(load_s, 3), size=size)
+            return {"model": model, "node": self.node, "load_s": load_s, "size": size}
+
+        return self._fenced("load", model, token, body)
+
+    def unload(self, model: str, token: int, reason: str = "") -> dict[str, Any]:
+        """Unload ``model`` and wait until its memory shows as free (NVML lags)."""
+
+        def body() -> dict[str, Any]:
+            resident = self.resident()
+            size = next((m["size"] for m in resident if m["model"] == model), 0)
+            free_before = self.monitor.read(sum(m["size"] for m in resident)).free
+            self.runtime.generate(model=model, prompt="", keep_alive=0)
+            self.loaded.pop(model, None)
+            freed = self._wait_freed(model, free_before + size // 2)
+            log.info("UNLOAD %s on %s (%s)%s", model, self.node, reason or "policy", "" if freed else ", memory slow to free")
+            events.emit(self.r, "unload", model=model, node=self.node, reason=reason)
+            return {"model": model, "node": self.node, "freed": freed}
+
+        return self._fenced("unload", model, token, body)
+
+    def _wait_freed(self, model: str, target_free: int) -> bool:
+        """Poll until ``model`` left the runtime and most of its memory shows free, as Ollama does."""
+        deadline = time.monotonic() + self.settings.unload_settle_s
+        while time.monotonic() < deadline:
+            resident = self.resident()
+            if all(m["model"] != model for m in resident):
+                if self.monitor.read(sum(m["size"] for m in resident)).free >= target_free:
+                    return True
+            time.sleep(0.25)
+        return False
+
+    def pull(self, model: str, token: int, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Pull ``model`` into the runtime, reporting progress; it then registers itself."""
+
+        def body() -> dict[str, Any]:
+            last = {}
+            for update in self.runtime.pull(model, stream=True):
+                last = update.model_dump(exclude_none=True)
+                progress(last)
+            self.sync_registry(force=True)
+            events.emit(self.r, "pull", model=model, node=self.node)
+            return {"model": model, "node": self.node, "status": last.get("status", "")}
+
+        return self._fenced("pull", model, token, body)

@@ -1,0 +1,136 @@
+"""Reads one consistent-enough snapshot of the cluster from Redis for the policy.
+
+Demand is aggregated per model and priority (``LLEN`` per priority list, the oldest message's
+submit time from ``LINDEX -1``), never per job, so it costs the same with a million jobs queued.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from mm import keys, registry
+from mm.settings import Settings
+from mm.snapshot import Demand, ModelInfo, Node, Resident, Snapshot, Worker
+
+
+@dataclass
+class Raw:
+    """The Redis records behind a snapshot, kept for status views and the leader's bookkeeping."""
+
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _submitted_at(message: bytes | None) -> float | None:
+    if not message:
+        return None
+    try:
+        return float(json.loads(message)["headers"]["mm_submitted"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_demand(r: redis.Redis, models: list[str], now: float) -> dict[str, Demand]:
+    """Queued jobs and the oldest wait per model and priority class."""
+    pipe = r.pipeline(transaction=False)
+    for model in models:
+        for step in keys.PRIORITY_STEPS:
+            name = keys.priority_list(model, step)
+            pipe.llen(name)
+            pipe.lindex(name, -1)
+    replies = pipe.execute()
+    demand = {}
+    per_model = 2 * len(keys.PRIORITY_STEPS)
+    for i, model in enumerate(models):
+        chunk = replies[i * per_model:(i + 1) * per_model]
+        queued, oldest = {}, {}
+        for j, step in enumerate(keys.PRIORITY_STEPS):
+            count = int(chunk[2 * j])
+            if count:
+                cls = keys.PRIORITY_NAMES[step]
+                queued[cls] = count
+                submitted = _submitted_at(chunk[2 * j + 1])
+                oldest[cls] = max(0.0, now - submitted) if submitted else 0.0
+        if queued:
+            demand[model] = Demand(model, queued, oldest)
+    return demand
+
+
+def _load_json_records(r: redis.Redis, index_keys: list[str], key_of) -> dict[str, dict[str, Any]]:
+    if not index_keys:
+        return {}
+    values = r.mget([key_of(k) for k in index_keys])
+    return {k: json.loads(v) for k, v in zip(index_keys, values) if v}
+
+
+def read_raw(r: redis.Redis) -> Raw:
+    """Live node and worker records (expired ones are absent)."""
+    node_names = [n.decode() for n in r.zrange(keys.NODES, 0, -1)]
+    worker_names = sorted(w.decode() for w in r.smembers(keys.WORKERS))
+    raw = Raw(_load_json_records(r, node_names, keys.node_state), _load_json_records(r, worker_names, keys.worker_state))
+    gone = [w for w in worker_names if w not in raw.workers]
+    if gone:
+        r.srem(keys.WORKERS, *gone)
+    return raw
+
+
+def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, str], Any] | None = None,
+                   bind_overrides: dict[str, str | None] | None = None, now: float | None = None,
+                   raw: Raw | None = None) -> tuple[Snapshot, Raw]:
+    """The policy's view of the cluster now, plus the raw records it came from.
+
+    ``pending`` holds (node, model) pairs with a command under way; ``bind_overrides`` maps a worker
+    to the model the leader just (un)bound it to, until its own record catches up.
+    """
+    now = time.time() if now is None else now
+    pending = pending or {}
+    bind_overrides = bind_overrides or {}
+    entries = registry.all_models(r)
+    models = {
+        name: ModelInfo(name, e.size, e.max_parallel, e.pinned or name in settings.pinned)
+        for name, e in entries.items()
+    }
+    demand = read_demand(r, sorted(models), now)
+    raw = read_raw(r) if raw is None else raw
+    activity = {k.decode(): float(v) for k, v in r.hgetall(keys.ACTIVITY).items()}
+
+    workers_by_node: dict[str, list[Worker]] = {}
+    running_by_node: dict[str, dict[str, int]] = {}
+    for hostname, w in raw.workers.items():
+        bound = bind_overrides.get(hostname, w.get("bound"))
+        workers_by_node.setdefault(w["node"], []).append(
+            Worker(hostname, int(w["slots"]), bound, sum(w.get("running", {}).values()))
+        )
+        running = running_by_node.setdefault(w["node"], {})
+        for model, n in w.get("running", {}).items():
+            running[model] = running.get(model, 0) + n
+
+    nodes = {}
+    for name, state in raw.nodes.items():
+        if not state.get("runtime_up", True):
+            continue
+        running = running_by_node.get(name, {})
+        resident = {}
+        for m in state["resident"]:
+            loaded_at = m.get("loaded_at") or 0.0
+            resident[m["model"]] = Resident(
+                m["model"], int(m["size"]), loaded_at, max(activity.get(m["model"], 0.0), loaded_at),
+                running.get(m["model"], 0),
+            )
+        busy = {model for (node, model) in pending if node == name}
+        busy |= {model for model, op in state.get("ops", {}).items() if op.get("state") == "running"}
+        memory = state["memory"]
+        nodes[name] = Node(
+            name, int(memory["total"]), int(memory["free"]), resident,
+            tuple(sorted(workers_by_node.get(name, []), key=lambda w: w.hostname)), frozenset(busy),
+        )
+    snapshot = Snapshot(
+        now=now, models=models, demand=demand, nodes=nodes, safety_margin=settings.safety_margin,
+        min_residency_s=settings.min_residency_s, aging_s=settings.aging_s,
+    )
+    return snapshot, raw

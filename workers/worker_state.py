@@ -1,0 +1,92 @@
+"""What one model-worker process is doing: its bound model and jobs in flight, published to Redis.
+
+The leader reads these records to know which workers exist, what they consume and what runs
+where, so it never evicts a model with a job in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from mm import keys
+
+log = logging.getLogger("mm.worker")
+
+
+class WorkerState:
+    """Bound model and in-flight counts of this process, published every heartbeat with a TTL."""
+
+    def __init__(self, r, hostname: str, node: str, slots: int, heartbeat_s: float, ttl_s: float):
+        self.r = r
+        self.hostname = hostname
+        self.node = node
+        self.slots = slots
+        self.heartbeat_s = heartbeat_s
+        self.ttl_ms = int(ttl_s * 1000)
+        self.bound: str | None = None
+        self.running: Counter[str] = Counter()
+        self.last_job_at = 0.0
+        self.consumer = None  # the Celery consumer, to (un)bind queues from a task thread
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "hostname": self.hostname, "node": self.node, "slots": self.slots, "bound": self.bound,
+                "running": {m: n for m, n in self.running.items() if n}, "last_job_at": self.last_job_at,
+                "at": time.time(),
+            }
+
+    def publish(self) -> None:
+        pipe = self.r.pipeline()
+        pipe.set(keys.worker_state(self.hostname), json.dumps(self.as_dict()), px=self.ttl_ms)
+        pipe.sadd(keys.WORKERS, self.hostname)
+        pipe.execute()
+
+    def set_bound(self, model: str | None) -> None:
+        with self._lock:
+            self.bound = model
+        self.publish()
+
+    def job_started(self, model: str) -> None:
+        with self._lock:
+            self.running[model] += 1
+        self.publish()
+
+    def job_ended(self, model: str) -> None:
+        with self._lock:
+            self.running[model] -= 1
+            self.last_job_at = time.time()
+        self.publish()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mm-worker-state", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        pipe = self.r.pipeline()
+        pipe.delete(keys.worker_state(self.hostname))
+        pipe.srem(keys.WORKERS, self.hostname)
+        pipe.execute()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.publish()
+            except Exception:
+                log.exception("worker state publish failed")
+            self._stop.wait(self.heartbeat_s)
+
+
+# The one instance of this process, set by the bootstep when the process is a model-worker.
+current: WorkerState | None = None
