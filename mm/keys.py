@@ -20,6 +20,8 @@ WORKERS = "mm:workers"
 ACTIVITY = "mm:activity"
 EVENTS = "mm:events"
 DEAD_LETTERS = "mm:deadletters"
+# node|model -> reason: unloads asked for by beat (idle shutdown) or an operator, run by the leader.
+UNLOAD_REQUESTS = "mm:unload:requests"
 
 
 def model_queue(model: str) -> str:
@@ -65,3 +67,37 @@ def job(job_id: str) -> str:
 
 def deliveries(job_id: str) -> str:
     return f"mm:deliveries:{job_id}"
+
+
+# --- beat: periodic jobs, activity, metrics, quality metrics and alerts -----------------------
+# The queue beat sends its periodic tasks to; the gpu-broker consumes it besides its node queue.
+BEAT_QUEUE = "mm.beat"
+# Stream of periodic runs actually done (task, slot, host): one per task and slot.
+BEAT_RUNS = "mm:beat:runs"
+# task -> runs skipped because another beat's message for the same slot ran first.
+BEAT_SKIPPED = "mm:beat:skipped"
+# Stream of raw job samples (one per finished job); the entry id is the finishing time.
+METRICS_RAW = "mm:metrics:raw"
+# Models with rollups; resolution -> next bucket start not yet rolled up.
+METRICS_MODELS = "mm:metrics:models"
+METRICS_WATERMARKS = "mm:metrics:watermarks"
+# Series (name|version) with quality metric events.
+QUALITY_SERIES = "mm:quality:series"
+# Stream of alert transitions (firing, cleared); hash of alerts pending or firing now.
+ALERTS = "mm:alerts"
+ALERT_STATE = "mm:alerts:state"
+
+
+def beat_claim(task: str, slot: int) -> str:
+    """Claimed (SET NX) by the one run of periodic ``task`` in schedule slot ``slot``."""
+    return f"mm:beat:claim:{task}:{slot}"
+
+
+def metrics_rollup(resolution: str, model: str) -> str:
+    """Sorted set of ``model``'s rollups at ``resolution`` ("minute" or "hour"), scored by bucket start."""
+    return f"mm:metrics:{resolution}:{model}"
+
+
+def quality_series(name: str, version: str) -> str:
+    """Sorted set of quality metric events of one model name and version, scored by event time."""
+    return f"mm:quality:{name}|{version}"

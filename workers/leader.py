@@ -111,7 +111,7 @@ class Leader:
         snapshot, _ = build_snapshot(
             self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, raw=raw
         )
-        actions = plan(snapshot)
+        actions = plan(snapshot) + self._requested_unloads(snapshot)
         for action in actions:
             token = self.lease.token
             if token is None or not self.leading:
@@ -119,6 +119,26 @@ class Leader:
                 break
             self.dispatch(action, token)
         return actions
+
+    def _requested_unloads(self, snapshot) -> list[Unload]:
+        """Unloads asked for outside the policy (idle shutdown), honoured only when safe now."""
+        requests = self.r.hgetall(keys.UNLOAD_REQUESTS)
+        if not requests:
+            return []
+        self.r.hdel(keys.UNLOAD_REQUESTS, *requests)
+        unloads = []
+        for key, reason in requests.items():
+            node_name, _, model = key.decode().partition("|")
+            node = snapshot.nodes.get(node_name)
+            resident = node.resident.get(model) if node else None
+            info = snapshot.models.get(model)
+            demand = snapshot.demand.get(model)
+            if (resident is None or resident.in_flight or model in node.pending or (info and info.pinned)
+                    or (demand and demand.total)):
+                log.info("unload of %s on %s not done: pinned, busy, queued or not resident", model, node_name)
+                continue
+            unloads.append(Unload(node_name, model, reason.decode()))
+        return unloads
 
     def dispatch(self, action: Any, token: int) -> None:
         """Send one action as a fenced command."""

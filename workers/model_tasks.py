@@ -11,7 +11,7 @@ from typing import Any
 import ollama
 from celery.exceptions import Reject
 
-from mm import keys, registry, store
+from mm import keys, metrics, registry, store
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed
 from mm.settings import get as get_settings
@@ -63,6 +63,7 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
         reason = f"dead-lettered after {deliveries - 1} deliveries without finishing (worker lost each time?)"
         r.rpush(keys.DEAD_LETTERS, json.dumps({"id": job_id, "model": model, "reason": reason, "at": time.time()}))
         _fail(r, job_id, reason)
+        metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, time.time(), error="DeadLettered"))
         raise JobFailed(reason)
 
     started = time.time()
@@ -77,6 +78,8 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
         )
     except JobFailed as exc:
         _fail(r, job_id, str(exc))
+        metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, started, digest=resident.get("digest"),
+                                                   error=type(exc.__context__ or exc).__name__))
         raise
     finally:
         if me is not None:
@@ -87,4 +90,6 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
     result = build_result(response, request, job_id=job_id, node=node, worker=hostname,
                           queue_wait_s=started - submitted_at, load_s=load_s)
     r.hset(keys.job(job_id), mapping={"status": "complete", "completed_at": time.time()})
+    metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, started, digest=resident.get("digest"),
+                                               timings=result["timings"]))
     return result

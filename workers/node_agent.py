@@ -107,6 +107,9 @@ class NodeAgent:
         while not self._stop.is_set():
             try:
                 self.sync_registry()
+            except Exception as exc:  # the runtime is down or restarting; publish() reports it
+                log.warning("registry sync from %s failed: %s", self.settings.runtime_url, exc)
+            try:
                 self.publish()
             except Exception:
                 log.exception("node state publish failed")

@@ -175,7 +175,7 @@ def test_a_model_larger_than_every_node_fails_its_jobs_with_a_reason(tmp_path, r
         s.start_broker()
         s.wait_ready(["huge:70b"], [])
         job = mm.submit("huge:70b", "too big")
-        with pytest.raises(JobFailed, match="memory|fits"):
+        with pytest.raises(JobFailed, match="more than the largest node"):
             job.get(timeout=30)
         assert job.status() == "failed"
     finally:

@@ -1,0 +1,55 @@
+"""The leader lease and fencing tokens, against a real redis-server."""
+
+import time
+
+import redis
+
+from mm import keys
+from mm.lease import Lease, check_fence
+
+
+def test_only_one_of_two_candidates_gets_the_lease(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    a, b = Lease(r, "a", 1000), Lease(r, "b", 1000)
+
+    assert a.acquire() == 1
+    assert b.acquire() is None
+    assert a.valid() and not b.valid()
+
+
+def test_a_standby_takes_over_with_a_higher_token_when_the_lease_lapses(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    a, b = Lease(r, "a", 200), Lease(r, "b", 200)
+    first = a.acquire()
+
+    deadline = time.monotonic() + 5
+    second = None
+    while second is None and time.monotonic() < deadline:
+        second = b.acquire()
+        time.sleep(0.02)
+
+    assert second is not None and second > first
+    assert not a.renew() and not a.valid()  # the old holder learns it lost the lease
+
+
+def test_validity_ends_with_the_ttl_even_without_a_failed_renewal(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    lease = Lease(r, "a", 100)
+    lease.acquire()
+
+    deadline = time.monotonic() + 2
+    while lease.valid() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert not lease.valid()
+
+
+def test_a_node_refuses_a_token_older_than_the_newest_it_has_seen(redis_url):
+    r = redis.Redis.from_url(redis_url)
+
+    assert check_fence(r, "n1", 5) == 0
+    assert check_fence(r, "n1", 5) == 0  # the same leader again
+    assert check_fence(r, "n1", 7) == 0
+    assert check_fence(r, "n1", 6) == 7
+    assert check_fence(r, "n2", 1) == 0  # nodes are fenced independently
+    assert int(r.get(keys.node_fence_seen("n1"))) == 7
