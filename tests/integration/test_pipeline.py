@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -190,3 +192,34 @@ def test_registry_learns_the_real_size_after_a_load(stack):
     mm.generate(model, "learn", options=OPTS, timeout=60)
 
     assert registry.get(stack.r, model).learned_size == GB
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from mm.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_enqueue_waits_for_one_job_and_prints_its_output(stack):
+    done = run_cli("enqueue", MODELS[0]["name"], "hello there", "--priority", "high", "--wait", "--num-predict", "8")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    assert json.loads(done.stderr.strip().splitlines()[-2])["eval_tokens"] == 8
+
+
+def test_cli_random_load_ends_with_a_summary(stack):
+    done = run_cli("enqueue", "--random", "12", "--num-predict", "4", "--seed", "3")
+
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith("completed 12, failed 0, p50 "), summary
+    assert "loads " in summary
+
+
+def test_cli_refuses_bad_input_without_enqueueing(stack):
+    before = queue_lengths(stack.r)
+
+    done = run_cli("enqueue", MODELS[0]["name"], "")
+
+    assert done.returncode != 0 and "prompt" in done.stderr
+    assert queue_lengths(stack.r) == before

@@ -1,0 +1,41 @@
+"""The same end-to-end path once with real tokens: gemma3 270M through llama.cpp."""
+
+import pytest
+
+import mm
+from tests.runtime_server import start_runtime
+from tests.stack import Stack
+
+pytestmark = pytest.mark.llama
+
+MODELS = [
+    {"name": "gemma3:270m", "engine": "llama"},
+    {"name": "sim-a:1b", "engine": "sim", "size": 1_000_000_000, "load_bandwidth": 4_000_000_000},
+]
+
+
+def test_gemma3_answers_with_real_text_through_the_scheduler(tmp_path, redis_url):
+    runtime = start_runtime(tmp_path, engine="llama", models=MODELS, memory=4_000_000_000, timeout=120)
+    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4_000_000_000)
+    try:
+        stack.start_broker()
+        stack.start_worker("w1", slots=1)
+        stack.wait_ready(["gemma3:270m", "sim-a:1b"], ["w1"])
+
+        generate = mm.submit("gemma3:270m", "The capital of France is", options={"num_predict": 12, "seed": 1})
+        chat = mm.submit("gemma3:270m", kind="chat", messages=[{"role": "user", "content": "Say hello."}],
+                         options={"num_predict": 12, "seed": 1}, priority="high")
+        embed = mm.submit("gemma3:270m", "embed me", kind="embed")
+
+        text = generate.get(timeout=180)
+        reply = chat.get(timeout=180)
+        vectors = embed.get(timeout=180)["embeddings"]
+
+        assert text["response"].strip() and text["timings"]["eval_tokens"] > 0
+        assert text["timings"]["tokens_per_s"] > 1
+        assert reply["message"]["content"].strip()
+        assert len(vectors) == 1 and len(vectors[0]) > 100
+        assert "gemma3:270m" in stack.resident()
+    finally:
+        stack.stop()
+        runtime.stop()
