@@ -61,6 +61,11 @@ def worker_state(hostname: str) -> str:
     return f"mm:worker:{hostname}"
 
 
+def worker_inflight(hostname: str) -> str:
+    """The ids of the jobs a model-worker is running."""
+    return f"mm:inflight:{hostname}"
+
+
 def job(job_id: str) -> str:
     return f"mm:job:{job_id}"
 

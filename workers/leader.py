@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from mm import events, keys
+from mm import events, keys, redelivery
 from mm.app import LOAD_TASK, UNLOAD_TASK
 from mm.lease import Lease
 from mm.policy import plan
@@ -103,11 +103,25 @@ class Leader:
             if now - sent > BIND_SETTLE_S:
                 del self.binds[worker]
 
+    def _recover_lost_workers(self, gone: list[str]) -> None:
+        """Requeue at once the jobs of workers whose heartbeat expired (SIGKILL, crash, lost host)."""
+        for hostname in gone:
+            job_ids = {j.decode() for j in self.r.smembers(keys.worker_inflight(hostname))}
+            restored = redelivery.restore_jobs(self.r, job_ids)
+            for job_id in restored:
+                self.r.hset(keys.job(job_id), "status", "queued")
+            if job_ids:
+                log.warning("worker %s lost with %d jobs in flight; requeued %d", hostname, len(job_ids), len(restored))
+                events.emit(self.r, "worker_lost", worker=hostname, jobs=len(job_ids), requeued=len(restored))
+            self.r.delete(keys.worker_inflight(hostname))
+            self.r.srem(keys.WORKERS, hostname)
+
     def tick(self) -> list[Any]:
         """Read a snapshot, plan, and send the actions; return them."""
         self.ticks += 1
         raw = read_raw(self.r)
         self._forget_finished(raw.nodes)
+        self._recover_lost_workers(raw.gone_workers)
         snapshot, _ = build_snapshot(
             self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, raw=raw
         )

@@ -69,7 +69,7 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
     started = time.time()
     r.hset(keys.job(job_id), mapping={"status": "running", "started_at": started, "node": node, "worker": hostname})
     if me is not None:
-        me.job_started(model)
+        me.job_started(model, job_id)
     try:
         entry = registry.get(r, model)
         response = call_with_retries(
@@ -83,7 +83,7 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
         raise
     finally:
         if me is not None:
-            me.job_ended(model)
+            me.job_ended(model, job_id)
         r.hset(keys.ACTIVITY, model, time.time())
     # The load this job waited for, if the model was loaded after it was submitted.
     load_s = resident.get("load_s", 0.0) if resident.get("loaded_at", 0) > submitted_at else 0.0

@@ -24,6 +24,7 @@ class Raw:
 
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gone_workers: list[str] = field(default_factory=list)  # registered, but their heartbeat expired
 
 
 def _submitted_at(message: bytes | None) -> float | None:
@@ -73,9 +74,7 @@ def read_raw(r: redis.Redis) -> Raw:
     node_names = [n.decode() for n in r.zrange(keys.NODES, 0, -1)]
     worker_names = sorted(w.decode() for w in r.smembers(keys.WORKERS))
     raw = Raw(_load_json_records(r, node_names, keys.node_state), _load_json_records(r, worker_names, keys.worker_state))
-    gone = [w for w in worker_names if w not in raw.workers]
-    if gone:
-        r.srem(keys.WORKERS, *gone)
+    raw.gone_workers = [w for w in worker_names if w not in raw.workers]
     return raw
 
 

@@ -55,15 +55,18 @@ class WorkerState:
             self.bound = model
         self.publish()
 
-    def job_started(self, model: str) -> None:
+    def job_started(self, model: str, job_id: str) -> None:
+        """Count the job as in flight and remember it, so it can be put back if this process dies."""
         with self._lock:
             self.running[model] += 1
+        self.r.sadd(keys.worker_inflight(self.hostname), job_id)
         self.publish()
 
-    def job_ended(self, model: str) -> None:
+    def job_ended(self, model: str, job_id: str) -> None:
         with self._lock:
             self.running[model] -= 1
             self.last_job_at = time.time()
+        self.r.srem(keys.worker_inflight(self.hostname), job_id)
         self.publish()
 
     def start(self) -> None:

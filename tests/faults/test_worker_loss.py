@@ -1,0 +1,85 @@
+"""Killing workers under acks_late: no job is lost, none runs twice at once, poison jobs end dead-lettered."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+import mm
+from mm import keys
+from mm.errors import JobFailed
+from tests.procs import wait_for
+from tests.runtime_server import start_runtime
+from tests.stack import Stack
+
+pytestmark = pytest.mark.faults
+
+GB = 1_000_000_000
+SLOW = {"name": "slow:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 40, "parallel": 4}
+LONG_JOB = {"num_predict": 80, "seed": 1}  # two seconds of generation
+
+
+@pytest.fixture
+def stack(tmp_path, redis_url):
+    runtime = start_runtime(tmp_path, engine="sim", models=[SLOW], memory=4 * GB)
+    s = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB, max_deliveries=3)
+    s.start_broker()
+    yield s
+    s.stop()
+    runtime.stop()
+
+
+def running_on(job) -> str | None:
+    record = job.record()
+    return record.get("worker") if record.get("status") == "running" else None
+
+
+def test_a_job_whose_worker_is_killed_mid_run_is_redelivered_and_completes(stack):
+    stack.start_worker("w1", slots=1)
+    stack.wait_ready([SLOW["name"]], ["w1"])
+    job = mm.submit(SLOW["name"], "survive", options=LONG_JOB)
+    wait_for(lambda: running_on(job), 30, what="the job to start")
+
+    stack.procs["w1"].signal(signal.SIGKILL)
+    stack.start_worker("w2", slots=1)
+
+    result = job.get(timeout=60)
+    assert result["worker"] == stack.hostname("w2")
+    assert int(stack.r.get(keys.deliveries(job.id))) == 2
+    events = [json.loads(e[b"event"]) for _id, e in stack.r.xrange(keys.EVENTS)]
+    assert any(e["kind"] == "worker_lost" and e["requeued"] == 1 for e in events)
+
+
+def test_a_job_that_kills_its_worker_every_time_ends_dead_lettered_with_a_reason(stack):
+    stack.wait_ready([SLOW["name"]], [])
+    job = mm.submit(SLOW["name"], "poison", options=LONG_JOB)
+    killed = 0
+    for i in range(3):
+        name = f"w{i}"
+        stack.start_worker(name, slots=1)
+        wait_for(lambda: running_on(job) == stack.hostname(name), 60, what=f"delivery {i + 1} on {name}")
+        stack.procs[name].signal(signal.SIGKILL)
+        killed += 1
+    stack.start_worker("survivor", slots=1)
+
+    with pytest.raises(JobFailed, match="dead-lettered after 3 deliveries"):
+        job.get(timeout=60)
+    assert killed == 3
+    letters = [json.loads(x) for x in stack.r.lrange(keys.DEAD_LETTERS, 0, -1)]
+    assert [d["id"] for d in letters] == [job.id] and "dead-lettered" in letters[0]["reason"]
+
+
+def test_other_jobs_are_unaffected_by_a_killed_worker(stack):
+    stack.start_worker("w1", slots=2)
+    stack.start_worker("w2", slots=2)
+    stack.wait_ready([SLOW["name"]], ["w1", "w2"])
+    jobs = [mm.submit(SLOW["name"], f"job {i}", options={"num_predict": 20, "seed": i}) for i in range(12)]
+    wait_for(lambda: any(running_on(j) == stack.hostname("w1") for j in jobs), 30, what="w1 to run a job")
+
+    stack.procs["w1"].signal(signal.SIGKILL)
+
+    results = [j.get(timeout=90) for j in jobs]
+    assert len({r["id"] for r in results}) == 12
+    assert all(j.status() == "complete" for j in jobs)
