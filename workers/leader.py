@@ -117,7 +117,9 @@ class Leader:
             self.r.srem(keys.WORKERS, hostname)
 
     def tick(self) -> list[Any]:
-        """Read a snapshot, plan, and send the actions; return them."""
+        """Read a snapshot, plan, and send the actions; return them (none unless leading)."""
+        if not self.leading:
+            return []
         self.ticks += 1
         raw = read_raw(self.r)
         self._forget_finished(raw.nodes)
