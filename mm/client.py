@@ -10,15 +10,18 @@ import time
 import uuid
 from typing import Any
 
+import redis
+from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
 from mm import keys, registry, store
 from mm.app import INFER_TASK, app
-from mm.errors import JobFailed
+from mm.errors import JobFailed, JobLost
 from mm.settings import get as get_settings
 from mm.validation import JobRequest, validate
 
 STATUSES = ("pending", "queued", "running", "complete", "failed")
+LOST_CHECK_S = 1.0  # how often a waiting client checks that its job still exists
 
 
 class Job:
@@ -41,21 +44,40 @@ class Job:
         return status.decode() if status else "pending"
 
     def get(self, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for the job and return its output with timings; raise :class:`JobFailed` on failure.
+        """Wait for the job and return its output with timings.
 
-        Raises ``TimeoutError`` if it has not ended within ``timeout`` seconds.
+        Raises:
+            JobFailed: the job ended FAILED (the message is the reason).
+            JobLost: its record vanished from Redis (e.g. Redis restarted without persistence).
+            TimeoutError: it has not ended within ``timeout`` seconds.
         """
         result = AsyncResult(self.id, app=app)
-        try:
-            value = result.get(timeout=timeout, propagate=False, interval=0.05)
-        except Exception as exc:  # celery.exceptions.TimeoutError is not a builtin TimeoutError
-            if type(exc).__name__ == "TimeoutError":
-                raise TimeoutError(f"job {self.id} did not end within {timeout}s (status {self.status()})") from None
-            raise
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = LOST_CHECK_S if deadline is None else min(LOST_CHECK_S, deadline - time.monotonic())
+            try:
+                value = result.get(timeout=max(left, 0.001), propagate=False, interval=0.05)
+                break
+            except CeleryTimeout:
+                pass
+            except redis.ConnectionError:  # Redis restarting: keep waiting until the deadline
+                time.sleep(min(0.5, max(left, 0.001)))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} did not end within {timeout}s (status {self.status()})")
+            self._check_not_lost(result)
         if result.successful():
             return value
         reason = self.record().get("error") or f"{type(value).__name__}: {value}"
         raise JobFailed(reason)
+
+    def _check_not_lost(self, result: AsyncResult) -> None:
+        try:
+            if store.connect().exists(keys.job(self.id)) or result.state != "PENDING":
+                return
+        except redis.ConnectionError:
+            return
+        raise JobLost(f"job {self.id} was lost: Redis no longer has it (restarted without persistence?); "
+                      "submit it again")
 
 
 def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:

@@ -24,5 +24,9 @@ class JobFailed(MMError):
     """A job ended FAILED; the message is the reason."""
 
 
+class JobLost(JobFailed):
+    """A submitted job no longer exists in Redis (data lost); it will never run."""
+
+
 class StaleToken(MMError):
     """A broker command carried a fencing token older than the newest one the node has seen."""

@@ -1,0 +1,60 @@
+"""Redis restarts: with AOF queued jobs survive and workers resume; without persistence lost jobs are reported."""
+
+from __future__ import annotations
+
+import pytest
+
+import mm
+from mm import keys
+from mm.errors import JobLost
+from tests.procs import wait_for
+from tests.runtime_server import start_runtime
+from tests.stack import Stack
+
+pytestmark = pytest.mark.faults
+
+GB = 1_000_000_000
+MODEL = {"name": "durable:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
+OPTS = {"num_predict": 8}
+
+
+@pytest.fixture
+def stack(tmp_path, redis_url, redis_server):
+    runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
+    s = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB)
+    s.start_broker()
+    s.wait_ready([MODEL["name"]], [])
+    yield s
+    s.stop()
+    runtime.stop()
+    redis_server.restart()  # leave the session's Redis as the next test expects it
+
+
+def queued(stack) -> int:
+    return sum(stack.r.llen(keys.priority_list(MODEL["name"], p)) for p in keys.PRIORITY_STEPS)
+
+
+def test_with_aof_queued_jobs_survive_a_redis_restart_and_workers_resume(stack, redis_server):
+    jobs = [mm.submit(MODEL["name"], f"keep me {i}", options=OPTS) for i in range(10)]
+    assert queued(stack) == 10  # no model-worker yet: they wait
+
+    redis_server.restart(appendonly=True)
+    stack.start_worker("w1")
+
+    results = [job.get(timeout=90) for job in jobs]
+    assert [r["id"] for r in results] == [j.id for j in jobs]
+    wait_for(stack.node_state, 30, what="the broker to publish again after the restart")
+
+
+def test_without_persistence_lost_jobs_are_reported_not_left_pending(stack, redis_server):
+    jobs = [mm.submit(MODEL["name"], f"lose me {i}", options=OPTS) for i in range(5)]
+
+    redis_server.restart(appendonly=False)
+    stack.start_worker("w1")
+
+    for job in jobs:
+        with pytest.raises(JobLost, match="was lost"):
+            job.get(timeout=30)
+    # mm itself recovers: the node re-registers its models and new jobs run.
+    wait_for(lambda: stack.r.hexists(keys.MODELS, MODEL["name"]), 30, what="the registry to be rebuilt")
+    assert mm.generate(MODEL["name"], "after the loss", options=OPTS, timeout=60)["response"]
