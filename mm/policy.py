@@ -11,25 +11,27 @@ Design, in one place:
   raises that class one level, past ``high`` too (a low job that waited ``3 * aging_s`` weighs
   1000, more than a fresh high one), so nothing starves. A model's score is the sum over its
   classes of ``queued * weight``.
-- **Placement.** Models with queued jobs that are neither resident nor being loaded anywhere
-  are placed in score order, one copy per model, one Load per node per tick, never on a node
-  with an operation under way (``node.pending``) or without workers. A node where the model
-  fits in free memory (``size + safety_margin <= free``) wins, the one with the most free
+- **Placement.** Models with queued jobs and no copy resident or being loaded anywhere are
+  placed best score first, one copy per model, at most one Load per node per tick, and never on
+  a node with an operation under way (``node.pending``) or without workers. A node where the
+  model fits in free memory (``size + safety_margin <= free``) wins, the one with the most free
   memory first; else the node where eviction is cheapest: least backlog evicted, then fewest
-  drains, fewest victims, most memory left.
-- **Eviction.** Never a pinned model, one with an operation pending, or one loaded less than
-  ``min_residency_s`` ago. Victims are taken in the order: no queued jobs before queued
-  (lower score first), idle before in flight, least recently used first; then victims the
-  rest can do without are dropped again. A victim with jobs in flight is drained first
-  (its workers are unbound) and unloaded on a later tick, when ``in_flight`` is 0; the
-  challenger's Load goes out in the same tick as the last Unload.
-- **Hysteresis.** A resident model with a backlog is served before switching: it is evicted
-  only when the challenger's score exceeds ``SWITCH_FACTOR`` (4) times the summed scores of
-  the backlogged victims. A fresh high job thus displaces a backlog of fewer than 25 fresh low
-  jobs (or 2 normal ones); a larger one is served first unless the challenger ages, each
-  ``aging_s`` multiplying its weight by 10, so every challenger gets its turn.
-- **Workers** (:mod:`mm.policy_workers`): a resident model with queued jobs gets bound
-  workers on its node until their slots cover ``min(queued + in_flight, max_parallel)``.
+  drains, fewest victims, most memory left after.
+- **Eviction.** Never a pinned model or one loaded less than ``min_residency_s`` ago. Victims
+  are taken in the order: no queued jobs before queued ones (lowest score first), idle before
+  in flight, least recently used first; then those the others make unnecessary are dropped.
+  If a victim has jobs in flight, its workers are unbound (drain) and nothing is unloaded; the
+  Unloads and the challenger's Load go out together on a later tick when nothing runs on them.
+- **Hysteresis.** A resident model's backlog is served before switching: a model with queued
+  jobs is evicted only when the challenger's score exceeds ``SWITCH_FACTOR`` (4) times the summed
+  scores of the victims. One fresh high job (100) thus displaces a fresh backlog worth less than
+  25 (24 low jobs, or 2 normal ones), not a bigger one, until it ages: each ``aging_s`` of waiting
+  multiplies the challenger's weight by 10, while a backlog being served stays young.
+- **Workers** (:mod:`mm.policy_workers`): a resident model with queued jobs gets bound workers
+  on its node until their slots cover ``min(queued + in_flight, max_parallel)``; workers bound to
+  a model no longer resident on their node, or being evicted, are unbound.
+- **Reject** the queued jobs of a model missing from the registry, or whose ``size +
+  safety_margin`` exceeds every node's total memory (never while no node is known).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def class_weight(priority: str, oldest_wait_s: float, aging_s: float) -> float:
     """
     level = CLASS_LEVEL.get(priority, CLASS_LEVEL["normal"])
     if aging_s > 0 and oldest_wait_s > 0:
-        level += 0
+        level += int(oldest_wait_s // aging_s)
     return LEVEL_RATIO ** min(level, MAX_LEVEL)
 
 
@@ -89,6 +91,9 @@ def demand_score(demand: Demand, aging_s: float) -> float:
     return score
 
 
+_Cost = tuple[float, int, int, int, str]  # backlog evicted, drains, victims, -free after, node name
+
+
 @dataclass
 class _NodeRoom:
     """One node's free memory and its evictable residents, in eviction preference order."""
@@ -97,11 +102,10 @@ class _NodeRoom:
     node: Node
     free: int
     victims: list[Resident]
+    scores: list[float]  # each victim's demand score: non-decreasing, as victims are sorted by it first
     cum_size: list[int]  # cum_size[k]: bytes freed by evicting victims[0..k]
-
-    @property
-    def freeable(self) -> int:
-        return self.free + (self.cum_size[-1] if self.cum_size else 0)
+    costs: list[_Cost]  # costs[k]: the cost of evicting victims[0..k]
+    freeable: int  # free memory with every victim evicted
 
 
 @dataclass
@@ -162,7 +166,7 @@ def _challengers(snapshot: Snapshot, scores: dict[str, float], out: _Plan) -> li
 
 
 def _rooms(snapshot: Snapshot, scores: dict[str, float]) -> dict[str, _NodeRoom]:
-    """Nodes that may take a Load this tick: no operation pending, at least one worker."""
+    """Nodes that may take a Load this tick (no operation pending, at least one worker), by name."""
     rooms = {}
     for name in sorted(snapshot.nodes):
         node = snapshot.nodes[name]
@@ -171,11 +175,15 @@ def _rooms(snapshot: Snapshot, scores: dict[str, float]) -> dict[str, _NodeRoom]
         victims = [r for r in node.resident.values() if _evictable(snapshot, r)]
         victims.sort(key=lambda r: (scores.get(r.model, 0.0) > 0, scores.get(r.model, 0.0),
                                     r.in_flight > 0, r.last_used, r.model))
-        cum, total = [], 0
-        for r in victims:
+        cum, costs, total, backlog, drains = [], [], 0, 0.0, 0
+        for i, r in enumerate(victims):
             total += r.size
+            backlog += scores.get(r.model, 0.0)
+            drains += r.in_flight > 0
             cum.append(total)
-        rooms[name] = _NodeRoom(name, node, node.free, victims, cum)
+            costs.append((backlog, drains, i + 1, -(node.free + total), name))
+        rooms[name] = _NodeRoom(name, node, node.free, victims, [scores.get(r.model, 0.0) for r in victims],
+                                cum, costs, node.free + total)
     return rooms
 
 
@@ -186,23 +194,47 @@ def _evictable(snapshot: Snapshot, resident: Resident) -> bool:
     return snapshot.now - resident.loaded_at >= snapshot.min_residency_s
 
 
-def _victims(room: _NodeRoom, deficit: int, scores: dict[str, float], score: float) -> list[Resident] | None:
-    """The victims that free ``deficit`` bytes on ``room`` for a challenger scoring ``score``, or None."""
-    k = bisect_left(room.cum_size, deficit)
+def _eviction(room: _NodeRoom, need: int, score: float) -> tuple[_Cost | None, bool]:
+    """What making ``need`` bytes of room on ``room`` costs, for a challenger scoring ``score``.
+
+    The cost is that of the shortest prefix of ``room.victims`` that frees enough (of its trimmed
+    set when only that passes the hysteresis); rooms are compared by it, and the chosen room's
+    prefix is then trimmed by :func:`_trim`.
+
+    Returns:
+        (cost, False), or (None, hopeless) where there is no room to make; ``hopeless`` means that
+        every challenger needing at least as much and scoring at most as much finds none here either.
+    """
+    k = bisect_left(room.cum_size, need - room.free)
     if k == len(room.cum_size):
-        return None
-    chosen = room.victims[: k + 1]
-    freed = room.cum_size[k]
-    # Greedy order can over-evict (a small LRU model and then a big one): drop the ones not needed,
-    # trying the least preferred victims first.
-    for victim in reversed(chosen[:-1]):
-        if freed - victim.size >= deficit:
-            chosen.remove(victim)
-            freed -= victim.size
-    backlog = sum(scores.get(v.model, 0.0) for v in chosen)
-    if backlog > 0 and not score > SWITCH_FACTOR * backlog:
-        return None
-    return chosen
+        return None, True
+    cost = room.costs[k]
+    if cost[0] > 0 and not score > SWITCH_FACTOR * cost[0]:
+        # The prefix's backlog is too much for this challenger; the trimmed set's may not be, but it
+        # keeps victims[k], and so at least its score.
+        if not score > SWITCH_FACTOR * room.scores[k]:
+            return None, True
+        kept = _trim(room, k, need)
+        backlog = sum(room.scores[i] for i in kept)
+        if not score > SWITCH_FACTOR * backlog:
+            return None, False
+        cost = (backlog, sum(room.victims[i].in_flight > 0 for i in kept), len(kept),
+                -(room.free + sum(room.victims[i].size for i in kept)), room.name)
+    return cost, False
+
+
+def _trim(room: _NodeRoom, k: int, need: int) -> list[int]:
+    """Indices of victims[0..k] less those the others can do without.
+
+    Greedy order can over-evict (a small LRU model and then a big one): the least preferred victims
+    are tried first. The last one, which scores highest, always stays.
+    """
+    kept, freed, deficit = list(range(k + 1)), room.cum_size[k], need - room.free
+    for i in range(k - 1, -1, -1):
+        if freed - room.victims[i].size >= deficit:
+            freed -= room.victims[i].size
+            kept.remove(i)
+    return kept
 
 
 def _place(snapshot: Snapshot, scores: dict[str, float], challengers: list[tuple[str, int, float]],
@@ -210,38 +242,39 @@ def _place(snapshot: Snapshot, scores: dict[str, float], challengers: list[tuple
     """Give each challenger, best first, a node: free memory first, else the cheapest eviction."""
     rooms = _rooms(snapshot, scores)
     by_free = [(-room.free, name) for name, room in rooms.items()]
+    by_freeable = [(-room.freeable, name) for name, room in rooms.items()]
     heapq.heapify(by_free)
-    max_freeable = max((room.freeable for room in rooms.values()), default=0)
-    # Challengers come in falling score order and a failed node is left unchanged, so a model needing
-    # at least as much as one that found no node anywhere finds none either.
+    heapq.heapify(by_freeable)
+    # Challengers come in falling score order and a node that took none is left unchanged, so once a
+    # model found no node anywhere for monotone reasons (see _eviction), one needing as much finds none.
     smallest_failed = None
     for model, need, score in challengers:
         if not rooms:
             break
-        while by_free[0][1] not in rooms:
-            heapq.heappop(by_free)
+        for heap in (by_free, by_freeable):
+            while heap[0][1] not in rooms:
+                heapq.heappop(heap)
         if -by_free[0][0] >= need:
             room, victims = rooms[by_free[0][1]], []
-        elif need > max_freeable or (smallest_failed is not None and need >= smallest_failed):
+        elif need > -by_freeable[0][0] or (smallest_failed is not None and need >= smallest_failed):
             continue
         else:
-            best = None
-            for name, room in rooms.items():
-                victims = _victims(room, need - room.free, scores, score)
-                if victims is None:
-                    continue
-                cost = (sum(scores.get(v.model, 0.0) for v in victims), sum(v.in_flight > 0 for v in victims),
-                        len(victims), -(room.free + sum(v.size for v in victims)), name)
-                if best is None or cost < best[0]:
-                    best = (cost, room, victims)
+            best: _Cost | None = None
+            hopeless_everywhere = True
+            for candidate in rooms.values():
+                cost, hopeless = _eviction(candidate, need, score)
+                if cost is None:
+                    hopeless_everywhere = hopeless_everywhere and hopeless
+                elif best is None or cost < best:
+                    best = cost
             if best is None:
-                smallest_failed = need
+                if hopeless_everywhere:
+                    smallest_failed = need
                 continue
-            _, room, victims = best
+            room = rooms[best[4]]
+            victims = [room.victims[i] for i in _trim(room, bisect_left(room.cum_size, need - room.free), need)]
         _commit(room, model, victims, out)
         del rooms[room.name]
-        if room.freeable == max_freeable:
-            max_freeable = max((r.freeable for r in rooms.values()), default=0)
 
 
 def _commit(room: _NodeRoom, model: str, victims: list[Resident], out: _Plan) -> None:

@@ -61,40 +61,53 @@ def _assign_node(snapshot: Snapshot, name: str, node: Node, scores: dict[str, fl
     needy = [m for m in node.resident
              if scores.get(m, 0.0) > 0 and m not in node.pending and (name, m) not in doomed]
     needy.sort(key=lambda m: (-scores[m], m))
-    binds = []
+    binds: list[Bind] = []
+    fresh: set[str] = set()  # bound this tick: never taken away again in the same tick
     for model in needy:
         need = need_slots(snapshot, node.resident[model])
         have = sum(w.slots for w in by_model.get(model, ()))
+        from_free: list[Worker] = []
         while have < need:
             worker = _take(free, need - have)
-            if worker is None:
+            if worker is not None:
+                free.remove(worker)
+                from_free.append(worker)
+            else:
                 idle = [w for m, ws in sorted(by_model.items()) if m != model and scores.get(m, 0.0) == 0 for w in ws]
                 worker = _take(idle, need - have)
-            if worker is None and have == 0:
-                worker = _take(_surplus(snapshot, node, model, by_model), need)
-            if worker is None:
-                break
-            if worker.bound is not None and (name, worker.hostname) not in unbound:
+                if worker is None and have == 0:
+                    worker = _take(_surplus(snapshot, node, model, by_model, fresh), need)
+                if worker is None:
+                    break
+                assert worker.bound is not None
                 by_model[worker.bound].remove(worker)
                 unbinds.append(Unbind(name, worker.hostname, worker.bound))
                 unbound.add((name, worker.hostname))
-            else:
-                free.remove(worker)
             binds.append(Bind(name, worker.hostname, model))
             by_model.setdefault(model, []).append(worker)
+            fresh.add(worker.hostname)
             have += worker.slots
+        # A free worker taken before a bigger stolen one may have become redundant: give it back.
+        for worker in from_free:
+            if have - worker.slots >= need:
+                binds.remove(Bind(name, worker.hostname, model))
+                by_model[model].remove(worker)
+                fresh.discard(worker.hostname)
+                free.append(worker)
+                have -= worker.slots
     return binds
 
 
-def _surplus(snapshot: Snapshot, node: Node, model: str, by_model: dict[str, list[Worker]]) -> list[Worker]:
-    """Workers of other backlogged models that keep their own need without them."""
+def _surplus(snapshot: Snapshot, node: Node, model: str, by_model: dict[str, list[Worker]],
+             fresh: set[str]) -> list[Worker]:
+    """Workers of other backlogged models that keep their own need without them (none bound this tick)."""
     spare = []
     for other, workers in sorted(by_model.items()):
         if other == model:
             continue
         have = sum(w.slots for w in workers)
         need = need_slots(snapshot, node.resident[other])
-        spare.extend(w for w in workers if have - w.slots >= need)
+        spare.extend(w for w in workers if w.hostname not in fresh and have - w.slots >= need)
     return spare
 
 

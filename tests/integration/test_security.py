@@ -1,0 +1,88 @@
+"""Security: JSON only (a pickled message is refused), passwords never logged, wrong credentials fail closed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import redis
+
+import mm
+from mm import keys
+from mm.app import INFER_TASK, app
+from tests.procs import Proc, free_port, wait_for
+from tests.runtime_server import start_runtime
+from tests.stack import Stack
+
+GB = 1_000_000_000
+MODEL = {"name": "secure:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
+OPTS = {"num_predict": 4}
+PASSWORD = "s3cret-Pa55word-for-tests"
+
+
+def test_a_pickled_message_injected_into_a_model_queue_is_refused(tmp_path, redis_url):
+    runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
+    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB)
+    try:
+        stack.start_broker()
+        stack.start_worker("w1")
+        stack.wait_ready([MODEL["name"]], ["w1"])
+        assert mm.generate(MODEL["name"], "bind the worker", options=OPTS, timeout=60)
+
+        evil = app.send_task(INFER_TASK, kwargs={"request": {"model": MODEL["name"], "kind": "generate",
+                                                             "prompt": "pwned"}, "submitted_at": 0},
+                             queue=keys.model_queue(MODEL["name"]), serializer="pickle")
+        wait_for(lambda: "untrusted content" in stack.procs["w1"].output(), 30, what="the worker to refuse pickle")
+
+        assert evil.state == "PENDING" and not stack.r.exists(keys.job(evil.id))
+        assert stack.procs["w1"].alive()
+        assert mm.generate(MODEL["name"], "still serving", options=OPTS, timeout=60)["response"]
+    finally:
+        stack.stop()
+        runtime.stop()
+
+
+@pytest.fixture
+def password_redis(tmp_path):
+    port = free_port()
+    proc = Proc([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                 "--save", "", "--requirepass", PASSWORD], log=tmp_path / "redis-auth.log")
+    wait_for(redis.Redis(port=port, password=PASSWORD).ping, 15, what="redis with a password")
+    yield port
+    proc.stop()
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from mm.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_no_log_line_carries_the_redis_password(tmp_path, password_redis):
+    url = f"redis://:{PASSWORD}@127.0.0.1:{password_redis}/0"
+    runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
+    stack = Stack(tmp_path, url, runtime.url, memory_budget=4 * GB)
+    try:
+        stack.start_broker()
+        stack.start_worker("w1")
+        stack.wait_ready([MODEL["name"]], ["w1"])
+        done = cli(os.environ | {"MM_REDIS_URL": url}, "enqueue", MODEL["name"], "hello", "--wait")
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: "LOAD secure:1b" in stack.procs["broker"].output(), 10)
+    finally:
+        stack.stop()
+        runtime.stop()
+    logs = [p.read_text(errors="replace") for p in tmp_path.glob("*.log")] + [done.stdout, done.stderr]
+    assert all(PASSWORD not in text for text in logs)
+
+
+def test_wrong_credentials_fail_closed_with_an_explicit_error(password_redis):
+    url = f"redis://:wrong-password@127.0.0.1:{password_redis}/0"
+
+    done = cli(os.environ | {"MM_REDIS_URL": url}, "enqueue", "any:1b", "hello")
+
+    assert done.returncode != 0
+    assert "invalid password" in done.stderr.lower() or "authentication" in done.stderr.lower()
+    assert "wrong-password" not in done.stderr
