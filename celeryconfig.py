@@ -42,3 +42,6 @@ task_create_missing_queues = True
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
+
+# Beat's periodic jobs (aligned to the wall clock, sent to mm.beat) and its slot-stamping scheduler.
+from beat.schedule import beat_schedule, beat_scheduler  # noqa: E402,F401

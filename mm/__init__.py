@@ -7,7 +7,7 @@
 
 from typing import Any
 
-__all__ = ["submit", "generate", "Job", "JobFailed", "ValidationError"]
+__all__ = ["submit", "generate", "Job", "JobFailed", "ValidationError", "record_metric", "metric_stats"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,6 +16,10 @@ def __getattr__(name: str) -> Any:
         from mm import client
 
         return getattr(client, name)
+    if name in ("record_metric", "metric_stats"):
+        from mm import quality
+
+        return getattr(quality, name)
     if name in ("JobFailed", "ValidationError"):
         from mm import errors
 

@@ -2,7 +2,7 @@
 
 from celery import Celery
 
-app = Celery("mm", include=["workers.node_tasks", "workers.model_tasks"])
+app = Celery("mm", include=["workers.node_tasks", "workers.model_tasks", "beat.tasks"])
 app.config_from_object("celeryconfig")
 # A string, so clients that import the app never import worker code.
 app.steps["consumer"].add("workers.bootsteps:MMRole")

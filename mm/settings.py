@@ -52,6 +52,28 @@ class Settings:
     unload_settle_s: float = _opt(5.0, "After an unload, wait up to this long for memory to show as free.")
     worker_slots: int = _opt(4, "Threads of one model-worker (its -c).")
 
+    idle_threshold_s: float = _opt(1800.0, "Beat asks to unload a resident model unused for this many seconds.")
+    idle_check_s: float = _opt(600.0, "Seconds between beat's idle-shutdown runs.")
+    active_window_s: float = _opt(600.0, "A model used within this many seconds counts as active.")
+    activity_report_s: float = _opt(600.0, "Seconds between beat's activity reports (log and event stream).")
+    warm_pool: str = _opt("", "Comma-separated models never idle-unloaded (kept warm once resident).")
+    metrics_rollup_s: float = _opt(60.0, "Seconds between beat's metrics rollups (minute and hour buckets).")
+    metrics_raw_retention_s: int = _opt(3600, "Raw job samples are kept this long (and until their hour is rolled up).")
+    metrics_minute_retention_s: int = _opt(48 * 3600, "Per-model minute rollups are kept this long.")
+    metrics_hour_retention_s: int = _opt(30 * 86_400, "Per-model hour rollups are kept this long.")
+    metrics_raw_max: int = _opt(1_000_000, "Hard cap on stored raw job samples (guards memory while beat is down).")
+    quality_fields: str = _opt("prediction_accuracy,drift,inference_time",
+                               "Comma-separated fields a quality metric event (mm.record_metric) may carry.")
+    quality_retention_s: int = _opt(30 * 86_400, "Quality metric events are kept this long.")
+    quality_max_events: int = _opt(100_000, "Most quality events kept per name and version.")
+    alert_rules: str = _opt("p95_latency_s > 30 for 5m; error_rate > 0.05; queue_wait_p95_s > 60; "
+                            "prediction_accuracy < 0.3",
+                            "Alert rules: '<metric> <op> <number> [for <duration>]' separated by ';'.")
+    alert_check_s: float = _opt(60.0, "Seconds between beat's alert evaluations.")
+    alert_window_s: float = _opt(300.0, "Alert metrics are computed over this many trailing seconds.")
+    alert_webhook: str = _opt("", "URL that receives a JSON POST when an alert fires or clears (empty: none).")
+    alert_webhook_timeout_s: float = _opt(3.0, "Timeout of one alert webhook POST.")
+
     @property
     def pinned(self) -> frozenset[str]:
         return frozenset(m.strip() for m in self.pinned_models.split(",") if m.strip())

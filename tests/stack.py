@@ -39,8 +39,8 @@ class Stack:
         return proc
 
     def start_broker(self, name: str = "broker") -> Proc:
-        """A gpu-broker: node agent plus leader candidate."""
-        return self._celery(name, ["-Q", keys.node_queue(self.node), "-c", "1", "-P", "threads"])
+        """A gpu-broker (node agent plus leader candidate) that also runs beat's jobs, as `mm up` starts it."""
+        return self._celery(name, ["-Q", f"{keys.node_queue(self.node)},{keys.BEAT_QUEUE}", "-c", "1", "-P", "threads"])
 
     def start_worker(self, name: str = "worker", slots: int = 2) -> Proc:
         """A model-worker with ``slots`` threads and no model queue."""

@@ -11,6 +11,9 @@ COMMANDS = {
     "runtime": "mm.cli.runtime:runtime",
     "enqueue": "mm.cli.enqueue:enqueue",
     "up": "mm.cli.up:up",
+    "jobs": "mm.cli.jobs:jobs",
+    "models": "mm.cli.models:models",
+    "alerts": "mm.cli.alerts:alerts",
 }
 
 
@@ -24,6 +27,16 @@ class LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        import redis
+
+        try:
+            return super().invoke(ctx)
+        except redis.AuthenticationError as exc:
+            raise click.ClickException(f"Redis refused the credentials in MM_REDIS_URL: {exc}") from None
+        except redis.ConnectionError as exc:
+            raise click.ClickException(f"cannot reach Redis at MM_REDIS_URL: {exc}") from None
 
 
 @click.group(cls=LazyGroup)

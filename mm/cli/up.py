@@ -16,7 +16,7 @@ import click
 import redis
 import requests
 
-from mm import registry
+from mm import keys, registry
 from mm.settings import get as get_settings
 from mm.supervisor import Supervisor
 
@@ -135,11 +135,12 @@ def up(workers, slots, memory, flower, flower_port, demo, exit_after, run_dir):
                    MM_MEMORY_BUDGET=str(memory_budget))
         celery = [sys.executable, "-m", "celery", "-A", "mm.app"]
         node = settings.node
-        sup.spawn("gpu-broker", [*celery, "worker", "-Q", f"mm.node.{node}", "-c", "1", "-P", "threads",
-                                 "-n", f"gpu-broker@{node}", "--without-gossip", "-l", "INFO"])
+        sup.spawn("gpu-broker", [*celery, "worker", "-Q", f"{keys.node_queue(node)},{keys.BEAT_QUEUE}", "-c", "1",
+                                 "-P", "threads", "-n", f"gpu-broker@{node}", "--without-gossip", "-l", "INFO"])
         for i in range(1, workers + 1):
             sup.spawn(f"model-worker-{i}", [*celery, "worker", "-P", "threads", "-c", str(slots),
                                             "-n", f"model-{i}@{node}", "--without-gossip", "-l", "INFO"])
+        sup.spawn("beat", [*celery, "beat", "-l", "INFO"])
         if flower:
             args = [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"]
             if os.environ.get("MM_FLOWER_BASIC_AUTH"):

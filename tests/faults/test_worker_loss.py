@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -29,6 +31,11 @@ def stack(tmp_path, redis_url):
     yield s
     s.stop()
     runtime.stop()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from mm.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=60)
 
 
 def running_on(job) -> str | None:
@@ -67,8 +74,13 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead_lettered_with_a_reason
     with pytest.raises(JobFailed, match="dead-lettered after 3 deliveries"):
         job.get(timeout=60)
     assert killed == 3
-    letters = [json.loads(x) for x in stack.r.lrange(keys.DEAD_LETTERS, 0, -1)]
-    assert [d["id"] for d in letters] == [job.id] and "dead-lettered" in letters[0]["reason"]
+    listed = cli("jobs", "failed")
+    assert job.id in listed.stdout and "dead-lettered after 3 deliveries" in listed.stdout
+
+    # Once the cause is gone, an operator requeues it and it completes under the same id.
+    assert cli("jobs", "retry", job.id).returncode == 0
+    assert job.get(timeout=60)["worker"] == stack.hostname("survivor")
+    assert "no dead-lettered jobs" in cli("jobs", "failed").stdout
 
 
 def test_other_jobs_are_unaffected_by_a_killed_worker(stack):

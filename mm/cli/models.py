@@ -1,0 +1,91 @@
+"""``mm models``: which models are active or idle, their activity, and manual use reports (seed 000)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+import redis
+
+from mm import activity as activity_lib
+from mm import store
+from mm.errors import UnknownModel
+from mm.settings import get as get_settings
+
+
+def _connect() -> redis.Redis:
+    r = store.connect()
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        raise click.ClickException(f"no Redis at MM_REDIS_URL ({exc})") from None
+    return r
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size else "-"
+
+
+def _print(models: list[activity_lib.ModelActivity], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([m.as_dict() for m in models], indent=1))
+        return
+    if not models:
+        click.echo("(none)")
+        return
+    rows = [("MODEL", "LAST USED", "STATE", "RESIDENT ON", "SIZE", "QUEUED", "RUNNING", "FLAGS")]
+    for m in models:
+        state = "active" if m.active else "idle" if m.idle else "recent"
+        flags = ",".join(f for f, on in (("pinned", m.pinned), ("warm", m.warm)) if on) or "-"
+        rows.append((m.model, _ago(m.idle_s), state, ",".join(m.resident_on) or "-", _gb(m.size), str(m.queued),
+                     str(m.in_flight), flags))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@click.group()
+def models() -> None:
+    """Model activity: active, idle, all, and manual use reports."""
+
+
+@models.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def active(as_json):
+    """Models used within MM_ACTIVE_WINDOW_S (default 10 minutes)."""
+    _print(activity_lib.active_models(_connect(), get_settings()), as_json)
+
+
+@models.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def idle(as_json):
+    """Models unused for more than MM_IDLE_THRESHOLD_S (default 30 minutes), or never used."""
+    _print(activity_lib.idle_models(_connect(), get_settings()), as_json)
+
+
+@models.command("activity")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def activity_cmd(as_json):
+    """Every model: last use, resident where, size, queue depth, jobs running."""
+    _print(activity_lib.activity(_connect(), get_settings()), as_json)
+
+
+@models.command()
+@click.argument("name")
+def report(name):
+    """Mark model NAME as used now (seed 000's POST /models/<name>/report)."""
+    try:
+        at = activity_lib.report(_connect(), name)
+    except UnknownModel as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{name} reported used at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}")

@@ -1,0 +1,99 @@
+"""What every engine provides, and the plain data passed between the API, scheduler and engines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from collections.abc import AsyncIterator
+
+from mm.runtime.catalog import ModelSpec
+
+
+@dataclass
+class Options:
+    """The generation options the runtime understands (Ollama's ``options`` object)."""
+
+    num_predict: int | None = None
+    num_ctx: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+
+
+@dataclass
+class Message:
+    """One chat message."""
+
+    role: str
+    content: str
+    images: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenerationJob:
+    """One generate or chat call, engine-neutral."""
+
+    prompt: str = ""
+    system: str = ""
+    messages: list[Message] | None = None  # set for /api/chat
+    options: Options = field(default_factory=Options)
+    format: Any = None  # "json" or a JSON schema
+    images: list[str] = field(default_factory=list)
+    raw: bool = False
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+@dataclass
+class Stats:
+    """The counters of the final response object (durations in seconds here, ns on the wire)."""
+
+    prompt_eval_count: int
+    prompt_eval_duration: float
+    eval_count: int
+    eval_duration: float
+    done_reason: str  # "stop" or "length"
+
+
+@dataclass
+class Embedding:
+    """Result of one embed call."""
+
+    vectors: list[list[float]]
+    prompt_eval_count: int
+
+
+class Loaded(Protocol):
+    """An engine's handle on a resident model."""
+
+    size: int  # resident bytes (measured for llama)
+
+
+class Engine(Protocol):
+    """A way to serve models: load, generate, embed, unload, pull.
+
+    ``generate`` yields lists of text pieces (one per token; a list lets a slow consumer take
+    several tokens in one wake-up) and finally a :class:`Stats`.
+    """
+
+    name: str
+
+    def estimate_size(self, spec: ModelSpec, num_ctx: int) -> int: ...
+
+    async def load(self, spec: ModelSpec, num_ctx: int) -> Loaded: ...
+
+    async def unload(self, loaded: Loaded) -> None: ...
+
+    def generate(self, loaded: Loaded, job: GenerationJob) -> AsyncIterator[list[str] | Stats]: ...
+
+    async def embed(self, loaded: Loaded, inputs: list[str], options: Options, truncate: bool = True) -> Embedding: ...
+
+    def pull(self, spec: ModelSpec) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,72 @@
+"""Build the tornado application and run it until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import tornado.web
+
+from mm.runtime import api, api_models
+from mm.runtime.catalog import Catalog, ModelSpec
+from mm.runtime.engines import make_engine
+from mm.runtime.errors import human_bytes
+from mm.runtime.handlers import RuntimeState, log_request
+from mm.runtime.scheduler import Scheduler
+
+log = logging.getLogger("mm.runtime")
+
+
+def build_app(state: RuntimeState) -> tornado.web.Application:
+    """The Ollama API routes over ``state``."""
+    args = {"state": state}
+    return tornado.web.Application(
+        [
+            (r"/", api_models.RootHandler, args),
+            (r"/api/version", api_models.VersionHandler, args),
+            (r"/api/tags", api_models.TagsHandler, args),
+            (r"/api/show", api_models.ShowHandler, args),
+            (r"/api/ps", api_models.PsHandler, args),
+            (r"/api/pull", api_models.PullHandler, args),
+            (r"/api/generate", api.GenerateHandler, args),
+            (r"/api/chat", api.ChatHandler, args),
+            (r"/api/embed", api.EmbedHandler, args),
+            (r"/api/embeddings", api.LegacyEmbeddingsHandler, args),
+        ],
+        default_handler_class=api_models.NotFoundHandler,
+        log_function=log_request,
+        compress_response=False,
+    )
+
+
+async def serve(specs: list[ModelSpec], host: str, port: int, memory: int, evict: str) -> None:
+    """Serve ``specs`` on ``host:port`` within ``memory`` bytes until SIGTERM/SIGINT, then clean up."""
+    engines = {name: make_engine(name) for name in sorted({spec.engine for spec in specs})}
+    scheduler = Scheduler(engines, budget=memory, evict=evict)
+    scheduler.start()
+    server = build_app(RuntimeState(Catalog(specs), scheduler)).listen(port, address=host)
+    log.info("listening on http://%s:%d models=%s memory=%s evict=%s", host, port,
+             ",".join(spec.name for spec in specs), human_bytes(memory), evict)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down")
+    server.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=5)
+    except TimeoutError:
+        log.warning("connections still open after 5s; closing anyway")
+    await scheduler.close()
+    for engine in engines.values():
+        await engine.close()
+    log.info("stopped")
+
+
+def run(specs: list[ModelSpec], host: str, port: int, memory: int, evict: str) -> None:
+    """Blocking entry point used by ``mm runtime``."""
+    asyncio.run(serve(specs, host, port, memory, evict))

@@ -1,0 +1,67 @@
+"""The llama engine beyond the contract: real memory, serialised access, structured output."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import ollama
+import pytest
+
+from tests.procs import wait_for
+from tests.runtime_server import RuntimeProc, start_runtime
+
+pytestmark = pytest.mark.llama
+MODEL = "gemma3:270m"
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory):
+    runtime = start_runtime(tmp_path_factory.mktemp("llama"), engine="llama", timeout=120)
+    yield runtime
+    runtime.stop()
+
+
+def client(runtime: RuntimeProc) -> ollama.Client:
+    return ollama.Client(host=runtime.url, timeout=120)
+
+
+def rss(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_loading_takes_the_reported_size_and_unloading_gives_it_back(rt: RuntimeProc) -> None:
+    client(rt).generate(MODEL, "", keep_alive=0)
+    wait_for(lambda: not client(rt).ps().models, timeout=30, what="nothing loaded")
+    before = rss(rt.proc.pid)
+
+    client(rt).generate(MODEL, "")
+    size = client(rt).ps().models[0].size
+    loaded = rss(rt.proc.pid)
+    client(rt).generate(MODEL, "", keep_alive=0)
+    after = rss(rt.proc.pid)
+
+    assert size > 250_000_000  # at least the 253 MB of weights
+    assert abs((loaded - before) - size) < 0.15 * size
+    assert after - before < 0.15 * size
+
+
+def test_concurrent_requests_on_one_slot_are_served_one_after_the_other(rt: RuntimeProc) -> None:
+    opts = {"seed": 3, "temperature": 0, "num_predict": 6}
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda i: client(rt).generate(MODEL, f"Count to {i}.", options=opts), range(3)))
+
+    assert all(r.done and r.eval_count >= 1 for r in replies)
+    waits = sorted(r.total_duration - r.load_duration - r.prompt_eval_duration - r.eval_duration for r in replies)
+    assert waits[-1] > waits[0]  # the last one waited for the slot while the others ran
+
+
+def test_json_format_constrains_the_output(rt: RuntimeProc) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}
+
+    reply = client(rt).chat(MODEL, messages=[{"role": "user", "content": "Name a colour as JSON."}],
+                            format=schema, options={"temperature": 0, "num_predict": 40})
+
+    assert "colour" in json.loads(reply.message.content)

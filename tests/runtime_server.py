@@ -1,0 +1,83 @@
+"""Start ``mm runtime`` as a real child process for tests (simulated or llama.cpp models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.procs import Proc, free_port, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RuntimeProc:
+    """A running ``mm runtime``: its base ``url``, its process and its log."""
+
+    url: str
+    port: int
+    proc: Proc
+    models_file: Path | None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the runtime (SIGKILL after ``timeout``)."""
+        self.proc.stop(timeout)
+
+    def output(self) -> str:
+        """Everything the runtime logged so far."""
+        return self.proc.output()
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+
+def _answers(url: str) -> bool:
+    return requests.get(f"{url}/api/version", timeout=2).status_code == 200
+
+
+def start_runtime(
+    tmp_path: Path,
+    *,
+    engine: str = "sim",
+    models: list[dict[str, Any]] | None = None,
+    memory: int | str | None = None,
+    evict: str = "none",
+    timeout: float = 60.0,
+) -> RuntimeProc:
+    """Start ``mm runtime`` on a free port and wait (up to ``timeout``) until it answers.
+
+    Args:
+        tmp_path: where the models file and the log go.
+        engine: ``--engine`` (the default model list when ``models`` is ``None``).
+        models: model objects, written to a ``--models`` JSON file.
+        memory: ``--memory`` budget in bytes (default: the runtime's 8 GiB).
+        evict: ``--evict`` mode, ``"none"`` or ``"ollama"``.
+    """
+    port = free_port()
+    args = [sys.executable, "-c", "from mm.cli import main; main()", "runtime",
+            "--engine", engine, "--host", "127.0.0.1", "--port", str(port), "--evict", evict]
+    models_file = None
+    if models is not None:
+        models_file = tmp_path / f"models-{port}.json"
+        models_file.write_text(json.dumps(models, indent=1))
+        args += ["--models", str(models_file)]
+    if memory is not None:
+        args += ["--memory", str(memory)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = Proc(args, log=tmp_path / f"runtime-{port}.log", env=env, cwd=str(REPO))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: not proc.alive() or _answers(url), timeout=timeout, what=f"mm runtime on {url}")
+        if not proc.alive():
+            raise AssertionError(f"mm runtime exited with {proc.popen.returncode}:\n{proc.output()}")
+    except BaseException:
+        proc.stop()
+        raise
+    return RuntimeProc(url=url, port=port, proc=proc, models_file=models_file)
