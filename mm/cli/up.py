@@ -27,10 +27,11 @@ DEMO_SIM_MODELS = [
     {"name": "sim-medium:3b", "engine": "sim", "size": 3 * GB, "load_bandwidth": 2 * GB, "eval_rate": 60},
     {"name": "sim-embed:small", "engine": "sim", "size": GB // 2, "load_bandwidth": 2 * GB, "eval_rate": 500},
 ]
+# gemma3:270m from PyPI is a base model: completion-style prompts read best.
 DEMO_PROMPTS = [
-    "In one sentence, what does a GPU scheduler do?",
-    "Name three colours of the rainbow.",
-    "Write a short greeting to a new engineer.",
+    "Question: What does a GPU do?\nAnswer:",
+    "The three primary colors are",
+    "Once upon a time, in a small village,",
 ]
 
 

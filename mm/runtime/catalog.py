@@ -108,6 +108,9 @@ def spec_from_dict(raw: Any, where: str = "model") -> ModelSpec:
     """
     if not isinstance(raw, dict):
         raise ValueError(f"{where}: expected an object, got {type(raw).__name__}")
+    known = next((d for d in LLAMA_DEFAULTS if d["name"] == raw.get("name")), None)
+    if known and raw.get("engine") == "llama":
+        raw = known | raw  # a models file may name a known GGUF without repeating its details
     unknown = sorted(set(raw) - set(_TYPES))
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)} (known: {', '.join(_TYPES)})")

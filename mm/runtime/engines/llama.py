@@ -240,8 +240,11 @@ class LlamaEngine:
                                   for name, default in _DEFAULTS.items()}
         kwargs.update(stream=True, seed=opts.seed, stop=opts.stop or None, grammar=_grammar(job.format),
                       max_tokens=opts.num_predict if opts.num_predict and opts.num_predict > 0 else None)
-        if job.raw and not job.is_chat:
-            return llm.create_completion(job.prompt, **kwargs)
+        # A base model (its GGUF carries no chat template) is prompted as-is, as Ollama's
+        # `{{ .Prompt }}` template for such a model does.
+        if not job.is_chat and (job.raw or not llm.metadata.get("tokenizer.chat_template")):
+            prompt = f"{job.system}\n\n{job.prompt}" if job.system and not job.raw else job.prompt
+            return llm.create_completion(prompt, **kwargs)
         messages = [{"role": m.role, "content": m.content} for m in job.messages or []]
         if not job.is_chat:
             messages = [{"role": "user", "content": job.prompt}]
