@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import redis
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from mm import keys, registry, store
+from mm import keys, registry, store, streams
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed, JobLost
 from mm.settings import get as get_settings
@@ -70,6 +70,35 @@ class Job:
         reason = self.record().get("error") or f"{type(value).__name__}: {value}"
         raise JobFailed(reason)
 
+    def stream(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield the job's chunks as the worker produces them (submit with ``stream=True``).
+
+        Each chunk is what one line of Ollama's NDJSON stream holds; the last has ``done: true``
+        and the durations. Raises :class:`JobFailed` (or ``TimeoutError``) like :meth:`get`.
+        """
+        r = store.connect()
+        result = AsyncResult(self.id, app=app)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = "0-0"
+        while True:
+            block_ms = int(1000 * (LOST_CHECK_S if deadline is None else
+                                   max(0.001, min(LOST_CHECK_S, deadline - time.monotonic()))))
+            got = False
+            for after, entry in streams.read(r, self.id, after, block_ms):
+                got = True
+                if "error" in entry:
+                    raise JobFailed(entry["error"])
+                yield entry["chunk"]
+                if entry["chunk"].get("done"):
+                    return
+            if got:
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} did not end within {timeout}s (status {self.status()})")
+            if result.state == "FAILURE" or self.status() == "failed":
+                raise JobFailed(self.record().get("error") or "failed")
+            self._check_not_lost(result)
+
     def _check_not_lost(self, result: AsyncResult) -> None:
         try:
             if store.connect().exists(keys.job(self.id)) or result.state != "PENDING":
@@ -122,6 +151,7 @@ def submit(
     metadata: dict[str, Any] | None = None,
     format: str | dict[str, Any] | None = None,
     system: str | None = None,
+    stream: bool = False,
 ) -> Job:
     """Validate a job and enqueue it on ``mm.model.<model>``; return its :class:`Job` handle.
 
@@ -134,6 +164,7 @@ def submit(
         options: Ollama options (num_predict, temperature, seed, stop, ...).
         images: base64-encoded images for vision models.
         metadata: any JSON object, kept with the job.
+        stream: publish tokens as they come; read them with :meth:`Job.stream`.
 
     Raises:
         ValidationError: nothing was enqueued; ``.field`` names the bad input.
@@ -141,7 +172,7 @@ def submit(
     request = validate(
         model, known_models=registry.names(store.connect()), settings=get_settings(), prompt=prompt,
         messages=messages, kind=kind, priority=priority, options=options, images=images,
-        metadata=metadata, format=format, system=system,
+        metadata=metadata, format=format, system=system, stream=stream,
     )
     return _enqueue(request)
 

@@ -66,6 +66,11 @@ def worker_inflight(hostname: str) -> str:
     return f"mm:inflight:{hostname}"
 
 
+def job_stream(job_id: str) -> str:
+    """The Redis stream of a streaming job's chunks."""
+    return f"mm:stream:{job_id}"
+
+
 def job(job_id: str) -> str:
     return f"mm:job:{job_id}"
 
@@ -106,3 +111,9 @@ def metrics_rollup(resolution: str, model: str) -> str:
 def quality_series(name: str, version: str) -> str:
     """Sorted set of quality metric events of one model name and version, scored by event time."""
     return f"mm:quality:{name}|{version}"
+
+
+# --- gateway ----------------------------------------------------------------------------------
+# model -> epoch seconds before which the gateway's history view hides that model's records
+# (DELETE /api/models/<name>/history); the event stream and metrics are left untouched.
+GATEWAY_HISTORY_CLEARED = "mm:gateway:history:cleared"

@@ -45,6 +45,7 @@ class JobRequest:
     metadata: dict[str, Any]
     format: str | dict[str, Any] | None = None
     system: str | None = None
+    stream: bool = False
 
     def payload(self) -> dict[str, Any]:
         """The task's JSON kwargs."""
@@ -163,6 +164,7 @@ def validate(
     metadata: Any = None,
     format: Any = None,
     system: Any = None,
+    stream: Any = False,
 ) -> JobRequest:
     """Return a :class:`JobRequest`, or raise :class:`ValidationError` naming the bad field."""
     if not isinstance(model, str) or not model.strip():
@@ -186,6 +188,10 @@ def validate(
             prompt = _check_text("prompt", prompt, settings.max_prompt_chars)
     if system is not None:
         _check_text("system", system, settings.max_prompt_chars)
+    if not isinstance(stream, bool):
+        raise ValidationError("stream", "must be true or false")
+    if stream and kind == "embed":
+        raise ValidationError("stream", "embed jobs do not stream")
     if format is not None and not (format == "json" or isinstance(format, dict)):
         raise ValidationError("format", 'must be "json" or a JSON schema object')
     request = JobRequest(
@@ -199,6 +205,7 @@ def validate(
         metadata=check_metadata(metadata),
         format=format,
         system=system,
+        stream=stream,
     )
     # Last, so that malformed requests are reported as such even for unknown models.
     if model not in known_models:

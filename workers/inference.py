@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import httpx
 import ollama
@@ -15,6 +15,9 @@ from mm.settings import Settings
 log = logging.getLogger("mm.worker")
 
 NS = 1e9
+# The runtime's own final fields, kept so a proxy can answer exactly as Ollama would.
+RUNTIME_FIELDS = ("model", "created_at", "done", "done_reason", "total_duration", "load_duration",
+                  "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration")
 
 
 def is_transient(exc: Exception) -> bool:
@@ -26,34 +29,68 @@ def is_transient(exc: Exception) -> bool:
     return isinstance(exc, (ConnectionError, httpx.TransportError, TimeoutError))
 
 
-def call_runtime(client: ollama.Client, request: dict[str, Any], load_options: dict[str, Any]) -> dict[str, Any]:
-    """One Ollama call for ``request``; keep_alive -1 so that only mm unloads."""
+Publish = Callable[[dict[str, Any]], None]
+
+
+def call_runtime(client: ollama.Client, request: dict[str, Any], load_options: dict[str, Any],
+                 publish: Publish | None = None) -> dict[str, Any]:
+    """One Ollama call for ``request``; keep_alive -1 so that only mm unloads.
+
+    With ``publish``, generate and chat stream: each chunk is published as it comes and the
+    final object is returned with the whole text.
+    """
     options = {**request.get("options", {}), **load_options}
     common = {"model": request["model"], "keep_alive": -1, "options": options}
     kind = request["kind"]
+    stream = publish is not None and kind != "embed"
     if kind == "generate":
         response = client.generate(
             prompt=request["prompt"], images=request.get("images") or None, system=request.get("system"),
-            format=request.get("format"), **common,
+            format=request.get("format"), stream=stream, **common,
         )
     elif kind == "chat":
-        response = client.chat(messages=request["messages"], format=request.get("format"), **common)
+        response = client.chat(messages=request["messages"], format=request.get("format"), stream=stream, **common)
     else:
         response = client.embed(input=request["prompt"], **common)
+    if stream:
+        return _relay(response, publish, kind)
     return response.model_dump(exclude_none=True)
 
 
+def _relay(chunks: Iterator[Any], publish: Publish, kind: str) -> dict[str, Any]:
+    parts, final = [], {}
+    for chunk in chunks:
+        final = chunk.model_dump(exclude_none=True)
+        publish(final)
+        parts.append(final.get("response") or final.get("message", {}).get("content") or "")
+    if kind == "generate":
+        final["response"] = "".join(parts)
+    else:
+        final["message"] = {"role": "assistant", "content": "".join(parts)}
+    return final
+
+
 def call_with_retries(client: ollama.Client, request: dict[str, Any], load_options: dict[str, Any],
-                      settings: Settings) -> dict[str, Any]:
-    """Retry transient runtime errors with exponential backoff; raise JobFailed for the rest."""
+                      settings: Settings, publish: Publish | None = None) -> dict[str, Any]:
+    """Retry transient runtime errors with exponential backoff; raise JobFailed for the rest.
+
+    A streaming call is not retried once a chunk went out: the reader would see it twice.
+    """
+    streamed = False
+
+    def tracking(chunk: dict[str, Any]) -> None:
+        nonlocal streamed
+        streamed = True
+        publish(chunk)
+
     delay = 0.5
     for attempt in range(settings.runtime_retries + 1):
         try:
-            return call_runtime(client, request, load_options)
+            return call_runtime(client, request, load_options, tracking if publish else None)
         except Exception as exc:
-            if not is_transient(exc) or attempt == settings.runtime_retries:
+            if not is_transient(exc) or streamed or attempt == settings.runtime_retries:
                 message = exc.error if isinstance(exc, ollama.ResponseError) else str(exc)
-                raise JobFailed(f"runtime error: {message}") from None
+                raise JobFailed(f"runtime error: {message}") from exc
             log.warning("runtime error on %s (attempt %d): %s; retrying in %.1fs",
                         request["model"], attempt + 1, exc, delay)
             time.sleep(delay)
@@ -78,7 +115,8 @@ def build_result(response: dict[str, Any], request: dict[str, Any], *, job_id: s
         "runtime_s": round((response.get("total_duration") or 0) / NS, 4),
     }
     result: dict[str, Any] = {"id": job_id, "model": request["model"], "kind": request["kind"],
-                              "node": node, "worker": worker, "timings": timings}
+                              "node": node, "worker": worker, "timings": timings,
+                              "runtime": {k: response[k] for k in RUNTIME_FIELDS if k in response}}
     if request["kind"] == "generate":
         result["response"] = response.get("response", "")
         result["done_reason"] = response.get("done_reason")

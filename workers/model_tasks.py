@@ -11,7 +11,7 @@ from typing import Any
 import ollama
 from celery.exceptions import Reject
 
-from mm import keys, metrics, registry, store
+from mm import keys, metrics, registry, store, streams
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed
 from mm.settings import get as get_settings
@@ -61,7 +61,8 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
     r.expire(keys.deliveries(job_id), settings.result_expires_s)
     if deliveries > settings.max_deliveries:
         reason = f"dead-lettered after {deliveries - 1} deliveries without finishing (worker lost each time?)"
-        r.rpush(keys.DEAD_LETTERS, json.dumps({"id": job_id, "model": model, "reason": reason, "at": time.time()}))
+        r.rpush(keys.DEAD_LETTERS, json.dumps({"id": job_id, "model": model, "reason": reason, "at": time.time(),
+                                               "request": request}))
         _fail(r, job_id, reason)
         metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, time.time(), error="DeadLettered"))
         raise JobFailed(reason)
@@ -72,12 +73,15 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
         me.job_started(model, job_id)
     try:
         entry = registry.get(r, model)
+        publish = functools.partial(streams.publish, r, job_id) if request.get("stream") else None
         response = call_with_retries(
             _runtime(settings.runtime_url, settings.runtime_timeout_s), request,
-            entry.load_options if entry else {}, settings,
+            entry.load_options if entry else {}, settings, publish,
         )
     except JobFailed as exc:
         _fail(r, job_id, str(exc))
+        if request.get("stream"):
+            streams.publish_error(r, job_id, str(exc))
         metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, started, digest=resident.get("digest"),
                                                    error=type(exc.__context__ or exc).__name__))
         raise

@@ -223,3 +223,24 @@ def test_cli_refuses_bad_input_without_enqueueing(stack):
 
     assert done.returncode != 0 and "prompt" in done.stderr
     assert queue_lengths(stack.r) == before
+
+
+def test_a_streaming_job_relays_chunks_as_they_come_and_ends_with_the_durations(stack):
+    job = mm.submit(MODELS[0]["name"], "stream to me", stream=True, options={"num_predict": 20, "seed": 4})
+
+    chunks = list(job.stream(timeout=60))
+
+    assert len(chunks) == 21 and chunks[-1]["done"] is True
+    assert all(not c["done"] for c in chunks[:-1])
+    assert chunks[-1]["eval_count"] == 20 and chunks[-1]["eval_duration"] > 0
+    text = "".join(c.get("response", "") for c in chunks)
+    assert job.get(timeout=10)["response"] == text
+
+
+def test_a_streaming_chat_job_streams_message_parts(stack):
+    job = mm.submit(MODELS[1]["name"], kind="chat", messages=[{"role": "user", "content": "hi"}], stream=True,
+                    options={"num_predict": 6})
+
+    chunks = list(job.stream(timeout=60))
+
+    assert "".join(c["message"]["content"] for c in chunks) == job.get(timeout=10)["message"]["content"]

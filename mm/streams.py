@@ -1,0 +1,40 @@
+"""Token streams of running jobs: the worker appends Ollama-shaped chunks, clients and the gateway read them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import redis
+
+from mm import keys
+
+STREAM_TTL_S = 3600
+MAX_CHUNKS = 100_000
+
+
+def publish(r: redis.Redis, job_id: str, chunk: dict[str, Any]) -> None:
+    """Append one chunk (what one NDJSON line of Ollama's stream holds)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.xadd(keys.job_stream(job_id), {"c": json.dumps(chunk)}, maxlen=MAX_CHUNKS, approximate=True)
+    pipe.expire(keys.job_stream(job_id), STREAM_TTL_S)
+    pipe.execute()
+
+
+def publish_error(r: redis.Redis, job_id: str, message: str) -> None:
+    """End the stream with an error (Ollama sends ``{"error": ...}`` as the last line)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.xadd(keys.job_stream(job_id), {"error": message})
+    pipe.expire(keys.job_stream(job_id), STREAM_TTL_S)
+    pipe.execute()
+
+
+def read(r: redis.Redis, job_id: str, after: str, block_ms: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Entries after ``after`` (waiting up to ``block_ms``): (id, {"chunk": ...} or {"error": ...})."""
+    reply = r.xread({keys.job_stream(job_id): after}, block=block_ms, count=256)
+    for _stream, entries in reply or []:
+        for entry_id, fields in entries:
+            if b"error" in fields:
+                yield entry_id.decode(), {"error": fields[b"error"].decode()}
+            else:
+                yield entry_id.decode(), {"chunk": json.loads(fields[b"c"])}
