@@ -12,8 +12,11 @@ COMMANDS = {
     "enqueue": "mm.cli.enqueue:enqueue",
     "up": "mm.cli.up:up",
     "jobs": "mm.cli.jobs:jobs",
+    "config": "mm.cli.config:config",
     "models": "mm.cli.models:models",
     "alerts": "mm.cli.alerts:alerts",
+    "gateway": "mm.cli.gateway:gateway",
+    "top": "mm.cli.top:top",
 }
 
 

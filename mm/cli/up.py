@@ -104,7 +104,7 @@ def _interrupt(*_):
 
 @click.command()
 @click.option("--workers", default=2, show_default=True, help="Model-workers to start.")
-@click.option("--slots", default=4, show_default=True, help="Threads per model-worker.")
+@click.option("--slots", type=int, default=None, help="Threads per model-worker (default MM_WORKER_SLOTS).")
 @click.option("--memory", default=8 * GB, show_default=True, help="Memory budget of the embedded runtime (bytes).")
 @click.option("--flower/--no-flower", default=True, show_default=True, help="Start the Flower dashboard.")
 @click.option("--flower-port", default=5555, show_default=True)
@@ -114,6 +114,7 @@ def _interrupt(*_):
 def up(workers, slots, memory, flower, flower_port, demo, exit_after, run_dir):
     """Start mm on this machine; Ctrl-C stops it all."""
     settings = get_settings()
+    slots = slots or settings.worker_slots
     env = dict(os.environ)
     sup = Supervisor(run_dir, env)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -1,0 +1,44 @@
+"""docker-compose.yml carries the deployment rules (no Docker engine here, so the file is checked as data)."""
+
+from pathlib import Path
+
+import yaml
+
+COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_every_process_of_mm_is_a_service():
+    assert {"redis", "ollama", "gpu-broker", "model-worker", "beat", "flower", "gateway"} <= set(SERVICES)
+
+
+def test_redis_has_aof_a_password_and_noeviction():
+    command = SERVICES["redis"]["command"]
+    assert "--appendonly yes" in command and "--requirepass" in command and "noeviction" in command
+
+
+def test_mm_services_reach_redis_with_the_password_and_ollama_by_service_name():
+    env = SERVICES["gpu-broker"]["environment"]
+    assert env["MM_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD")
+    assert env["MM_RUNTIME_URL"] == "http://ollama:11434"
+
+
+def test_the_gpu_is_reserved_for_ollama_and_the_broker_reads_nvml():
+    for name in ("ollama", "gpu-broker"):
+        devices = SERVICES[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+
+
+def test_flower_needs_basic_auth_and_listens_on_loopback_only():
+    assert "--basic-auth=" in SERVICES["flower"]["command"]
+    assert all(port.startswith("127.0.0.1:") for port in SERVICES["flower"]["ports"])
+
+
+def test_the_gateway_requires_api_keys_and_ollama_is_not_published():
+    assert "MM_GATEWAY_API_KEYS" in SERVICES["gateway"]["environment"]
+    assert "ports" not in SERVICES["ollama"]
+
+
+def test_model_workers_scale_and_the_broker_consumes_its_node_and_beat_queues():
+    assert SERVICES["model-worker"]["deploy"]["replicas"] >= 1
+    assert "-Q mm.node." in SERVICES["gpu-broker"]["command"] and "mm.beat" in SERVICES["gpu-broker"]["command"]
