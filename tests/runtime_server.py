@@ -49,6 +49,7 @@ def start_runtime(
     memory: int | str | None = None,
     evict: str = "none",
     timeout: float = 60.0,
+    port: int | None = None,
 ) -> RuntimeProc:
     """Start ``mm runtime`` on a free port and wait (up to ``timeout``) until it answers.
 
@@ -58,8 +59,9 @@ def start_runtime(
         models: model objects, written to a ``--models`` JSON file.
         memory: ``--memory`` budget in bytes (default: the runtime's 8 GiB).
         evict: ``--evict`` mode, ``"none"`` or ``"ollama"``.
+        port: a port to listen on (default: a free one), e.g. to restart a runtime in place.
     """
-    port = free_port()
+    port = port or free_port()
     args = [sys.executable, "-c", "from mm.cli import main; main()", "runtime",
             "--engine", engine, "--host", "127.0.0.1", "--port", str(port), "--evict", evict]
     models_file = None
