@@ -74,15 +74,33 @@ class Settings:
     alert_webhook: str = _opt("", "URL that receives a JSON POST when an alert fires or clears (empty: none).")
     alert_webhook_timeout_s: float = _opt(3.0, "Timeout of one alert webhook POST.")
 
+    gateway_host: str = _opt("127.0.0.1", "Address `mm gateway` listens on.")
+    gateway_port: int = _opt(5001, "Port `mm gateway` listens on.")
+    gateway_api_keys: str = _opt("", "Comma-separated bearer API keys the gateway requires (empty: no auth).")
+    gateway_max_body: int = _opt(32 * 1024 * 1024, "Largest request body the gateway accepts, in bytes (413 past it).")
+    gateway_max_json_depth: int = _opt(32, "Deepest JSON nesting the gateway accepts in a request body.")
+    gateway_wait_s: float = _opt(1800.0, "How long a synchronous gateway call (infer, non-streaming proxy) waits for its job.")
+    gateway_stats_window_s: float = _opt(3600.0, "Trailing window of the gateway's finished-job counts and status charts.")
+    gateway_threads: int = _opt(32, "Threads the gateway runs Redis and Celery calls on.")
+    gateway_max_streams: int = _opt(256, "Concurrent streaming responses the gateway relays (one thread each).")
+
     @property
     def pinned(self) -> frozenset[str]:
         return frozenset(m.strip() for m in self.pinned_models.split(",") if m.strip())
 
+    @property
+    def longest_job_s(self) -> float:
+        """The longest a job can run: the hard limit, or every runtime attempt timing out plus backoff."""
+        attempts = self.runtime_retries + 1
+        return max(self.job_time_limit_s, attempts * self.runtime_timeout_s + 8.0 * attempts)
+
     def __post_init__(self) -> None:
-        if self.visibility_timeout_s <= self.job_time_limit_s:
+        # kombu redelivers an unacked message older than the visibility timeout, even while it runs.
+        if self.visibility_timeout_s <= self.longest_job_s:
             raise ValueError(
-                f"MM_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
-                f"MM_JOB_TIME_LIMIT_S ({self.job_time_limit_s}), or long jobs run twice"
+                f"MM_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed the longest job "
+                f"({self.longest_job_s:.0f}s: MM_JOB_TIME_LIMIT_S, or (MM_RUNTIME_RETRIES + 1) x "
+                f"MM_RUNTIME_TIMEOUT_S plus backoff), or long jobs run twice at once"
             )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from datetime import datetime
@@ -25,6 +26,16 @@ from mm.settings import Settings
 log = logging.getLogger("mm.node")
 
 TAGS_SYNC_EVERY_S = 5.0
+OOM_GROWTH = 1.25  # size factor learned from an out-of-memory load that names no size
+_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+_REQUIRED = re.compile(r"requires more (?:system )?memory \((\d+(?:\.\d+)?)\s*([kmgt]?i?b)\)", re.IGNORECASE)
+
+
+def required_bytes(message: str) -> int | None:
+    """The size an Ollama out-of-memory error says the model needs (``"... memory (7.5 GiB) than ..."``)."""
+    match = _REQUIRED.search(message)
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()]) if match else None
 
 
 def _expires_ts(value: Any) -> float | None:
@@ -146,7 +157,15 @@ class NodeAgent:
             entry = registry.get(self.r, model)
             options = entry.load_options if entry else {}
             started = time.time()
-            self.runtime.generate(model=model, prompt="", keep_alive=-1, options=options)
+            try:
+                self.runtime.generate(model=model, prompt="", keep_alive=-1, options=options)
+            except ollama.ResponseError as exc:
+                if entry is not None and "memory" in str(exc.error).lower():
+                    # The model is bigger than we thought: learn it, so the next plan makes room.
+                    grown = max(required_bytes(str(exc.error)) or 0, int(entry.size * OOM_GROWTH))
+                    registry.learn_size(self.r, model, grown)
+                    log.warning("LOAD %s out of memory: %s; size now taken as %d bytes", model, exc.error, grown)
+                raise
             load_s = time.time() - started
             self.loaded[model] = {"loaded_at": time.time(), "load_s": load_s}
             size = next((m["size"] for m in self.resident() if m["model"] == model), 0)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import signal
 import time
 
+import ollama
 import pytest
 
 import mm
+from mm import registry
 from mm.errors import JobFailed
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
@@ -61,6 +63,49 @@ def test_a_slow_runtime_times_out_with_a_clear_failure_instead_of_hanging(tmp_pa
         with pytest.raises(JobFailed, match="runtime error: .*(timed out|timeout)"):
             slow.get(timeout=60)
         assert mm.generate(MODEL["name"], "quick one", options=SHORT, timeout=60)["response"]
+    finally:
+        stack.stop()
+        runtime.stop()
+
+
+def test_a_load_that_runs_out_of_memory_teaches_the_real_size_evicts_and_completes(tmp_path, redis_url):
+    # Tags say 1 GB, but estimates of half that make mm think two models fit in 1.8 GB.
+    models = [MODEL | {"name": n, "eval_rate": 2000} for n in ("oom-a:1b", "oom-b:1b")]
+    runtime = start_runtime(tmp_path, engine="sim", models=models, memory=1_800_000_000)
+    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=1_800_000_000, size_multiplier=0.5,
+                  safety_margin=0, min_residency_s=0)
+    try:
+        stack.start_broker()
+        stack.start_worker("w1", slots=2)
+        stack.wait_ready(["oom-a:1b", "oom-b:1b"], ["w1"])
+        assert mm.generate("oom-a:1b", "first", options=SHORT, timeout=60)["response"]
+
+        result = mm.generate("oom-b:1b", "second", options=SHORT, timeout=60)
+
+        assert result["response"]
+        assert stack.resident() == ["oom-b:1b"]
+        assert "out of memory" in stack.procs["broker"].output()
+        assert registry.get(stack.r, "oom-b:1b").size == GB  # learned from the runtime after the retry
+    finally:
+        stack.stop()
+        runtime.stop()
+
+
+def test_a_model_unloaded_behind_mm_while_a_job_runs_does_not_fail_the_job(tmp_path, redis_url):
+    runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
+    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB)
+    try:
+        stack.start_broker()
+        stack.start_worker("w1", slots=2)
+        stack.wait_ready([MODEL["name"]], ["w1"])
+        job = mm.submit(MODEL["name"], "keep going", options={"num_predict": 80})
+        wait_for(lambda: job.status() == "running", 30, what="the job to start")
+
+        ollama.Client(host=runtime.url).generate(model=MODEL["name"], prompt="", keep_alive=0)
+
+        assert job.get(timeout=60)["timings"]["eval_tokens"] == 80
+        # mm notices the model is gone and loads it again for the next job.
+        assert mm.generate(MODEL["name"], "again", options=SHORT, timeout=60)["response"]
     finally:
         stack.stop()
         runtime.stop()

@@ -87,3 +87,8 @@ def test_settings_refuse_a_visibility_timeout_shorter_than_the_job_limit():
 def test_settings_name_a_bad_value():
     with pytest.raises(ValueError, match="MM_TICK_S"):
         load({"MM_TICK_S": "fast"})
+
+
+def test_settings_refuse_a_visibility_timeout_shorter_than_all_runtime_attempts():
+    with pytest.raises(ValueError, match="longest job"):
+        load({"MM_VISIBILITY_TIMEOUT_S": "2000", "MM_RUNTIME_TIMEOUT_S": "600", "MM_RUNTIME_RETRIES": "3"})
