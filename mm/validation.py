@@ -169,9 +169,9 @@ def validate(
     """Return a :class:`JobRequest`, or raise :class:`ValidationError` naming the bad field."""
     if not isinstance(model, str) or not model.strip():
         raise ValidationError("model", "must be a non-empty string")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ValidationError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    if priority not in PRIORITIES:
+    if not isinstance(priority, str) or priority not in PRIORITIES:
         raise ValidationError("priority", f"must be one of {', '.join(PRIORITIES)}, got {priority!r}")
     if kind == "chat":
         if prompt is not None:

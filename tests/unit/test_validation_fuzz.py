@@ -1,0 +1,45 @@
+"""Fuzzing the client API's validation: any input either passes or raises ValidationError naming a field."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mm.errors import ValidationError
+from mm.settings import Settings
+from mm.validation import JobRequest, validate
+
+SETTINGS = Settings(max_prompt_chars=200)
+KNOWN = frozenset({"m:1b", "e:1b"})
+FIELDS = {"model", "kind", "priority", "prompt", "messages", "options", "images", "metadata", "format", "system",
+          "stream"}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+option_keys = st.sampled_from(["num_predict", "temperature", "seed", "stop", "top_k", "num_ctx", "bogus"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    model=st.one_of(st.sampled_from(sorted(KNOWN)), json_values),
+    kind=st.one_of(st.sampled_from(["generate", "chat", "embed"]), json_values),
+    priority=st.one_of(st.sampled_from(["high", "normal", "low"]), json_values),
+    prompt=st.one_of(st.text(max_size=250), st.lists(st.text(max_size=20), max_size=3), json_values),
+    messages=st.one_of(st.none(), st.lists(st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "wizard"]), "content": json_values}), max_size=3), json_values),
+    options=st.one_of(st.none(), st.dictionaries(option_keys, json_values, max_size=4), json_values),
+    images=st.one_of(st.none(), st.lists(st.text(max_size=12), max_size=3), json_values),
+    metadata=st.one_of(st.none(), json_values),
+    stream=st.one_of(st.booleans(), json_values),
+)
+def test_any_input_is_accepted_or_refused_with_a_named_field(model, kind, priority, prompt, messages, options,
+                                                             images, metadata, stream):
+    try:
+        request = validate(model, known_models=KNOWN, settings=SETTINGS, kind=kind, priority=priority, prompt=prompt,
+                           messages=messages, options=options, images=images, metadata=metadata, stream=stream)
+    except ValidationError as exc:
+        assert exc.field.split(".")[0].split("[")[0] in FIELDS, exc.field
+        assert exc.message
+        return
+    assert isinstance(request, JobRequest) and request.model in KNOWN
