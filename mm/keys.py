@@ -57,6 +57,11 @@ def node_fence_seen(node: str) -> str:
     return f"mm:fence:seen:{node}"
 
 
+def unloading(node: str, model: str) -> str:
+    """Set while ``model`` is being unloaded from ``node``: workers must not start jobs on it."""
+    return f"mm:unloading:{node}:{model}"
+
+
 def worker_state(hostname: str) -> str:
     return f"mm:worker:{hostname}"
 

@@ -48,47 +48,52 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
     node = me.node if me else settings.node
     hostname = self.request.hostname or ""
 
-    resident = _resident_entry(r, node, model)
-    if resident is None:
-        # Never let the runtime load a model behind the scheduler's back: put the job back.
-        log.warning("job %s: %s is not resident on %s; requeued", job_id, model, node)
-        if me is not None and getattr(me, "consumer", None) is not None:
-            control.unbind_self(me.consumer, model)
-        time.sleep(0.2)  # the leader rebinds within a tick; do not spin on the queue meanwhile
-        raise Reject(f"{model} not resident on {node}", requeue=True)
-
-    deliveries = r.incr(keys.deliveries(job_id))
-    r.expire(keys.deliveries(job_id), settings.result_expires_s)
-    if deliveries > settings.max_deliveries:
-        reason = f"dead-lettered after {deliveries - 1} deliveries without finishing (worker lost each time?)"
-        r.rpush(keys.DEAD_LETTERS, json.dumps({"id": job_id, "model": model, "reason": reason, "at": time.time(),
-                                               "request": request}))
-        _fail(r, job_id, reason)
-        metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, time.time(), error="DeadLettered"))
-        raise JobFailed(reason)
-
-    started = time.time()
-    r.hset(keys.job(job_id), mapping={"status": "running", "started_at": started, "node": node, "worker": hostname})
+    # Count the job in flight before checking residency: an unload that starts now waits for it,
+    # and one already under way has set its marker, which this check sees.
     if me is not None:
         me.job_started(model, job_id)
     try:
+        resident = _resident_entry(r, node, model)
+        if resident is None or r.exists(keys.unloading(node, model)):
+            # Never let the runtime load a model behind the scheduler's back: put the job back.
+            log.warning("job %s: %s is not resident on %s; requeued", job_id, model, node)
+            if me is not None and getattr(me, "consumer", None) is not None:
+                control.unbind_self(me.consumer, model)
+            time.sleep(0.2)  # the leader rebinds within a tick; do not spin on the queue meanwhile
+            raise Reject(f"{model} not resident on {node}", requeue=True)
+
+        deliveries = r.incr(keys.deliveries(job_id))
+        r.expire(keys.deliveries(job_id), settings.result_expires_s)
+        if deliveries > settings.max_deliveries:
+            reason = f"dead-lettered after {deliveries - 1} deliveries without finishing (worker lost each time?)"
+            r.rpush(keys.DEAD_LETTERS, json.dumps({"id": job_id, "model": model, "reason": reason,
+                                                   "at": time.time(), "request": request}))
+            _fail(r, job_id, reason)
+            metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, time.time(), error="DeadLettered"))
+            raise JobFailed(reason)
+
+        started = time.time()
+        r.hset(keys.job(job_id), mapping={"status": "running", "started_at": started, "node": node,
+                                          "worker": hostname})
         entry = registry.get(r, model)
         publish = functools.partial(streams.publish, r, job_id) if request.get("stream") else None
-        response = call_with_retries(
-            _runtime(settings.runtime_url, settings.runtime_timeout_s), request,
-            entry.load_options if entry else {}, settings, publish,
-        )
-    except JobFailed as exc:
-        _fail(r, job_id, str(exc))
-        if request.get("stream"):
-            streams.publish_error(r, job_id, str(exc))
-        metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, started, digest=resident.get("digest"),
-                                                   error=type(exc.__context__ or exc).__name__))
-        raise
+        try:
+            response = call_with_retries(
+                _runtime(settings.runtime_url, settings.runtime_timeout_s), request,
+                entry.load_options if entry else {}, settings, publish,
+            )
+        except JobFailed as exc:
+            _fail(r, job_id, str(exc))
+            if request.get("stream"):
+                streams.publish_error(r, job_id, str(exc))
+            metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, started,
+                                                       digest=resident.get("digest"),
+                                                       error=type(exc.__context__ or exc).__name__))
+            raise
+        r.hset(keys.ACTIVITY, model, time.time())
     finally:
         if me is not None:
             me.job_ended(model, job_id)
-        r.hset(keys.ACTIVITY, model, time.time())
     # The load this job waited for, if the model was loaded after it was submitted.
     load_s = resident.get("load_s", 0.0) if resident.get("loaded_at", 0) > submitted_at else 0.0
     result = build_result(response, request, job_id=job_id, node=node, worker=hostname,

@@ -22,10 +22,12 @@ from mm.errors import StaleToken
 from mm.lease import check_fence
 from mm.memory import MemoryMonitor
 from mm.settings import Settings
+from workers.snapshot_reader import read_raw
 
 log = logging.getLogger("mm.node")
 
 TAGS_SYNC_EVERY_S = 5.0
+DRAIN_WAIT_S = 60.0  # an unload waits this long for jobs that started on the model to finish
 OOM_GROWTH = 1.25  # size factor learned from an out-of-memory load that names no size
 _UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
           "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
@@ -180,17 +182,35 @@ class NodeAgent:
         """Unload ``model`` and wait until its memory shows as free (NVML lags)."""
 
         def body() -> dict[str, Any]:
-            resident = self.resident()
-            size = next((m["size"] for m in resident if m["model"] == model), 0)
-            free_before = self.monitor.read(sum(m["size"] for m in resident)).free
-            self.runtime.generate(model=model, prompt="", keep_alive=0)
-            self.loaded.pop(model, None)
-            freed = self._wait_freed(model, free_before + size // 2)
+            marker = keys.unloading(self.node, model)
+            self.r.set(marker, 1, ex=int(DRAIN_WAIT_S + self.settings.unload_settle_s + 30))
+            try:
+                if not self._wait_drained(model):
+                    raise RuntimeError(f"{model} still has jobs running on {self.node} after {DRAIN_WAIT_S:.0f}s")
+                resident = self.resident()
+                size = next((m["size"] for m in resident if m["model"] == model), 0)
+                free_before = self.monitor.read(sum(m["size"] for m in resident)).free
+                self.runtime.generate(model=model, prompt="", keep_alive=0)
+                self.loaded.pop(model, None)
+                freed = self._wait_freed(model, free_before + size // 2)
+                self.publish()  # workers now see it gone before the marker is lifted
+            finally:
+                self.r.delete(marker)
             log.info("UNLOAD %s on %s (%s)%s", model, self.node, reason or "policy", "" if freed else ", memory slow to free")
             events.emit(self.r, "unload", model=model, node=self.node, reason=reason)
             return {"model": model, "node": self.node, "freed": freed}
 
         return self._fenced("unload", model, token, body)
+
+    def _wait_drained(self, model: str) -> bool:
+        """Wait until no worker on this node runs a job of ``model`` (they count a job before checking)."""
+        deadline = time.monotonic() + DRAIN_WAIT_S
+        while time.monotonic() < deadline:
+            workers = read_raw(self.r).workers.values()
+            if not any(w["node"] == self.node and w.get("running", {}).get(model) for w in workers):
+                return True
+            time.sleep(0.05)
+        return False
 
     def _wait_freed(self, model: str, target_free: int) -> bool:
         """Poll until ``model`` left the runtime and most of its memory shows free, as Ollama does."""
