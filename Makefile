@@ -1,16 +1,20 @@
 # The two commands of the README: `make demo` brings mm up and runs its demo batch; `make test` runs the tests.
 PYTHON ?= python3
 
-.PHONY: install demo test test-fast
+.PHONY: install install-test demo test test-fast
 
 install:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(PYTHON) -m pip install -q -e '.[llama]'
+
+install-test: install
+	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose)
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 demo: install
 	mm up --demo
 
-test: install
+test: install-test
 	$(PYTHON) -m pytest
 
 test-fast:

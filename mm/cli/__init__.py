@@ -13,6 +13,7 @@ COMMANDS = {
     "up": "mm.cli.up:up",
     "jobs": "mm.cli.jobs:jobs",
     "config": "mm.cli.config:config",
+    "check": "mm.cli.check:check",
     "models": "mm.cli.models:models",
     "alerts": "mm.cli.alerts:alerts",
     "gateway": "mm.cli.gateway:gateway",

@@ -244,3 +244,11 @@ def test_a_streaming_chat_job_streams_message_parts(stack):
     chunks = list(job.stream(timeout=60))
 
     assert "".join(c["message"]["content"] for c in chunks) == job.get(timeout=10)["message"]["content"]
+
+
+def test_mm_check_reports_live_parts_healthy_and_names_missing_ones(stack):
+    assert run_cli("check", "--node", stack.node, "--worker", stack.hostname("w1")).returncode == 0
+
+    missing = run_cli("check", "--worker", "nobody@nowhere")
+
+    assert missing.returncode == 1 and "nobody@nowhere" in missing.stderr

@@ -42,3 +42,21 @@ def test_the_gateway_requires_api_keys_and_ollama_is_not_published():
 def test_model_workers_scale_and_the_broker_consumes_its_node_and_beat_queues():
     assert SERVICES["model-worker"]["deploy"]["replicas"] >= 1
     assert "-Q mm.node." in SERVICES["gpu-broker"]["command"] and "mm.beat" in SERVICES["gpu-broker"]["command"]
+
+
+def test_every_service_has_a_healthcheck():
+    assert all("healthcheck" in service for service in SERVICES.values()), [
+        name for name, service in SERVICES.items() if "healthcheck" not in service]
+
+
+def test_docker_compose_config_accepts_the_file():
+    import os
+    import shutil
+    import subprocess
+
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is not installed (apt-get install -y docker-compose)"
+    env = os.environ | {"REDIS_PASSWORD": "p", "FLOWER_AUTH": "u:p", "MM_GATEWAY_API_KEYS": "k"}
+    done = subprocess.run([binary, "config", "-q"], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

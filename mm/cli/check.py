@@ -1,0 +1,49 @@
+"""``mm check``: exit 0 when healthy, 1 with the reason otherwise; compose healthchecks use it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+import redis
+
+from mm import keys, store
+
+
+def problems(node: str | None, worker: str | None, beat_within: float | None) -> list[str]:
+    """What is wrong, or an empty list: Redis answers and the named parts have reported recently."""
+    r = store.connect()
+    try:
+        r.ping()
+    except redis.RedisError as exc:
+        return [f"Redis: {exc}"]
+    found = []
+    if node:
+        raw = r.get(keys.node_state(node))
+        if raw is None:
+            found.append(f"node {node} has not published its state recently (is its gpu-broker running?)")
+        elif not json.loads(raw).get("runtime_up", False):
+            found.append(f"node {node}: runtime down ({json.loads(raw).get('runtime_error', '')})")
+    if worker and not r.exists(keys.worker_state(worker)):
+        found.append(f"model-worker {worker} has not reported recently")
+    if beat_within is not None:
+        last = r.xrevrange(keys.BEAT_RUNS, count=1)
+        at = json.loads(last[0][1][b"run"])["at"] if last else 0.0
+        if time.time() - at > beat_within:
+            found.append(f"no beat job ran in the last {beat_within:.0f}s")
+    return found
+
+
+@click.command()
+@click.option("--node", help="Require this node's state (its gpu-broker and runtime).")
+@click.option("--worker", help="Require this model-worker's heartbeat (its Celery hostname).")
+@click.option("--beat-within", type=float, help="Require a beat job to have run within this many seconds.")
+def check(node, worker, beat_within):
+    """Exit 0 if Redis answers and the named parts are alive; else print why and exit 1."""
+    found = problems(node, worker, beat_within)
+    for problem in found:
+        click.echo(problem, err=True)
+    if found:
+        raise SystemExit(1)
+    click.echo("ok")
