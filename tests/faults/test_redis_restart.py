@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import mm
 from mm import keys
 from mm.errors import JobLost
+from tests.faults.conftest import ran_twice
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
@@ -34,22 +37,26 @@ def queued(stack) -> int:
     return sum(stack.r.llen(keys.priority_list(MODEL["name"], p)) for p in keys.PRIORITY_STEPS)
 
 
-def test_with_aof_queued_jobs_survive_a_redis_restart_and_workers_resume(stack, redis_server):
+def test_with_aof_queued_jobs_survive_a_redis_restart_and_workers_resume(stack, redis_server, ledger):
     jobs = [mm.submit(MODEL["name"], f"keep me {i}", options=OPTS) for i in range(10)]
     assert queued(stack) == 10  # no model-worker yet: they wait
 
     redis_server.restart(appendonly=True)
+    restarted_at = time.monotonic()
     stack.start_worker("w1")
 
     results = [job.get(timeout=90) for job in jobs]
+    ledger("4. Redis killed and restarted with AOF", "queued jobs survive, workers resume", submitted=10,
+           completed=10, failed=0, duplicated=ran_twice(stack.r, 10), recover_s=time.monotonic() - restarted_at)
     assert [r["id"] for r in results] == [j.id for j in jobs]
     wait_for(stack.node_state, 30, what="the broker to publish again after the restart")
 
 
-def test_without_persistence_lost_jobs_are_reported_not_left_pending(stack, redis_server):
+def test_without_persistence_lost_jobs_are_reported_not_left_pending(stack, redis_server, ledger):
     jobs = [mm.submit(MODEL["name"], f"lose me {i}", options=OPTS) for i in range(5)]
 
     redis_server.restart(appendonly=False)
+    restarted_at = time.monotonic()
     stack.start_worker("w1")
 
     for job in jobs:
@@ -58,3 +65,5 @@ def test_without_persistence_lost_jobs_are_reported_not_left_pending(stack, redi
     # mm itself recovers: the node re-registers its models and new jobs run.
     wait_for(lambda: stack.r.hexists(keys.MODELS, MODEL["name"]), 30, what="the registry to be rebuilt")
     assert mm.generate(MODEL["name"], "after the loss", options=OPTS, timeout=60)["response"]
+    ledger("5. Redis restarted without persistence", "each lost job raises JobLost (none left pending); "
+           "new jobs run", submitted=6, completed=1, failed=5, recover_s=time.monotonic() - restarted_at)

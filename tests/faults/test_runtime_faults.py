@@ -23,7 +23,8 @@ LONG = {"num_predict": 200}  # five seconds of generation
 SHORT = {"num_predict": 4}
 
 
-def test_a_runtime_that_dies_fails_the_running_job_clearly_and_queued_jobs_run_once_it_is_back(tmp_path, redis_url):
+def test_a_runtime_that_dies_fails_the_running_job_clearly_and_queued_jobs_run_once_it_is_back(tmp_path, redis_url,
+                                                                                              ledger):
     runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
     stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB, runtime_retries=2)
     try:
@@ -45,12 +46,15 @@ def test_a_runtime_that_dies_fails_the_running_job_clearly_and_queued_jobs_run_o
 
         runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB, port=runtime.port)
         assert waiting.get(timeout=60)["response"]
+        ledger("10. runtime killed mid-job, restarted later", "running job fails after 2 retries with the "
+               "runtime's error; the queued one completes once it is back", submitted=2, completed=1, failed=1,
+               recover_s=time.monotonic() - started)
     finally:
         stack.stop()
         runtime.stop()
 
 
-def test_a_slow_runtime_times_out_with_a_clear_failure_instead_of_hanging(tmp_path, redis_url):
+def test_a_slow_runtime_times_out_with_a_clear_failure_instead_of_hanging(tmp_path, redis_url, ledger):
     runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
     stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB, runtime_timeout_s=1, runtime_retries=1)
     try:
@@ -63,12 +67,14 @@ def test_a_slow_runtime_times_out_with_a_clear_failure_instead_of_hanging(tmp_pa
         with pytest.raises(JobFailed, match="runtime error: .*(timed out|timeout)"):
             slow.get(timeout=60)
         assert mm.generate(MODEL["name"], "quick one", options=SHORT, timeout=60)["response"]
+        ledger("10b. runtime slower than the 1 s timeout", "bounded retries, then a timeout failure; nothing "
+               "hangs", submitted=2, completed=1, failed=1)
     finally:
         stack.stop()
         runtime.stop()
 
 
-def test_a_load_that_runs_out_of_memory_teaches_the_real_size_evicts_and_completes(tmp_path, redis_url):
+def test_a_load_that_runs_out_of_memory_teaches_the_real_size_evicts_and_completes(tmp_path, redis_url, ledger):
     # Tags say 1 GB, but estimates of half that make mm think two models fit in 1.8 GB.
     models = [MODEL | {"name": n, "eval_rate": 2000} for n in ("oom-a:1b", "oom-b:1b")]
     runtime = start_runtime(tmp_path, engine="sim", models=models, memory=1_800_000_000)
@@ -86,12 +92,14 @@ def test_a_load_that_runs_out_of_memory_teaches_the_real_size_evicts_and_complet
         assert stack.resident() == ["oom-b:1b"]
         assert "out of memory" in stack.procs["broker"].output()
         assert registry.get(stack.r, "oom-b:1b").size == GB  # learned from the runtime after the retry
+        ledger("11. load out of memory (size underestimated)", "size learned, other model evicted, load "
+               "retried, job completes", submitted=2, completed=2, failed=0)
     finally:
         stack.stop()
         runtime.stop()
 
 
-def test_a_model_unloaded_behind_mm_while_a_job_runs_does_not_fail_the_job(tmp_path, redis_url):
+def test_a_model_unloaded_behind_mm_while_a_job_runs_does_not_fail_the_job(tmp_path, redis_url, ledger):
     runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
     stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB)
     try:
@@ -106,6 +114,8 @@ def test_a_model_unloaded_behind_mm_while_a_job_runs_does_not_fail_the_job(tmp_p
         assert job.get(timeout=60)["timings"]["eval_tokens"] == 80
         # mm notices the model is gone and loads it again for the next job.
         assert mm.generate(MODEL["name"], "again", options=SHORT, timeout=60)["response"]
+        ledger("12. model unloaded behind mm while its job runs", "the job is not failed; mm reloads for the "
+               "next", submitted=2, completed=2, failed=0)
     finally:
         stack.stop()
         runtime.stop()

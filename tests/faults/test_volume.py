@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import mm
+from tests.faults.conftest import ran_twice
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
 
@@ -25,7 +26,7 @@ def rss_bytes(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
 
 
-def test_ten_thousand_jobs_across_twenty_models_complete_with_bounded_memory(tmp_path, redis_url):
+def test_ten_thousand_jobs_across_twenty_models_complete_with_bounded_memory(tmp_path, redis_url, ledger):
     # 6 GB holds 12 of the 20 models: the scheduler keeps swapping while the queues drain.
     runtime = start_runtime(tmp_path, engine="sim", models=MODELS, memory=6 * GB)
     stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=6 * GB, safety_margin=0, min_residency_s=0.5,
@@ -49,6 +50,9 @@ def test_ten_thousand_jobs_across_twenty_models_complete_with_bounded_memory(tmp
         worker_rss = max(rss_bytes(stack.procs[f"w{i}"].pid) for i in range(3))
         print(f"\n{JOBS} jobs in {elapsed:.0f}s ({JOBS / elapsed:.0f}/s); Redis grew {redis_growth / 1e6:.1f} MB "
               f"({redis_growth / JOBS:.0f} B/job incl. results and metrics); largest worker RSS {worker_rss / 1e6:.0f} MB")
+        ledger("13. 10,000 jobs over 20 models (12 fit), 3 workers", f"all complete; Redis +{redis_growth / JOBS:.0f} "
+               f"B/job, worker RSS {worker_rss / 1e6:.0f} MB, {JOBS / elapsed:.0f} jobs/s", submitted=JOBS,
+               completed=JOBS, failed=0, duplicated=ran_twice(stack.r, JOBS))
         assert redis_growth / JOBS < 4096  # results, job records and metric samples, all with TTLs
         assert worker_rss < 400e6
     finally:

@@ -6,12 +6,14 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 import mm
 from mm import keys
 from mm.errors import JobFailed
+from tests.faults.conftest import ran_twice
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
@@ -43,23 +45,26 @@ def running_on(job) -> str | None:
     return record.get("worker") if record.get("status") == "running" else None
 
 
-def test_a_job_whose_worker_is_killed_mid_run_is_redelivered_and_completes(stack):
+def test_a_job_whose_worker_is_killed_mid_run_is_redelivered_and_completes(stack, ledger):
     stack.start_worker("w1", slots=1)
     stack.wait_ready([SLOW["name"]], ["w1"])
     job = mm.submit(SLOW["name"], "survive", options=LONG_JOB)
     wait_for(lambda: running_on(job), 30, what="the job to start")
 
     stack.procs["w1"].signal(signal.SIGKILL)
+    killed_at = time.monotonic()
     stack.start_worker("w2", slots=1)
 
     result = job.get(timeout=60)
+    ledger("1. model-worker SIGKILLed mid-job", "redelivered at once, completes on another worker",
+           submitted=1, completed=1, failed=0, duplicated=ran_twice(stack.r, 1), recover_s=time.monotonic() - killed_at)
     assert result["worker"] == stack.hostname("w2")
     assert int(stack.r.get(keys.deliveries(job.id))) == 2
     events = [json.loads(e[b"event"]) for _id, e in stack.r.xrange(keys.EVENTS)]
     assert any(e["kind"] == "worker_lost" and e["requeued"] == 1 for e in events)
 
 
-def test_a_job_that_kills_its_worker_every_time_ends_dead_lettered_with_a_reason(stack):
+def test_a_job_that_kills_its_worker_every_time_ends_dead_lettered_with_a_reason(stack, ledger):
     stack.wait_ready([SLOW["name"]], [])
     job = mm.submit(SLOW["name"], "poison", options=LONG_JOB)
     killed = 0
@@ -74,6 +79,8 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead_lettered_with_a_reason
     with pytest.raises(JobFailed, match="dead-lettered after 3 deliveries"):
         job.get(timeout=60)
     assert killed == 3
+    ledger("2. a job kills its worker every time", "dead-lettered after 3 deliveries with the reason; "
+           "`mm jobs retry` requeues it", submitted=1, completed=0, failed=1, duplicated=ran_twice(stack.r, 0))
     listed = cli("jobs", "failed")
     assert job.id in listed.stdout and "dead-lettered after 3 deliveries" in listed.stdout
 
@@ -83,7 +90,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead_lettered_with_a_reason
     assert "no dead-lettered jobs" in cli("jobs", "failed").stdout
 
 
-def test_other_jobs_are_unaffected_by_a_killed_worker(stack):
+def test_other_jobs_are_unaffected_by_a_killed_worker(stack, ledger):
     stack.start_worker("w1", slots=2)
     stack.start_worker("w2", slots=2)
     stack.wait_ready([SLOW["name"]], ["w1", "w2"])
@@ -91,7 +98,10 @@ def test_other_jobs_are_unaffected_by_a_killed_worker(stack):
     wait_for(lambda: any(running_on(j) == stack.hostname("w1") for j in jobs), 30, what="w1 to run a job")
 
     stack.procs["w1"].signal(signal.SIGKILL)
+    killed_at = time.monotonic()
 
     results = [j.get(timeout=90) for j in jobs]
     assert len({r["id"] for r in results}) == 12
     assert all(j.status() == "complete" for j in jobs)
+    ledger("1b. one of two workers SIGKILLed under load", "every job completes", submitted=12, completed=12,
+           failed=0, duplicated=ran_twice(stack.r, 12), recover_s=time.monotonic() - killed_at)
