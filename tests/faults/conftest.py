@@ -57,7 +57,8 @@ def pytest_sessionfinish(session, exitstatus):
         return
     path = Path(out)
     head, _, table = path.read_text().partition(TABLE_MARK) if path.exists() else ("# Reliability\n\n", "", "")
-    rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:] if line.startswith("|")}
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| scenario |")}
     for row in ROWS:
         recover = f"{row.recover_s:.1f} s" if row.recover_s is not None else "n/a"
         rows[row.scenario] = (f"| {row.scenario} | {row.expectation} | {row.submitted} | {row.completed} | "
