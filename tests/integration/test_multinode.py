@@ -1,0 +1,68 @@
+"""Two GPU hosts on one machine: each its own runtime, memory budget, gpu-broker and model-worker; one leader."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+import mm
+from mm import keys
+from tests.procs import wait_for
+from tests.runtime_server import start_runtime
+from tests.stack import Stack
+
+GB = 1_000_000_000
+MODELS = [{"name": n, "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 400, "parallel": 4}
+          for n in ("mn-a:1b", "mn-b:1b")]
+MEMORY = 1_800_000_000  # one model per node
+OPTS = {"num_predict": 20}
+
+
+@pytest.fixture
+def nodes(tmp_path, redis_url):
+    started = []
+    try:
+        for name in ("n1", "n2"):
+            folder = tmp_path / name
+            folder.mkdir()
+            runtime = start_runtime(folder, engine="sim", models=MODELS, memory=MEMORY)
+            stack = Stack(folder, redis_url, runtime.url, node=name, memory_budget=MEMORY, safety_margin=0)
+            started.append((stack, runtime))
+            stack.start_broker()
+            stack.start_worker("w", slots=2)
+        for stack, _ in started:
+            stack.wait_ready([m["name"] for m in MODELS], ["w"])
+        yield started
+    finally:
+        for stack, runtime in started:
+            stack.stop()
+            runtime.stop()
+
+
+def test_the_leader_places_two_models_on_two_nodes_and_both_serve(nodes):
+    jobs = [mm.submit(m["name"], f"job {i}", options=OPTS) for i in range(6) for m in MODELS]
+
+    results = [job.get(timeout=90) for job in jobs]
+
+    placed = {r["model"]: {x["node"] for x in results if x["model"] == r["model"]} for r in results}
+    assert placed["mn-a:1b"].isdisjoint(placed["mn-b:1b"]), placed
+    assert sorted(sum((s.resident() for s, _ in nodes), [])) == ["mn-a:1b", "mn-b:1b"]
+    assert len(nodes[0][0].r.zrange(keys.NODES, 0, -1)) == 2
+
+
+def test_killing_a_node_loses_no_job_and_its_model_moves_to_the_other(nodes):
+    (n1, _), (n2, rt2) = nodes
+    warm = [mm.submit(m["name"], "warm up", options=OPTS) for m in MODELS]
+    by_node = {r["node"]: r["model"] for r in (j.get(timeout=90) for j in warm)}
+    model_on_n2 = by_node["n2"]
+    jobs = [mm.submit(model_on_n2, f"after {i}", options={"num_predict": 200}) for i in range(6)]
+    wait_for(lambda: any(j.status() == "running" for j in jobs), 30, what="a job to run on n2")
+
+    for proc in n2.procs.values():
+        proc.signal(signal.SIGKILL)
+    rt2.proc.signal(signal.SIGKILL)
+
+    results = [job.get(timeout=120) for job in jobs]
+    assert "n1" in {r["node"] for r in results}  # the model moved to the surviving node
+    assert all(job.status() == "complete" for job in jobs)
