@@ -30,6 +30,11 @@ Design, in one place:
 - **Workers** (:mod:`mm.policy_workers`): a resident model with queued jobs gets bound workers
   on its node until their slots cover ``min(queued + in_flight, max_parallel)``; workers bound to
   a model no longer resident on their node, or being evicted, are unbound.
+- **Strategy.** Where a model fits in free memory, ``spread`` picks the node with the most free
+  memory and ``binpack`` the one with the least that fits (``snapshot.placement``).
+- **Replicas.** A resident model whose backlog exceeds ``replica_backlog`` jobs per parallel slot
+  of every copy gets one more copy per tick, on a node where it fits in free memory (no eviction,
+  so nothing in use is moved), chosen by the same strategy.
 - **Reject** the queued jobs of a model missing from the registry, or whose ``size +
   safety_margin`` exceeds every node's total memory (never while no node is known).
 """
@@ -130,7 +135,8 @@ def plan(snapshot: Snapshot) -> list[Action]:
     scores = {m: demand_score(d, snapshot.aging_s) for m, d in snapshot.demand.items() if d.total > 0}
     out = _Plan()
     challengers = _challengers(snapshot, scores, out)
-    _place(snapshot, scores, challengers, out)
+    rooms = _place(snapshot, scores, challengers, out)
+    _replicate(snapshot, rooms, out)
     binds = assign_workers(snapshot, scores, out.doomed, out.unbinds)
     return [*out.unbinds, *out.unloads, *out.loads, *binds, *out.rejects]
 
@@ -237,9 +243,48 @@ def _trim(room: _NodeRoom, k: int, need: int) -> list[int]:
     return kept
 
 
+def _fitting(snapshot: Snapshot, rooms: dict[str, _NodeRoom], need: int) -> _NodeRoom | None:
+    """The room where ``need`` bytes fit in free memory, by the placement strategy; None if none."""
+    fits = [room for room in rooms.values() if room.free >= need]
+    if not fits:
+        return None
+    if snapshot.placement == "binpack":
+        return min(fits, key=lambda room: (room.free, room.name))
+    return min(fits, key=lambda room: (-room.free, room.name))
+
+
+def _replicate(snapshot: Snapshot, rooms: dict[str, _NodeRoom], out: _Plan) -> None:
+    """One more copy of each model whose backlog outgrows its copies, where it fits in free memory."""
+    if snapshot.replica_backlog <= 0 or not rooms:
+        return
+    copies: dict[str, set[str]] = {}
+    for name, node in snapshot.nodes.items():
+        for model in (*node.resident, *node.pending):
+            copies.setdefault(model, set()).add(name)
+    for load in out.loads:
+        copies.setdefault(load.model, set()).add(load.node)
+    hot = []
+    for model, demand in snapshot.demand.items():
+        info = snapshot.models.get(model)
+        have = copies.get(model)
+        if info is None or not have or not any(model in snapshot.nodes[n].resident for n in have):
+            continue
+        if demand.total > snapshot.replica_backlog * max(1, info.max_parallel) * len(have):
+            hot.append((-demand.total, model))
+    for _, model in sorted(hot):
+        candidates = {name: room for name, room in rooms.items() if name not in copies[model]}
+        room = _fitting(snapshot, candidates, snapshot.models[model].size + snapshot.safety_margin)
+        if room is not None:
+            out.loads.append(Load(room.name, model))
+            del rooms[room.name]
+
+
 def _place(snapshot: Snapshot, scores: dict[str, float], challengers: list[tuple[str, int, float]],
-           out: _Plan) -> None:
-    """Give each challenger, best first, a node: free memory first, else the cheapest eviction."""
+           out: _Plan) -> dict[str, _NodeRoom]:
+    """Give each challenger, best first, a node: free memory first, else the cheapest eviction.
+
+    Returns the rooms (nodes) that took no Load this tick.
+    """
     rooms = _rooms(snapshot, scores)
     by_free = [(-room.free, name) for name, room in rooms.items()]
     by_freeable = [(-room.freeable, name) for name, room in rooms.items()]
@@ -255,7 +300,9 @@ def _place(snapshot: Snapshot, scores: dict[str, float], challengers: list[tuple
             while heap[0][1] not in rooms:
                 heapq.heappop(heap)
         if -by_free[0][0] >= need:
-            room, victims = rooms[by_free[0][1]], []
+            # spread: the heap's top has the most free memory; binpack looks for the tightest fit.
+            room = rooms[by_free[0][1]] if snapshot.placement != "binpack" else _fitting(snapshot, rooms, need)
+            victims = []
         elif need > -by_freeable[0][0] or (smallest_failed is not None and need >= smallest_failed):
             continue
         else:
@@ -275,6 +322,7 @@ def _place(snapshot: Snapshot, scores: dict[str, float], challengers: list[tuple
             victims = [room.victims[i] for i in _trim(room, bisect_left(room.cum_size, need - room.free), need)]
         _commit(room, model, victims, out)
         del rooms[room.name]
+    return rooms
 
 
 def _commit(room: _NodeRoom, model: str, victims: list[Resident], out: _Plan) -> None:

@@ -84,6 +84,9 @@ class Settings:
     gateway_threads: int = _opt(32, "Threads the gateway runs Redis and Celery calls on.")
     gateway_max_streams: int = _opt(256, "Concurrent streaming responses the gateway relays (one thread each).")
 
+    placement: str = _opt("spread", "Where a model goes when it fits on several nodes: spread (most free) or binpack.")
+    replica_backlog: int = _opt(8, "Queued jobs per parallel slot of every copy that call for another copy (0: none).")
+
     @property
     def pinned(self) -> frozenset[str]:
         return frozenset(m.strip() for m in self.pinned_models.split(",") if m.strip())
@@ -95,6 +98,8 @@ class Settings:
         return max(self.job_time_limit_s, attempts * self.runtime_timeout_s + 8.0 * attempts)
 
     def __post_init__(self) -> None:
+        if self.placement not in ("spread", "binpack"):
+            raise ValueError(f"MM_PLACEMENT must be spread or binpack, not {self.placement!r}")
         # kombu redelivers an unacked message older than the visibility timeout, even while it runs.
         if self.visibility_timeout_s <= self.longest_job_s:
             raise ValueError(

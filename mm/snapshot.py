@@ -77,6 +77,8 @@ class Snapshot:
     safety_margin: int = 0
     min_residency_s: float = 10.0
     aging_s: float = 60.0
+    placement: str = "spread"  # "spread": most free memory first; "binpack": least free memory that fits
+    replica_backlog: int = 0  # queued jobs per parallel slot of every copy that call for one more copy (0: never)
 
 
 @dataclass(frozen=True)

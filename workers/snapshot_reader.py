@@ -131,5 +131,6 @@ def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, 
     snapshot = Snapshot(
         now=now, models=models, demand=demand, nodes=nodes, safety_margin=settings.safety_margin,
         min_residency_s=settings.min_residency_s, aging_s=settings.aging_s,
+        placement=settings.placement, replica_backlog=settings.replica_backlog,
     )
     return snapshot, raw

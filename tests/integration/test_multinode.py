@@ -19,25 +19,38 @@ MEMORY = 1_800_000_000  # one model per node
 OPTS = {"num_predict": 20}
 
 
-@pytest.fixture
-def nodes(tmp_path, redis_url):
+def start_nodes(tmp_path, redis_url, memory, **settings):
+    """n1 and n2, each with its own runtime, gpu-broker and model-worker; returns [(stack, runtime)]."""
     started = []
     try:
         for name in ("n1", "n2"):
             folder = tmp_path / name
             folder.mkdir()
-            runtime = start_runtime(folder, engine="sim", models=MODELS, memory=MEMORY)
-            stack = Stack(folder, redis_url, runtime.url, node=name, memory_budget=MEMORY, safety_margin=0)
+            runtime = start_runtime(folder, engine="sim", models=MODELS, memory=memory)
+            stack = Stack(folder, redis_url, runtime.url, node=name, memory_budget=memory, safety_margin=0,
+                          **settings)
             started.append((stack, runtime))
             stack.start_broker()
             stack.start_worker("w", slots=2)
         for stack, _ in started:
             stack.wait_ready([m["name"] for m in MODELS], ["w"])
-        yield started
-    finally:
-        for stack, runtime in started:
-            stack.stop()
-            runtime.stop()
+    except BaseException:
+        stop_nodes(started)
+        raise
+    return started
+
+
+def stop_nodes(started):
+    for stack, runtime in started:
+        stack.stop()
+        runtime.stop()
+
+
+@pytest.fixture
+def nodes(tmp_path, redis_url):
+    started = start_nodes(tmp_path, redis_url, MEMORY)
+    yield started
+    stop_nodes(started)
 
 
 def test_the_leader_places_two_models_on_two_nodes_and_both_serve(nodes):
@@ -66,3 +79,16 @@ def test_killing_a_node_loses_no_job_and_its_model_moves_to_the_other(nodes):
     results = [job.get(timeout=120) for job in jobs]
     assert "n1" in {r["node"] for r in results}  # the model moved to the surviving node
     assert all(job.status() == "complete" for job in jobs)
+
+
+def test_a_hot_model_gets_a_replica_on_the_other_node_and_both_copies_serve(tmp_path, redis_url):
+    started = start_nodes(tmp_path, redis_url, 4 * GB, replica_backlog=2, default_max_parallel=2)
+    try:
+        jobs = [mm.submit("mn-a:1b", f"hot {i}", options={"num_predict": 100}) for i in range(40)]
+
+        results = [job.get(timeout=120) for job in jobs]
+
+        assert {r["node"] for r in results} == {"n1", "n2"}
+        assert all("mn-a:1b" in stack.resident() for stack, _ in started)
+    finally:
+        stop_nodes(started)
