@@ -16,6 +16,8 @@ FENCE = "mm:fence"
 WAKE = "mm:wake"
 MODELS = "mm:models"
 NODES = "mm:nodes"
+# Nodes whose state expired; when one publishes again the leader reconciles it.
+LOST_NODES = "mm:nodes:lost"
 WORKERS = "mm:workers"
 ACTIVITY = "mm:activity"
 EVENTS = "mm:events"

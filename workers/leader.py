@@ -127,7 +127,7 @@ class Leader:
         snapshot, _ = build_snapshot(
             self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, raw=raw
         )
-        actions = plan(snapshot) + self._requested_unloads(snapshot)
+        actions = plan(snapshot) + self._requested_unloads(snapshot) + self._reconcile_returned(raw, snapshot)
         for action in actions:
             token = self.lease.token
             if token is None or not self.leading:
@@ -135,6 +135,26 @@ class Leader:
                 break
             self.dispatch(action, token)
         return actions
+
+    def _reconcile_returned(self, raw, snapshot) -> list[Unload]:
+        """Note nodes that went silent; unload what a returning one still holds (mm placed it elsewhere)."""
+        registered = {n.decode() for n in self.r.zrange(keys.NODES, 0, -1)}
+        silent = registered - set(raw.nodes)
+        if silent and self.r.sadd(keys.LOST_NODES, *silent):
+            log.warning("NODE lost: %s (state expired); its jobs are requeued as its workers expire", sorted(silent))
+            events.emit(self.r, "node_lost", nodes=sorted(silent))
+        returned = {n.decode() for n in self.r.smembers(keys.LOST_NODES)} & set(raw.nodes)
+        unloads = []
+        for name in sorted(returned):
+            self.r.srem(keys.LOST_NODES, name)
+            node = snapshot.nodes.get(name)
+            for model, resident in sorted(node.resident.items()) if node else []:
+                info = snapshot.models.get(model)
+                if not resident.in_flight and not (info and info.pinned):
+                    unloads.append(Unload(name, model, "node returned: reconciled with the current plan"))
+            log.info("NODE %s returned; reconciling %d resident models", name, len(unloads))
+            events.emit(self.r, "node_returned", node=name, unloads=[u.model for u in unloads])
+        return unloads
 
     def _requested_unloads(self, snapshot) -> list[Unload]:
         """Unloads asked for outside the policy (idle shutdown), honoured only when safe now."""

@@ -92,3 +92,21 @@ def test_a_hot_model_gets_a_replica_on_the_other_node_and_both_copies_serve(tmp_
         assert all("mn-a:1b" in stack.resident() for stack, _ in started)
     finally:
         stop_nodes(started)
+
+
+def test_a_node_that_returns_is_reconciled_and_what_it_still_holds_is_unloaded(nodes):
+    (n1, _), (n2, _) = nodes
+    first = mm.generate("mn-a:1b", "place me", options=OPTS, timeout=60)
+    home, other = (n1, n2) if first["node"] == "n1" else (n2, n1)
+
+    home.procs["broker"].signal(signal.SIGSTOP)  # the node falls silent; its runtime keeps the model
+    wait_for(lambda: home.node_state() is None, 30, what="the silent node's state to expire")
+    wait_for(lambda: home.node in {m.decode() for m in home.r.smembers(keys.LOST_NODES)}, 30,
+             what="the leader to note the node lost")
+    moved = mm.generate("mn-a:1b", "where now?", options=OPTS, timeout=60)
+    assert moved["node"] == other.node
+    home.procs["broker"].signal(signal.SIGCONT)
+
+    wait_for(lambda: home.node_state() and "mn-a:1b" not in home.resident(), 60,
+             what="the returning node to be reconciled")
+    assert "mn-a:1b" in other.resident()
