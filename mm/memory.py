@@ -55,18 +55,20 @@ class BudgetMonitor:
 class NvmlMonitor:
     """Per-GPU memory from NVML (pynvml); figures are the whole device's, whoever holds it."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpus: list[int] | None = None) -> None:
         import pynvml
 
         self._nvml = pynvml
         pynvml.nvmlInit()
-        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        if not self._handles:
-            raise RuntimeError("NVML reports no GPU")
+        count = pynvml.nvmlDeviceGetCount()
+        self.indices = list(range(count)) if gpus is None else gpus
+        if not self.indices or any(i >= count for i in self.indices):
+            raise RuntimeError(f"NVML reports {count} GPUs; asked for {self.indices}")
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in self.indices]
 
     def read(self, resident_bytes: int) -> MemoryState:
         gpus = []
-        for index, handle in enumerate(self._handles):
+        for index, handle in zip(self.indices, self._handles):
             info = self._nvml.nvmlDeviceGetMemoryInfo(handle)
             name = self._nvml.nvmlDeviceGetName(handle)
             gpus.append(GpuMemory(index, name if isinstance(name, str) else name.decode(),
@@ -76,11 +78,14 @@ class NvmlMonitor:
         )
 
 
-def monitor_for(budget: int, use_nvml: bool = True) -> MemoryMonitor:
-    """NVML when asked for, a budget is not forced, and a GPU answers; else the budget."""
+def monitor_for(budget: int, use_nvml: bool = True, gpus: str = "") -> MemoryMonitor:
+    """NVML when asked for, a budget is not forced, and a GPU answers; else the budget.
+
+    ``gpus`` ("0" or "2,3") limits NVML to the GPUs this node's runtime uses (its CUDA_VISIBLE_DEVICES).
+    """
     if use_nvml and not budget:
         try:
-            return NvmlMonitor()
+            return NvmlMonitor([int(g) for g in gpus.split(",")] if gpus.strip() else None)
         except Exception as exc:  # no driver, no GPU, or pynvml missing: all mean "use the budget"
             log.info("NVML unavailable (%s); using a memory budget of %d bytes", exc, budget or DEFAULT_BUDGET)
     return BudgetMonitor(budget)

@@ -25,6 +25,7 @@ class Settings:
     node: str = _opt(socket.gethostname(), "Name of this GPU host; its broker queue is mm.node.<node>.")
     memory_budget: int = _opt(0, "Bytes of model memory on this node when NVML is absent (0: use NVML, else 8 GiB).")
     use_nvml: bool = _opt(True, "Read GPU memory from NVML when a GPU is present.")
+    gpus: str = _opt("", "GPU indices this node's runtime uses, e.g. 0 or 2,3 (empty: all); one node per GPU.")
 
     max_prompt_chars: int = _opt(100_000, "Longest prompt (or sum of chat message contents) accepted.")
     max_images: int = _opt(8, "Most images one job may carry.")

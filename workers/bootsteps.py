@@ -44,7 +44,7 @@ class MMRole(bootsteps.StartStopStep):
         if _is_broker(c):
             from workers.leader import Leader
             from workers.node_agent import NodeAgent
-            agent = NodeAgent(settings, r, monitor_for(settings.memory_budget, settings.use_nvml))
+            agent = NodeAgent(settings, r, monitor_for(settings.memory_budget, settings.use_nvml, settings.gpus))
             try:
                 agent.sync_registry(force=True)
             except Exception as exc:  # runtime not up yet: the heartbeat keeps trying

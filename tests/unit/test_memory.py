@@ -30,3 +30,9 @@ def test_nvml_reports_every_gpu_with_total_used_and_free():
     check_contract(state, 0)
     assert state.source == "nvml" and state.gpus
     assert all(g.total > 0 and g.name for g in state.gpus)
+
+
+@pytest.mark.gpu
+def test_nvml_can_be_limited_to_the_gpus_of_one_node():
+    state = NvmlMonitor([0]).read(0)
+    assert [g.index for g in state.gpus] == [0]
