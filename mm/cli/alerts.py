@@ -6,21 +6,11 @@ import json
 import time
 
 import click
-import redis
 
 from mm import alerts as alerts_lib
 from mm import store
 from mm.errors import ValidationError
 from mm.settings import get as get_settings
-
-
-def _connect() -> redis.Redis:
-    r = store.connect()
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        raise click.ClickException(f"no Redis at MM_REDIS_URL ({exc})") from None
-    return r
 
 
 def _when(ts: float) -> str:
@@ -50,7 +40,7 @@ def alerts(count, show_rules, as_json):
         for rule in rules:
             click.echo(f"{rule.id}    ({rule.describe()})")
         return
-    r = _connect()
+    r = store.connect()
     firing, pending, recent = alerts_lib.firing(r), alerts_lib.pending(r), alerts_lib.recent(r, count)
     if as_json:
         click.echo(json.dumps({"firing": firing, "pending": pending, "recent": recent}, indent=1))

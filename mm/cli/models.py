@@ -6,21 +6,11 @@ import json
 import time
 
 import click
-import redis
 
 from mm import activity as activity_lib
 from mm import store
 from mm.errors import UnknownModel
 from mm.settings import get as get_settings
-
-
-def _connect() -> redis.Redis:
-    r = store.connect()
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        raise click.ClickException(f"no Redis at MM_REDIS_URL ({exc})") from None
-    return r
 
 
 def _ago(seconds: float | None) -> str:
@@ -63,21 +53,21 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def active(as_json):
     """Models used within MM_ACTIVE_WINDOW_S (default 10 minutes)."""
-    _print(activity_lib.active_models(_connect(), get_settings()), as_json)
+    _print(activity_lib.active_models(store.connect(), get_settings()), as_json)
 
 
 @models.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def idle(as_json):
     """Models unused for more than MM_IDLE_THRESHOLD_S (default 30 minutes), or never used."""
-    _print(activity_lib.idle_models(_connect(), get_settings()), as_json)
+    _print(activity_lib.idle_models(store.connect(), get_settings()), as_json)
 
 
 @models.command("activity")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def activity_cmd(as_json):
     """Every model: last use, resident where, size, queue depth, jobs running."""
-    _print(activity_lib.activity(_connect(), get_settings()), as_json)
+    _print(activity_lib.activity(store.connect(), get_settings()), as_json)
 
 
 @models.command()
@@ -85,7 +75,7 @@ def activity_cmd(as_json):
 def report(name):
     """Mark model NAME as used now (seed 000's POST /models/<name>/report)."""
     try:
-        at = activity_lib.report(_connect(), name)
+        at = activity_lib.report(store.connect(), name)
     except UnknownModel as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{name} reported used at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}")
