@@ -78,6 +78,18 @@ def read_raw(r: redis.Redis) -> Raw:
     return raw
 
 
+def planning_size(entry: registry.ModelEntry, largest_node: int, margin: int) -> int:
+    """The size to plan with: the learned one, else the estimate capped so it can still be tried.
+
+    The estimate (tag size x multiplier) may exceed the largest node although the model fits; it is
+    then capped at that node less the margin (never below the tag size), and an out-of-memory load
+    teaches the real size.
+    """
+    if entry.learned_size or not largest_node:
+        return entry.size
+    return max(entry.tag_size, min(entry.size_estimate, largest_node - margin))
+
+
 def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, str], Any] | None = None,
                    bind_overrides: dict[str, str | None] | None = None, now: float | None = None,
                    raw: Raw | None = None) -> tuple[Snapshot, Raw]:
@@ -90,12 +102,14 @@ def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, 
     pending = pending or {}
     bind_overrides = bind_overrides or {}
     entries = registry.all_models(r)
+    raw = read_raw(r) if raw is None else raw
+    largest = max((int(n["memory"]["total"]) for n in raw.nodes.values()), default=0)
     models = {
-        name: ModelInfo(name, e.size, e.max_parallel, e.pinned or name in settings.pinned)
+        name: ModelInfo(name, planning_size(e, largest, settings.safety_margin), e.max_parallel,
+                        e.pinned or name in settings.pinned)
         for name, e in entries.items()
     }
     demand = read_demand(r, sorted(models), now)
-    raw = read_raw(r) if raw is None else raw
     activity = {k.decode(): float(v) for k, v in r.hgetall(keys.ACTIVITY).items()}
 
     workers_by_node: dict[str, list[Worker]] = {}

@@ -36,3 +36,4 @@ def test_nvml_reports_every_gpu_with_total_used_and_free():
 def test_nvml_can_be_limited_to_the_gpus_of_one_node():
     state = NvmlMonitor([0]).read(0)
     assert [g.index for g in state.gpus] == [0]
+
