@@ -21,14 +21,23 @@ from mm.settings import get as get_settings
 from mm.validation import JobRequest, validate
 
 STATUSES = ("pending", "queued", "running", "complete", "failed")
+KNOWN_MODELS_TTL_S = 5.0  # a removed model is refused at most this long after it left every runtime
 LOST_CHECK_S = 1.0  # how often a waiting client checks that its job still exists
 
 
 class Job:
     """A handle on one submitted job."""
 
-    def __init__(self, job_id: str):
+    def __init__(self, job_id: str, result: AsyncResult | None = None):
         self.id = job_id
+        self._result = result
+
+    @property
+    def result(self) -> AsyncResult:
+        """The Celery result of this job (the one send_task returned, when this process sent it)."""
+        if self._result is None:
+            self._result = AsyncResult(self.id, app=app)
+        return self._result
 
     def __repr__(self) -> str:
         return f"<Job {self.id}>"
@@ -51,7 +60,7 @@ class Job:
             JobLost: its record vanished from Redis (e.g. Redis restarted without persistence).
             TimeoutError: it has not ended within ``timeout`` seconds.
         """
-        result = AsyncResult(self.id, app=app)
+        result = self.result
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = LOST_CHECK_S if deadline is None else min(LOST_CHECK_S, deadline - time.monotonic())
@@ -77,7 +86,7 @@ class Job:
         and the durations. Raises :class:`JobFailed` (or ``TimeoutError``) like :meth:`get`.
         """
         r = store.connect()
-        result = AsyncResult(self.id, app=app)
+        result = self.result
         deadline = None if timeout is None else time.monotonic() + timeout
         after = "0-0"
         while True:
@@ -109,6 +118,18 @@ class Job:
                       "submit it again")
 
 
+_known: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+
+def _known_models(model: str) -> frozenset[str]:
+    """Registered model names, cached for KNOWN_MODELS_TTL_S; a miss re-reads them at once."""
+    global _known
+    fetched_at, names = _known
+    if model not in names or time.monotonic() - fetched_at > KNOWN_MODELS_TTL_S:
+        _known = (time.monotonic(), registry.names(store.connect()))
+    return _known[1]
+
+
 def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     r = store.connect()
     job_id = job_id or str(uuid.uuid4())
@@ -124,7 +145,7 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     pipe.expire(keys.job(job_id), settings.result_expires_s)
     pipe.execute()
     try:
-        app.send_task(
+        result = app.send_task(
             INFER_TASK,
             kwargs={"request": request.payload(), "submitted_at": now},
             task_id=job_id,
@@ -136,7 +157,7 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
         r.hset(keys.job(job_id), mapping={"status": "failed", "error": f"enqueue failed: {exc}"})
         raise
     r.lpush(keys.WAKE, 1)
-    return Job(job_id)
+    return Job(job_id, result)
 
 
 def submit(
@@ -170,7 +191,7 @@ def submit(
         ValidationError: nothing was enqueued; ``.field`` names the bad input.
     """
     request = validate(
-        model, known_models=registry.names(store.connect()), settings=get_settings(), prompt=prompt,
+        model, known_models=_known_models(model), settings=get_settings(), prompt=prompt,
         messages=messages, kind=kind, priority=priority, options=options, images=images,
         metadata=metadata, format=format, system=system, stream=stream,
     )
