@@ -32,12 +32,11 @@ class Job:
         self.id = job_id
         self._result = result
 
-    @property
-    def result(self) -> AsyncResult:
-        """The Celery result of this job (the one send_task returned, when this process sent it)."""
-        if self._result is None:
-            self._result = AsyncResult(self.id, app=app)
-        return self._result
+    def _celery_result(self) -> AsyncResult:
+        # send_task's result is subscribed already: use it once. A fresh one afterwards, since a
+        # ready AsyncResult caches its state and the job may have been retried since.
+        result, self._result = self._result, None
+        return result or AsyncResult(self.id, app=app)
 
     def __repr__(self) -> str:
         return f"<Job {self.id}>"
@@ -60,7 +59,7 @@ class Job:
             JobLost: its record vanished from Redis (e.g. Redis restarted without persistence).
             TimeoutError: it has not ended within ``timeout`` seconds.
         """
-        result = self.result
+        result = self._celery_result()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = LOST_CHECK_S if deadline is None else min(LOST_CHECK_S, deadline - time.monotonic())
@@ -86,7 +85,7 @@ class Job:
         and the durations. Raises :class:`JobFailed` (or ``TimeoutError``) like :meth:`get`.
         """
         r = store.connect()
-        result = self.result
+        result = self._celery_result()
         deadline = None if timeout is None else time.monotonic() + timeout
         after = "0-0"
         while True:

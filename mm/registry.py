@@ -43,18 +43,19 @@ class ModelEntry:
         return {"num_ctx": self.num_ctx}
 
 
-def _decode(raw: bytes | str) -> ModelEntry:
+def decode(raw: bytes | str) -> ModelEntry:
+    """A registry entry from its stored JSON."""
     return ModelEntry(**json.loads(raw))
 
 
 def all_models(r: redis.Redis) -> dict[str, ModelEntry]:
     """Every registered model by name."""
-    return {k.decode() if isinstance(k, bytes) else k: _decode(v) for k, v in r.hgetall(keys.MODELS).items()}
+    return {k.decode() if isinstance(k, bytes) else k: decode(v) for k, v in r.hgetall(keys.MODELS).items()}
 
 
 def get(r: redis.Redis, name: str) -> ModelEntry | None:
     raw = r.hget(keys.MODELS, name)
-    return _decode(raw) if raw else None
+    return decode(raw) if raw else None
 
 
 def names(r: redis.Redis) -> frozenset[str]:

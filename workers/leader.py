@@ -27,7 +27,8 @@ from workers.snapshot_reader import build_snapshot, read_raw
 log = logging.getLogger("mm.leader")
 
 COMMAND_TIMEOUT_S = 300.0  # a load/unload not reported done by then is considered lost
-BIND_SETTLE_S = 3.0  # how long a (un)bind is assumed done before the worker's own record shows it
+BIND_SETTLE_S = 3.0
+MIN_TICK_GAP_S = 0.05  # at most 20 ticks a second, however fast jobs arrive  # how long a (un)bind is assumed done before the worker's own record shows it
 
 
 class Leader:
@@ -82,12 +83,16 @@ class Leader:
 
     # --- deciding ------------------------------------------------------------------------
     def _decide_loop(self) -> None:
+        last_tick = 0.0
         while not self._stop.is_set():
             try:
                 self.r.blpop([keys.WAKE], timeout=self.settings.tick_s)
+                # Coalesce a burst of submissions into one tick instead of one tick per job.
+                self._stop.wait(max(0.0, MIN_TICK_GAP_S - (time.monotonic() - last_tick)))
                 self.r.delete(keys.WAKE)
                 if self.leading:
                     self.tick()
+                    last_tick = time.monotonic()
             except Exception:
                 log.exception("leader tick failed")
                 self._stop.wait(self.settings.tick_s)

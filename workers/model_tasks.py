@@ -26,11 +26,10 @@ def _runtime(url: str, timeout: float) -> ollama.Client:
     return ollama.Client(host=url, timeout=timeout)
 
 
-def _resident_entry(r, node: str, model: str) -> dict[str, Any] | None:
-    raw = r.get(keys.node_state(node))
-    if not raw:
+def _resident_entry(raw_state: bytes | None, model: str) -> dict[str, Any] | None:
+    if not raw_state:
         return None
-    return next((m for m in json.loads(raw)["resident"] if m["model"] == model), None)
+    return next((m for m in json.loads(raw_state)["resident"] if m["model"] == model), None)
 
 
 def _fail(r, job_id: str, reason: str) -> None:
@@ -53,8 +52,17 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
     if me is not None:
         me.job_started(model, job_id)
     try:
-        resident = _resident_entry(r, node, model)
-        if resident is None or r.exists(keys.unloading(node, model)):
+        # One round trip for everything the job needs to know before it runs.
+        pipe = r.pipeline(transaction=False)
+        pipe.get(keys.node_state(node))
+        pipe.exists(keys.unloading(node, model))
+        pipe.incr(keys.deliveries(job_id))
+        pipe.expire(keys.deliveries(job_id), settings.result_expires_s)
+        pipe.hget(keys.MODELS, model)
+        raw_state, unloading, deliveries, _, raw_entry = pipe.execute()
+        resident = _resident_entry(raw_state, model)
+        if resident is None or unloading:
+            r.decr(keys.deliveries(job_id))  # not a delivery: the job never started
             # Never let the runtime load a model behind the scheduler's back: put the job back.
             log.warning("job %s: %s is not resident on %s; requeued", job_id, model, node)
             if me is not None and getattr(me, "consumer", None) is not None:
@@ -62,8 +70,6 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
             time.sleep(0.2)  # the leader rebinds within a tick; do not spin on the queue meanwhile
             raise Reject(f"{model} not resident on {node}", requeue=True)
 
-        deliveries = r.incr(keys.deliveries(job_id))
-        r.expire(keys.deliveries(job_id), settings.result_expires_s)
         if deliveries > settings.max_deliveries:
             reason = f"dead-lettered after {deliveries - 1} deliveries without finishing (worker lost each time?)"
             r.rpush(keys.DEAD_LETTERS, json.dumps({"id": job_id, "model": model, "reason": reason,
@@ -75,7 +81,7 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
         started = time.time()
         r.hset(keys.job(job_id), mapping={"status": "running", "started_at": started, "node": node,
                                           "worker": hostname})
-        entry = registry.get(r, model)
+        entry = registry.decode(raw_entry) if raw_entry else None
         publish = functools.partial(streams.publish, r, job_id) if request.get("stream") else None
         try:
             response = call_with_retries(
@@ -90,7 +96,6 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
                                                        digest=resident.get("digest"),
                                                        error=type(exc.__context__ or exc).__name__))
             raise
-        r.hset(keys.ACTIVITY, model, time.time())
     finally:
         if me is not None:
             me.job_ended(model, job_id)
@@ -98,7 +103,10 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
     load_s = resident.get("load_s", 0.0) if resident.get("loaded_at", 0) > submitted_at else 0.0
     result = build_result(response, request, job_id=job_id, node=node, worker=hostname,
                           queue_wait_s=started - submitted_at, load_s=load_s)
-    r.hset(keys.job(job_id), mapping={"status": "complete", "completed_at": time.time()})
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(keys.ACTIVITY, model, time.time())
+    pipe.hset(keys.job(job_id), mapping={"status": "complete", "completed_at": time.time()})
+    pipe.execute()
     metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, started, digest=resident.get("digest"),
                                                timings=result["timings"]))
     return result

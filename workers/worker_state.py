@@ -44,11 +44,14 @@ class WorkerState:
                 "at": time.time(),
             }
 
-    def publish(self) -> None:
-        pipe = self.r.pipeline()
+    def publish(self, pipe=None) -> None:
+        """Write this worker's record (into ``pipe`` if given, which the caller then executes)."""
+        own = pipe is None
+        pipe = self.r.pipeline() if own else pipe
         pipe.set(keys.worker_state(self.hostname), json.dumps(self.as_dict()), px=self.ttl_ms)
         pipe.sadd(keys.WORKERS, self.hostname)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def set_bound(self, model: str | None) -> None:
         with self._lock:
@@ -59,15 +62,19 @@ class WorkerState:
         """Count the job as in flight and remember it, so it can be put back if this process dies."""
         with self._lock:
             self.running[model] += 1
-        self.r.sadd(keys.worker_inflight(self.hostname), job_id)
-        self.publish()
+        pipe = self.r.pipeline()
+        pipe.sadd(keys.worker_inflight(self.hostname), job_id)
+        self.publish(pipe)
+        pipe.execute()
 
     def job_ended(self, model: str, job_id: str) -> None:
         with self._lock:
             self.running[model] -= 1
             self.last_job_at = time.time()
-        self.r.srem(keys.worker_inflight(self.hostname), job_id)
-        self.publish()
+        pipe = self.r.pipeline()
+        pipe.srem(keys.worker_inflight(self.hostname), job_id)
+        self.publish(pipe)
+        pipe.execute()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mm-worker-state", daemon=True)
