@@ -105,6 +105,8 @@ class Job:
                 raise TimeoutError(f"job {self.id} did not end within {timeout}s (status {self.status()})")
             if result.state == "FAILURE" or self.status() == "failed":
                 raise JobFailed(self.record().get("error") or "failed")
+            if result.state == "SUCCESS":
+                return  # it ended without streaming (submitted with stream=False)
             self._check_not_lost(result)
 
     def _check_not_lost(self, result: AsyncResult) -> None:
@@ -124,6 +126,8 @@ def _known_models(model: str) -> frozenset[str]:
     """Registered model names, cached for KNOWN_MODELS_TTL_S; a miss re-reads them at once."""
     global _known
     fetched_at, names = _known
+    if not isinstance(model, str):
+        return names  # validation names the bad model field
     if model not in names or time.monotonic() - fetched_at > KNOWN_MODELS_TTL_S:
         _known = (time.monotonic(), registry.names(store.connect()))
     return _known[1]

@@ -63,6 +63,7 @@ def names(r: redis.Redis) -> frozenset[str]:
 
 
 def save(r: redis.Redis, entry: ModelEntry) -> None:
+    """Register or overwrite one entry as given (operators and benchmarks; nodes use sync_node)."""
     r.hset(keys.MODELS, entry.name, json.dumps(asdict(entry)))
 
 
@@ -73,55 +74,85 @@ def sync_node(r: redis.Redis, node: str, tags: Iterable[dict[str, Any]], setting
     """
     now = time.time()
     listed = {t["name"]: t for t in tags}
-    existing = all_models(r)
-    added = []
-    pipe = r.pipeline()
-    for name, tag in listed.items():
-        entry = existing.get(name)
-        size = int(tag.get("size") or 0)
-        if entry is None:
-            entry = ModelEntry(
-                name=name, tag_size=size, size_estimate=int(size * settings.size_multiplier),
-                num_ctx=settings.default_num_ctx, max_parallel=settings.default_max_parallel,
-            )
-            added.append(name)
-        elif entry.digest and entry.digest != tag.get("digest", ""):
-            entry.learned_size = 0  # a new version of the model: relearn its size
-        entry.tag_size = size
-        entry.size_estimate = int(size * settings.size_multiplier)
-        entry.digest = tag.get("digest", "")
-        entry.details = tag.get("details") or {}
-        entry.pinned = entry.pinned or name in settings.pinned
-        entry.nodes = sorted(set(entry.nodes) | {node})
-        entry.synced_at = now
-        pipe.hset(keys.MODELS, name, json.dumps(asdict(entry)))
-    for name, entry in existing.items():
-        if name not in listed and node in entry.nodes:
-            entry.nodes = [n for n in entry.nodes if n != node]
-            if entry.nodes:
-                pipe.hset(keys.MODELS, name, json.dumps(asdict(entry)))
-            else:
-                pipe.hdel(keys.MODELS, name)
-    pipe.execute()
-    return added
+
+    # Read-modify-write under WATCH, so a concurrent pin or learned size is never overwritten.
+    def merge(pipe: redis.client.Pipeline) -> list[str]:
+        existing = {k.decode(): decode(v) for k, v in pipe.hgetall(keys.MODELS).items()}
+        added, writes, deletes = [], {}, []
+        for name, tag in listed.items():
+            entry = existing.get(name)
+            size = int(tag.get("size") or 0)
+            if entry is None:
+                entry = ModelEntry(
+                    name=name, tag_size=size, size_estimate=int(size * settings.size_multiplier),
+                    num_ctx=settings.default_num_ctx, max_parallel=settings.default_max_parallel,
+                )
+                added.append(name)
+            elif entry.digest and entry.digest != tag.get("digest", ""):
+                entry.learned_size = 0  # a new version of the model: relearn its size
+            entry.tag_size = size
+            entry.size_estimate = int(size * settings.size_multiplier)
+            entry.digest = tag.get("digest", "")
+            entry.details = tag.get("details") or {}
+            entry.pinned = entry.pinned or name in settings.pinned
+            entry.nodes = sorted(set(entry.nodes) | {node})
+            entry.synced_at = now
+            writes[name] = json.dumps(asdict(entry))
+        for name, entry in existing.items():
+            if name not in listed and node in entry.nodes:
+                entry.nodes = [n for n in entry.nodes if n != node]
+                if entry.nodes:
+                    writes[name] = json.dumps(asdict(entry))
+                else:
+                    deletes.append(name)
+        pipe.multi()
+        if writes:
+            pipe.hset(keys.MODELS, mapping=writes)
+        if deletes:
+            pipe.hdel(keys.MODELS, *deletes)
+        return added
+
+    return r.transaction(merge, keys.MODELS, value_from_callable=True)
+
+
+def _update(r: redis.Redis, name: str, change) -> ModelEntry | None:
+    """Apply ``change(entry)`` to one entry under WATCH; None if the model is not registered."""
+
+    def txn(pipe: redis.client.Pipeline) -> ModelEntry | None:
+        raw = pipe.hget(keys.MODELS, name)
+        entry = decode(raw) if raw else None
+        pipe.multi()
+        if entry is not None and change(entry):
+            pipe.hset(keys.MODELS, name, json.dumps(asdict(entry)))
+        return entry
+
+    return r.transaction(txn, keys.MODELS, value_from_callable=True)
 
 
 def learn_size(r: redis.Redis, name: str, size: int) -> None:
     """Record the real resident size seen in ``/api/ps`` after a load."""
-    entry = get(r, name)
-    if entry is not None and size > 0 and entry.learned_size != size:
+
+    def change(entry: ModelEntry) -> bool:
+        if size <= 0 or entry.learned_size == size:
+            return False
         entry.learned_size = size
-        save(r, entry)
+        return True
+
+    _update(r, name, change)
 
 
 def set_flags(r: redis.Redis, name: str, **flags: Any) -> ModelEntry:
     """Set pinned, max_parallel or num_ctx on a registered model."""
-    entry = get(r, name)
-    if entry is None:
-        raise KeyError(name)
-    for flag, value in flags.items():
+    for flag in flags:
         if flag not in ("pinned", "max_parallel", "num_ctx"):
             raise ValueError(f"{flag} cannot be set")
-        setattr(entry, flag, value)
-    save(r, entry)
+
+    def change(entry: ModelEntry) -> bool:
+        for flag, value in flags.items():
+            setattr(entry, flag, value)
+        return True
+
+    entry = _update(r, name, change)
+    if entry is None:
+        raise KeyError(name)
     return entry

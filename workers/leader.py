@@ -7,6 +7,7 @@ lease's monotonic validity before every command, so a renewal failure stops it a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -28,7 +29,8 @@ log = logging.getLogger("mm.leader")
 
 COMMAND_TIMEOUT_S = 300.0  # a load/unload not reported done by then is considered lost
 BIND_SETTLE_S = 3.0
-MIN_TICK_GAP_S = 0.05  # at most 20 ticks a second, however fast jobs arrive  # how long a (un)bind is assumed done before the worker's own record shows it
+MIN_TICK_GAP_S = 0.05
+MAX_LOAD_FAILURES = 3  # consecutive failed loads of a model before its queued jobs fail  # at most 20 ticks a second, however fast jobs arrive  # how long a (un)bind is assumed done before the worker's own record shows it
 
 
 class Leader:
@@ -41,6 +43,7 @@ class Leader:
         self.lease = Lease(r, owner, settings.lease_ttl_ms)
         self.pending: dict[tuple[str, str], float] = {}  # (node, model) -> sent at
         self.binds: dict[str, tuple[str | None, float]] = {}  # worker -> (model, sent at)
+        self.load_failures: dict[str, tuple[int, float, str]] = {}  # model -> (failures, retry after, error)
         self.ticks = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -102,11 +105,31 @@ class Leader:
         for (node, model), sent in list(self.pending.items()):
             op = nodes.get(node, {}).get("ops", {}).get(model)
             finished = op is not None and op.get("state") in ("done", "failed") and op.get("at", 0) >= sent
+            if finished and op.get("op") == "load":
+                self._note_load(model, op)
             if finished or now - sent > COMMAND_TIMEOUT_S or node not in nodes:
                 del self.pending[(node, model)]
         for worker, (_model, sent) in list(self.binds.items()):
             if now - sent > BIND_SETTLE_S:
                 del self.binds[worker]
+
+    def _note_load(self, model: str, op: dict[str, Any]) -> None:
+        """Back off a model whose loads fail; after MAX_LOAD_FAILURES its queued jobs fail with the error."""
+        if op["state"] == "done":
+            self.load_failures.pop(model, None)
+            return
+        count = self.load_failures.get(model, (0, 0.0, ""))[0] + 1
+        self.load_failures[model] = (count, time.time() + min(60.0, 2.0 ** count), op.get("error", ""))
+        if count >= MAX_LOAD_FAILURES:
+            self.reject_queued(model, f"{model} failed to load {count} times: {op.get('error', '')}")
+            self.load_failures.pop(model)
+
+    def _without_backed_off(self, snapshot):
+        now = time.time()
+        waiting = {m for m, (_n, until, _e) in self.load_failures.items() if until > now}
+        if not waiting:
+            return snapshot
+        return dataclasses.replace(snapshot, demand={m: d for m, d in snapshot.demand.items() if m not in waiting})
 
     def _recover_lost_workers(self, gone: list[str]) -> None:
         """Requeue at once the jobs of workers whose heartbeat expired (SIGKILL, crash, lost host)."""
@@ -132,6 +155,7 @@ class Leader:
         snapshot, _ = build_snapshot(
             self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, raw=raw
         )
+        snapshot = self._without_backed_off(snapshot)
         actions = plan(snapshot) + self._requested_unloads(snapshot) + self._reconcile_returned(raw, snapshot)
         for action in actions:
             token = self.lease.token

@@ -59,10 +59,14 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
         pipe.incr(keys.deliveries(job_id))
         pipe.expire(keys.deliveries(job_id), settings.result_expires_s)
         pipe.hget(keys.MODELS, model)
-        raw_state, unloading, deliveries, _, raw_entry = pipe.execute()
+        started = time.time()
+        pipe.hset(keys.job(job_id), mapping={"status": "running", "started_at": started, "node": node,
+                                             "worker": hostname})
+        raw_state, unloading, deliveries, _, raw_entry, _ = pipe.execute()
         resident = _resident_entry(raw_state, model)
         if resident is None or unloading:
-            r.decr(keys.deliveries(job_id))  # not a delivery: the job never started
+            # Not a delivery: the job never started.
+            r.pipeline().decr(keys.deliveries(job_id)).hset(keys.job(job_id), "status", "queued").execute()
             # Never let the runtime load a model behind the scheduler's back: put the job back.
             log.warning("job %s: %s is not resident on %s; requeued", job_id, model, node)
             if me is not None and getattr(me, "consumer", None) is not None:
@@ -78,9 +82,6 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
             metrics.record_job(r, **metrics.job_sample(model, node, submitted_at, time.time(), error="DeadLettered"))
             raise JobFailed(reason)
 
-        started = time.time()
-        r.hset(keys.job(job_id), mapping={"status": "running", "started_at": started, "node": node,
-                                          "worker": hostname})
         entry = registry.decode(raw_entry) if raw_entry else None
         publish = functools.partial(streams.publish, r, job_id) if request.get("stream") else None
         try:

@@ -152,6 +152,18 @@ class NodeAgent:
         with self._lock:
             self.ops[model] = op
 
+    def _touch(self, model: str, keep_alive: int, options: dict[str, Any] | None = None) -> None:
+        """Load (keep_alive -1) or unload (0) with an empty request, as Ollama documents it.
+
+        An embedding-only model refuses /api/generate, so it gets an empty /api/embed instead.
+        """
+        try:
+            self.runtime.generate(model=model, prompt="", keep_alive=keep_alive, options=options)
+        except ollama.ResponseError as exc:
+            if exc.status_code != 400 or "does not support" not in str(exc.error):
+                raise
+            self.runtime.embed(model=model, input=[], keep_alive=keep_alive, options=options)
+
     def load(self, model: str, token: int) -> dict[str, Any]:
         """Load ``model`` with its fixed options and keep_alive -1; learn its real size."""
 
@@ -160,7 +172,7 @@ class NodeAgent:
             options = entry.load_options if entry else {}
             started = time.time()
             try:
-                self.runtime.generate(model=model, prompt="", keep_alive=-1, options=options)
+                self._touch(model, keep_alive=-1, options=options)
             except ollama.ResponseError as exc:
                 if entry is not None and "memory" in str(exc.error).lower():
                     # The model is bigger than we thought: learn it, so the next plan makes room.
@@ -190,7 +202,7 @@ class NodeAgent:
                 resident = self.resident()
                 size = next((m["size"] for m in resident if m["model"] == model), 0)
                 free_before = self.monitor.read(sum(m["size"] for m in resident)).free
-                self.runtime.generate(model=model, prompt="", keep_alive=0)
+                self._touch(model, keep_alive=0)
                 self.loaded.pop(model, None)
                 freed = self._wait_freed(model, free_before + size // 2)
                 self.publish()  # workers now see it gone before the marker is lifted

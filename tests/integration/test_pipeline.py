@@ -252,3 +252,40 @@ def test_mm_check_reports_live_parts_healthy_and_names_missing_ones(stack):
     missing = run_cli("check", "--worker", "nobody@nowhere")
 
     assert missing.returncode == 1 and "nobody@nowhere" in missing.stderr
+
+
+def test_an_embedding_only_model_is_loaded_and_serves_embed_jobs(tmp_path, redis_url):
+    models = [{"name": "embed-only:1b", "engine": "sim", "kind": "embed", "size": GB // 2, "load_bandwidth": 4 * GB}]
+    rt = start_runtime(tmp_path, engine="sim", models=models, memory=MEMORY)
+    s = Stack(tmp_path, redis_url, rt.url, memory_budget=MEMORY)
+    try:
+        s.start_broker()
+        s.start_worker("w1")
+        s.wait_ready(["embed-only:1b"], ["w1"])
+
+        vectors = mm.submit("embed-only:1b", ["a", "b", "c"], kind="embed").get(timeout=60)["embeddings"]
+
+        assert len(vectors) == 3
+        assert s.resident() == ["embed-only:1b"]
+    finally:
+        s.stop()
+        rt.stop()
+
+
+@pytest.mark.llama
+def test_a_model_that_never_loads_fails_its_jobs_with_the_runtimes_error(tmp_path, redis_url):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf file" * 1000)
+    rt = start_runtime(tmp_path, engine="sim", models=[{"name": "broken:1b", "engine": "llama", "path": str(broken)}])
+    s = Stack(tmp_path, redis_url, rt.url, memory_budget=MEMORY)
+    try:
+        s.start_broker()
+        s.start_worker("w1")
+        s.wait_ready(["broken:1b"], ["w1"])
+        job = mm.submit("broken:1b", "hello")
+
+        with pytest.raises(JobFailed, match="failed to load 3 times"):
+            job.get(timeout=60)
+    finally:
+        s.stop()
+        rt.stop()

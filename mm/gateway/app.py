@@ -1,0 +1,66 @@
+"""The gateway's tornado application: routes, and serving until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import tornado.web
+
+from mm import store
+from mm.gateway import jobs, models, monitor, openapi, pages, prom, proxy, quality
+from mm.gateway.base import DRAIN_FACTOR, Gateway, NotFoundHandler
+from mm.settings import Settings
+
+log = logging.getLogger("mm.gateway")
+
+
+def routes(gw: Gateway) -> list[tuple]:
+    """Every endpoint, in matching order (the first pattern that matches the whole path wins)."""
+    return [
+        *jobs.handlers(gw),        # seed 001: /api/submit, /api/job/<id>, /api/stats, /api/health
+        *monitor.handlers(gw),     # seed 000: /models/active|idle|activity, /models/<name>/report, /health
+        *quality.handlers(gw),     # seed 003: /api/metrics, /stats/<name>/<version>
+        *proxy.handlers(gw),       # Ollama: /api/generate, /api/chat, /api/embed, /api/tags, /api/ps, ...
+        *models.handlers(gw),      # seed 004 + 002: /api/models[/<name>[/start|stop|infer|history]]
+        *prom.handlers(gw),        # /metrics
+        *openapi.handlers(gw),     # /openapi.json
+        *pages.handlers(gw),       # / and /static/*
+    ]
+
+
+def build_app(gw: Gateway) -> tornado.web.Application:
+    return tornado.web.Application(
+        routes(gw), default_handler_class=NotFoundHandler, default_handler_args={"gw": gw},
+        compress_response=False,
+    )
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    """Serve on ``host:port`` until SIGTERM/SIGINT, then close connections and thread pools."""
+    gw = Gateway.create(settings, store.connect(settings.redis_url))
+    server = build_app(gw).listen(
+        port, address=host, max_body_size=DRAIN_FACTOR * settings.gateway_max_body + 1,
+        idle_connection_timeout=300,
+    )
+    log.info("gateway listening on http://%s:%d (auth %s, max body %d bytes)", host, port,
+             "on" if gw.api_keys else "off", settings.gateway_max_body)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("gateway shutting down")
+    server.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=5)
+    except TimeoutError:
+        log.warning("connections still open after 5s; closing anyway")
+    gw.close()
+    log.info("gateway stopped")
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    """Blocking entry point used by ``mm gateway``."""
+    asyncio.run(serve(settings, host, port))

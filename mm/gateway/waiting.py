@@ -1,0 +1,103 @@
+"""Waiting for jobs without blocking the event loop: result polling and token stream relaying."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from celery import states
+from celery.result import AsyncResult
+
+from mm import client, keys, store
+from mm.app import app
+from mm.errors import JobFailed, JobLost
+
+POLL_START_S = 0.02
+POLL_MAX_S = 0.25
+
+
+def result_state(job_id: str) -> tuple[str, Any]:
+    """One look at a job (blocking): ("ok", result), ("failed", reason), ("lost", None) or ("waiting", None)."""
+    result = AsyncResult(job_id, app=app)
+    state = result.state
+    if state == states.SUCCESS:
+        return "ok", result.result
+    if state in states.EXCEPTION_STATES:
+        reason = store.connect().hget(keys.job(job_id), "error")
+        return "failed", reason.decode() if reason else f"{type(result.result).__name__}: {result.result}"
+    if not store.connect().exists(keys.job(job_id)):
+        return "lost", None
+    return "waiting", None
+
+
+async def wait_result(run: Callable[..., Any], job_id: str, timeout: float,
+                      gone: Callable[[], bool] = lambda: False) -> dict[str, Any] | None:
+    """The job's result, polling with backoff; None if ``timeout`` passed or the client is ``gone``.
+
+    Raises:
+        JobFailed: the job ended FAILED (the message is its reason).
+        JobLost: Redis no longer has the job.
+    """
+    deadline = time.monotonic() + timeout
+    interval = POLL_START_S
+    while True:
+        state, value = await run(result_state, job_id)
+        if state == "ok":
+            return value
+        if state == "failed":
+            raise JobFailed(value)
+        if state == "lost":
+            raise JobLost(f"job {job_id} was lost: Redis no longer has it; submit it again")
+        if gone() or time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(interval * 1.5, POLL_MAX_S)
+
+
+def streaming_supported() -> bool:
+    """Whether this mm's client can stream tokens (``submit(stream=True)`` and ``Job.stream``)."""
+    return "stream" in inspect.signature(client.submit).parameters and hasattr(client.Job, "stream")
+
+
+async def relay(job: Any, executor: Any, timeout: float | None) -> AsyncIterator[dict[str, Any]]:
+    """Yield the job's Ollama-shaped chunks as the worker publishes them.
+
+    ``Job.stream`` is a blocking generator; it runs on ``executor`` and hands each chunk to the
+    event loop. Closing this iterator (the client hung up) stops the relay at the next chunk.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(kind: str, item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+        except RuntimeError:  # the loop is closed: the gateway is shutting down
+            stop.set()
+
+    def pump() -> None:
+        try:
+            for chunk in job.stream(timeout=timeout):
+                if stop.is_set():
+                    return
+                put("chunk", chunk)
+            put("end", None)
+        except BaseException as exc:  # JobFailed, JobLost, TimeoutError, Redis errors
+            put("error", exc)
+
+    loop.run_in_executor(executor, pump)
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "chunk":
+                yield item
+            elif kind == "end":
+                return
+            else:
+                raise item
+    finally:
+        stop.set()
