@@ -6,6 +6,8 @@ app = Celery("mm", include=["workers.node_tasks", "workers.model_tasks", "beat.t
 app.config_from_object("celeryconfig")
 # A string, so clients that import the app never import worker code.
 app.steps["consumer"].add("workers.bootsteps:MMRole")
+# The kwargsrepr header would repeat the whole request (prompt included) in every queued message.
+app.amqp.argsrepr_maxsize = app.amqp.kwargsrepr_maxsize = 100
 
 # Task names are the contract between clients and workers.
 INFER_TASK = "mm.infer"

@@ -238,8 +238,9 @@ class Leader:
             name = keys.priority_list(model, step)
             while (message := self.r.rpop(name)) is not None:
                 job_id = json.loads(message)["headers"]["id"]
-                self.app.backend.mark_as_failure(job_id, JobFailed(reason))
+                # The record first: a client that sees the failure must also read the reason.
                 self.r.hset(keys.job(job_id), mapping={"status": "failed", "error": reason, "completed_at": time.time()})
+                self.app.backend.mark_as_failure(job_id, JobFailed(reason))
                 failed += 1
         if failed:
             log.warning("REJECT %d jobs of %s: %s", failed, model, reason)

@@ -1,0 +1,196 @@
+"""One trace through the real stack, against the simulator's prediction and a real Ollama-like baseline.
+
+    python -m bench.live [--smoke] [--trace zipf] [--jobs 200] [--scale 0.2]
+
+1. mm live: a private redis-server, ``mm runtime`` (sim engine, the trace's models with every time
+   multiplied by ``--scale``), a gpu-broker and 4 model-workers x 4 slots as real Celery
+   processes; a submitter thread calls ``mm.submit`` at each job's (scaled) arrival time.
+   Latency is the job record's ``completed_at - submitted_at``; loads are the ``load`` events.
+2. mm simulated: the same scaled trace and settings through :mod:`bench.sim_mm`.
+3. Ollama-like live: a fresh runtime with ``--evict ollama``, one client thread per job calling
+   it directly with the official ``ollama`` client at the job's arrival time (keep_alive 5 min,
+   scaled); loads counted from the runtime's log. 4. Its simulated prediction.
+
+Agreement: mm live vs simulated within 15% on makespan and on loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import threading
+import time
+
+from bench import traces as tr
+from bench.common import Services, percentile, table
+from bench.sim_baselines import DEFAULT_KEEP_ALIVE_S, simulate_ollama
+from bench.sim_mm import MMConfig, simulate_mm
+from bench.simcore import Outcome, Trace, TraceJob
+from mm.snapshot import PRIORITY_CLASSES
+
+AGREEMENT = 0.15
+TEMPLATE_TOKENS = 10  # "<|user|>" and "\n<|assistant|>" around a prompt count 10 tokens in the sim runtime
+
+
+def prompt_for(job: TraceJob) -> str:
+    """A prompt the sim runtime counts as exactly ``job.prompt_tokens`` tokens."""
+    return " ".join(["word"] * max(1, job.prompt_tokens - TEMPLATE_TOKENS))
+
+
+def _options(job: TraceJob) -> dict:
+    return {"num_predict": job.eval_tokens, "seed": 1}
+
+
+def _at_times(trace: Trace, fire) -> float:
+    """Call ``fire(job)`` at each job's arrival time from now; return the start (time.time())."""
+    start = time.time()
+    for job in trace.jobs:
+        delay = start + job.t - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        fire(job)
+    return start
+
+
+def run_mm_live(services: Services, trace: Trace, cfg: MMConfig) -> Outcome:
+    redis_url = services.redis()
+    os.environ["MM_REDIS_URL"] = redis_url  # before mm's Celery app is imported
+    runtime = services.runtime(trace.runtime_models(), memory=trace.memory)
+    stack = services.stack(redis_url, runtime.url, trace.memory, tick_s=cfg.tick_s, heartbeat_s=1.0,
+                           min_residency_s=cfg.min_residency_s, aging_s=cfg.aging_s, unload_settle_s=5.0,
+                           safety_margin=cfg.safety_margin, size_multiplier=cfg.size_multiplier,
+                           default_max_parallel=cfg.max_parallel, placement=cfg.placement,
+                           replica_backlog=cfg.replica_backlog)
+    stack.start_broker()
+    names = [f"w{i}" for i in range(cfg.workers)]
+    for name in names:
+        stack.start_worker(name, slots=cfg.slots)
+    stack.wait_ready(list(trace.models), names, timeout=120)
+
+    import mm
+    from mm import keys
+
+    handles: list[tuple[TraceJob, object]] = []
+    _at_times(trace, lambda job: handles.append(
+        (job, mm.submit(job.model, prompt_for(job), priority=job.priority, options=_options(job)))))
+    out = Outcome("mm live", trace.name)
+    deadline = time.monotonic() + 600
+    for job, handle in handles:
+        try:
+            handle.get(timeout=max(1.0, deadline - time.monotonic()))
+        except (mm.JobFailed, TimeoutError):  # counted as failed below
+            pass
+    for job, handle in handles:
+        record = handle.record()
+        submitted = float(record["submitted_at"])
+        out.first_arrival = min(out.first_arrival, submitted)
+        if record.get("status") != "complete":
+            out.failed += 1
+            continue
+        done = float(record["completed_at"])
+        out.latencies[job.priority].append(done - submitted)
+        out.last_end = max(out.last_end, done)
+    import json
+
+    events = [json.loads(e[b"event"]) for _id, e in stack.r.xrange(keys.EVENTS)]
+    loads = [e for e in events if e["kind"] == "load"]
+    out.loads = len(loads)
+    out.load_seconds = sum(float(e.get("seconds", 0)) for e in loads)
+    stack.stop()
+    runtime.stop()
+    return out
+
+
+def run_ollama_live(services: Services, trace: Trace, keep_alive_s: float) -> Outcome:
+    import httpx
+    import ollama
+
+    runtime = services.runtime(trace.runtime_models(), memory=trace.memory, evict="ollama")
+    out = Outcome("ollama-like live", trace.name)
+    lock = threading.Lock()
+    threads = []
+
+    def call(job: TraceJob) -> None:
+        sent = time.time()
+        try:
+            ollama.Client(host=runtime.url).generate(model=job.model, prompt=prompt_for(job), options=_options(job),
+                                                     keep_alive=f"{keep_alive_s}s")
+        except (ollama.ResponseError, httpx.HTTPError):  # e.g. a model larger than the whole budget
+            with lock:
+                out.failed += 1
+            return
+        done = time.time()
+        with lock:
+            out.first_arrival = min(out.first_arrival, sent)
+            out.latencies[job.priority].append(done - sent)
+            out.last_end = max(out.last_end, done)
+
+    def fire(job: TraceJob) -> None:
+        thread = threading.Thread(target=call, args=(job,), daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    _at_times(trace, fire)
+    for thread in threads:
+        thread.join(900)
+    runtime.stop()
+    took = [float(x) for x in re.findall(r"load model=\S+ num_ctx=\d+ size=.*? took=([\d.]+)s", runtime.output())]
+    out.loads, out.load_seconds = len(took), sum(took)
+    return out
+
+
+def live_trace(name: str, jobs: int) -> Trace:
+    makers = {"zipf": tr.zipf, "alt-ab": tr.alternating, "bursts": tr.bursts, "replay": tr.replay}
+    return tr.truncated(makers[name](), jobs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a few jobs, to check that it runs")
+    parser.add_argument("--trace", default="zipf", choices=["zipf", "alt-ab", "bursts", "replay"])
+    parser.add_argument("--jobs", type=int, default=200, help="the first N jobs of the trace")
+    parser.add_argument("--scale", type=float, default=0.2, help="multiply every time in the trace by this")
+    parser.add_argument("--skip-ollama", action="store_true", help="only the mm run and its prediction")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.trace, args.jobs, args.scale = "alt-ab", 12, 0.05
+
+    trace = live_trace(args.trace, args.jobs).scaled(args.scale)
+    cfg = MMConfig().scaled(args.scale)
+    keep_alive = DEFAULT_KEEP_ALIVE_S * args.scale
+    print(f"trace {trace.name}: first {len(trace.jobs)} jobs, every time x{args.scale} "
+          f"({trace.jobs[-1].t:.1f}s of arrivals), {len(trace.used_models)} models on {trace.memory / 1e9:.0f} GB; "
+          f"mm: {cfg.workers} workers x {cfg.slots} slots, tick {cfg.tick_s}s, min residency {cfg.min_residency_s:.2f}s,"
+          f" aging {cfg.aging_s:.1f}s; ollama keep_alive {keep_alive:.0f}s")
+    outcomes = [simulate_mm(trace, cfg)]
+    outcomes[0].scheduler = "mm simulated"
+    with Services() as services:
+        outcomes.insert(0, run_mm_live(services, trace, cfg))
+        if not args.skip_ollama:
+            outcomes.append(run_ollama_live(services, trace, keep_alive))
+            predicted = simulate_ollama(trace, keep_alive)
+            predicted.scheduler = "ollama-like simulated"
+            outcomes.append(predicted)
+
+    headers = ["run", "makespan_s", "loads", "load_s", "failed", "all_mean", "all_p99",
+               *(f"{c}_p99" for c in PRIORITY_CLASSES)]
+    rows = [[o.scheduler, o.makespan, o.loads, o.load_seconds, o.failed, o.mean(), o.p99(),
+             *(percentile(o.latencies[c], 99) for c in PRIORITY_CLASSES)] for o in outcomes]
+    print(table(headers, rows))
+    live, sim = outcomes[0], outcomes[1]
+    span_err = abs(live.makespan / sim.makespan - 1) if sim.makespan else math.inf
+    loads_err = abs(live.loads / sim.loads - 1) if sim.loads else math.inf
+    agree = span_err <= AGREEMENT and loads_err <= AGREEMENT
+    line = (f"HEADLINE live: mm live/simulated makespan {live.makespan / sim.makespan:.2f} loads "
+            f"{live.loads}/{sim.loads}; within {AGREEMENT:.0%}: {'yes' if agree else 'NO'}")
+    if len(outcomes) > 2:
+        ol = outcomes[2]
+        line += (f"; ollama-like live/mm live p99 {ol.p99() / live.p99():.1f}x, makespan "
+                 f"{ol.makespan / live.makespan:.2f}x, loads {ol.loads}/{live.loads}")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""What mm is compared with, on the same physics (see :mod:`bench.simcore`).
+
+- :func:`simulate_ollama`: Ollama's scheduler as ``mm runtime --evict ollama`` implements it
+  (``mm/runtime/scheduler.py``), with clients calling it directly: requests in FIFO order, a load
+  on demand, one load at a time, eviction of the idle model expiring soonest (then the shortest
+  keep_alive) when memory is short, a model with requests never evicted, and head-of-line
+  blocking: while the head request waits (for memory, or for its load), everything behind it
+  waits, even requests for resident models. Priorities are ignored (Ollama has none).
+- :func:`simulate_naive`: one job at a time in arrival order; load the job's model if needed,
+  evicting least recently used models until it fits.
+- :func:`simulate_no_swap`: a reference, not a scheduler: every model resident from the start
+  (unlimited memory, no loads), each serving ``min(max_parallel, parallel)`` jobs at once, high
+  before normal before low. What latency looks like when swapping costs nothing.
+- :func:`lower_bound`: no scheduler can finish a trace sooner.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from bench.simcore import Outcome, Trace, TraceJob, duration, load_s
+
+DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default, what a client that sets none gets
+
+
+@dataclass(eq=False)
+class _Runner:
+    model: str
+    size: int
+    ready: bool = False
+    leases: int = 0
+    keep_alive: float = DEFAULT_KEEP_ALIVE_S
+    idle_since: float | None = None
+    expiry: int = 0  # generation of the armed expiry timer; a stale timer does nothing
+    executing: int = 0
+    slot_queue: deque = field(default_factory=deque)
+    ready_waiters: list = field(default_factory=list)
+
+    def expires_in(self, now: float) -> float:
+        if self.leases or self.idle_since is None:
+            return self.keep_alive
+        return max(0.0, self.keep_alive - (now - self.idle_since))
+
+
+class OllamaSim:
+    """One node running Ollama's scheduler; each trace job is one client request."""
+
+    def __init__(self, trace: Trace, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S):
+        if trace.nodes != 1:
+            raise ValueError("the Ollama-like baseline models one node (one Ollama server)")
+        self.trace = trace
+        self.keep_alive = keep_alive_s
+        self.specs = trace.models
+        self.runners: dict[str, _Runner] = {}
+        self.pending: deque[list] = deque()  # [job, assigned]
+        self.loading: _Runner | None = None  # the placement loop waits for this load
+        self.events: list[tuple[float, int, str, object]] = []
+        self.seq = itertools.count()
+        self.now = 0.0
+        self.out = Outcome("ollama-like", trace.name)
+
+    def run(self) -> Outcome:
+        jobs = self.trace.jobs
+        if jobs:
+            self.out.first_arrival = jobs[0].t
+        for job in jobs:
+            self._at(job.t, "arrive", job)
+        while self.events:
+            self.now, _, kind, data = heapq.heappop(self.events)
+            getattr(self, f"_on_{kind}")(data)
+        self.out.failed += len(jobs) - self.out.settled
+        return self.out
+
+    def _at(self, t: float, kind: str, data: object) -> None:
+        heapq.heappush(self.events, (t, next(self.seq), kind, data))
+
+    def _used(self) -> int:
+        return sum(r.size for r in self.runners.values())
+
+    # --- requests --------------------------------------------------------------------------
+    def _on_arrive(self, job: TraceJob) -> None:
+        runner = self.runners.get(job.model)
+        if not self.pending and runner is not None:
+            self._assign(runner, job)
+        else:
+            self.pending.append([job, False])
+            self._drain()
+
+    def _assign(self, runner: _Runner, job: TraceJob) -> None:
+        runner.leases += 1
+        runner.keep_alive = self.keep_alive
+        runner.idle_since = None
+        runner.expiry += 1  # cancels an armed timer
+        if runner.ready:
+            self._take_slot(runner, job)
+        else:
+            runner.ready_waiters.append(job)
+
+    def _take_slot(self, runner: _Runner, job: TraceJob) -> None:
+        if runner.executing < self.specs[runner.model].parallel and not runner.slot_queue:
+            runner.executing += 1
+            self._at(self.now + duration(self.specs[runner.model], job), "done", (runner, job))
+        else:
+            runner.slot_queue.append(job)
+
+    def _on_done(self, data: tuple[_Runner, TraceJob]) -> None:
+        runner, job = data
+        self.out.finish(job, self.now)
+        if runner.slot_queue:  # the slot passes to the oldest waiter
+            nxt = runner.slot_queue.popleft()
+            self._at(self.now + duration(self.specs[runner.model], nxt), "done", (runner, nxt))
+        else:
+            runner.executing -= 1
+        runner.leases -= 1
+        if runner.leases == 0:
+            runner.idle_since = self.now
+            self._arm_expiry(runner)
+            self._drain()
+
+    def _arm_expiry(self, runner: _Runner) -> None:
+        runner.expiry += 1
+        if math.isfinite(runner.keep_alive):
+            self._at(self.now + runner.keep_alive, "expire", (runner, runner.expiry))
+
+    def _on_expire(self, data: tuple[_Runner, int]) -> None:
+        runner, generation = data
+        if generation == runner.expiry and runner.leases == 0 and runner.ready and self.runners.get(runner.model) is runner:
+            del self.runners[runner.model]
+            self._drain()
+
+    # --- placement (one load at a time, head-of-line) --------------------------------------
+    def _drain(self) -> None:
+        while self.pending and self.loading is None:
+            head = self.pending[0]
+            if head[1]:
+                self.pending.popleft()
+                continue
+            if not self._place(head):
+                return  # the head waits, and everything behind it
+
+    def _place(self, head: list) -> bool:
+        job: TraceJob = head[0]
+        spec = self.specs[job.model]
+        while True:
+            runner = self.runners.get(job.model)
+            if runner is not None:
+                self._assign(runner, job)
+                head[1] = True
+                return True
+            if spec.size > self.trace.memory:  # larger than the whole budget: fails
+                self.out.failed += 1
+                head[1] = True
+                return True
+            if spec.size > self.trace.memory - self._used():
+                idle = [r for r in self.runners.values() if r.ready and r.leases == 0]
+                if not idle:
+                    return False
+                victim = min(idle, key=lambda r: (r.expires_in(self.now), r.keep_alive))
+                del self.runners[victim.model]
+                continue
+            runner = _Runner(job.model, spec.size)
+            self.runners[job.model] = runner
+            self._assign(runner, job)
+            head[1] = True
+            self.loading = runner
+            self.out.loads += 1
+            self.out.load_seconds += load_s(spec)
+            self._at(self.now + load_s(spec), "loaded", runner)
+            return False  # the loop waits for this load before placing anything else
+
+    def _on_loaded(self, runner: _Runner) -> None:
+        runner.ready = True
+        for job in runner.ready_waiters:
+            self._take_slot(runner, job)
+        runner.ready_waiters.clear()
+        if runner.leases == 0:
+            runner.idle_since = self.now
+            self._arm_expiry(runner)
+        self.loading = None
+        self._drain()
+
+
+def simulate_ollama(trace: Trace, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> Outcome:
+    """Run ``trace`` as direct client requests against an Ollama-like server."""
+    return OllamaSim(trace, keep_alive_s).run()
+
+
+def simulate_naive(trace: Trace) -> Outcome:
+    """One job at a time, in arrival order; load its model if needed, evicting LRU models to fit."""
+    out = Outcome("naive-fifo", trace.name, nodes=trace.nodes)
+    if trace.jobs:
+        out.first_arrival = trace.jobs[0].t
+    resident: dict[str, float] = {}  # model -> last used
+    now = 0.0
+    for job in trace.jobs:
+        spec = trace.models[job.model]
+        now = max(now, job.t)
+        if spec.size > trace.memory:
+            out.failed += 1
+            continue
+        if job.model not in resident:
+            while sum(trace.models[m].size for m in resident) + spec.size > trace.memory:
+                del resident[min(resident, key=resident.get)]
+            now += load_s(spec)
+            out.loads += 1
+            out.load_seconds += load_s(spec)
+        now += duration(spec, job)
+        resident[job.model] = now
+        out.finish(job, now)
+    return out
+
+
+def simulate_no_swap(trace: Trace, max_parallel: int) -> Outcome:
+    """Every model always resident: per model, ``min(max_parallel, parallel)`` servers, by priority then FIFO."""
+    out = Outcome("no-swap", trace.name, nodes=trace.nodes)
+    if trace.jobs:
+        out.first_arrival = trace.jobs[0].t
+    rank = {"high": 0, "normal": 1, "low": 2}
+    by_model: dict[str, list[TraceJob]] = {}
+    for job in trace.jobs:
+        by_model.setdefault(job.model, []).append(job)
+    for model, jobs in by_model.items():
+        spec = trace.models[model]
+        free_at = [jobs[0].t] * max(1, min(max_parallel, spec.parallel))  # when each server is next free
+        waiting: list[tuple[int, float, int, TraceJob]] = []
+        i = 0
+        while i < len(jobs) or waiting:
+            now = heapq.heappop(free_at)
+            if not waiting and jobs[i].t > now:
+                now = jobs[i].t
+            while i < len(jobs) and jobs[i].t <= now:
+                heapq.heappush(waiting, (rank[jobs[i].priority], jobs[i].t, i, jobs[i]))
+                i += 1
+            job = heapq.heappop(waiting)[3]
+            end = now + duration(spec, job)
+            out.finish(job, end)
+            heapq.heappush(free_at, end)
+    return out
+
+
+def lower_bound(trace: Trace, slots: int, max_parallel: int) -> float:
+    """A makespan no scheduler on this physics can beat, even one that knows the whole trace.
+
+    The largest of: any job's arrival plus its duration; per model, its work from any arrival on
+    spread over ``min(max_parallel, parallel)`` slots, starting no sooner than that arrival and the
+    model's own load (from time 0); all work from any arrival on spread over every worker slot of
+    the cluster (``slots``); and, per node, the loads every used model needs at least once (loads
+    on a node are serial), plus the shortest job that must follow the last of them.
+    """
+    jobs = trace.jobs
+    if not jobs:
+        return 0.0
+    t0 = jobs[0].t
+    bound = max(j.t + duration(trace.models[j.model], j) for j in jobs)
+    by_model: dict[str, list[TraceJob]] = {}
+    for job in jobs:
+        by_model.setdefault(job.model, []).append(job)
+    for model, mjobs in by_model.items():
+        spec = trace.models[model]
+        cap = max(1, min(max_parallel, spec.parallel))
+        bound = max(bound, _suffix_bound(mjobs, trace, cap, floor=t0 + load_s(spec)))
+    bound = max(bound, _suffix_bound(jobs, trace, slots, floor=t0))
+    loads = sum(load_s(trace.models[m]) for m in by_model) / trace.nodes
+    tail = min(duration(trace.models[j.model], j) for j in jobs) if trace.nodes == 1 else 0.0
+    return max(bound, t0 + loads + tail) - t0
+
+
+def _suffix_bound(jobs: list[TraceJob], trace: Trace, capacity: int, floor: float) -> float:
+    """max over k of max(release_k, floor) + (work of jobs released at or after k) / capacity."""
+    best, work = 0.0, 0.0
+    for job in reversed(jobs):  # jobs are sorted by arrival
+        work += duration(trace.models[job.model], job)
+        best = max(best, max(job.t, floor) + work / capacity)
+    return best
