@@ -87,7 +87,7 @@ def planning_size(entry: registry.ModelEntry, largest_node: int, margin: int) ->
     """
     if entry.learned_size or not largest_node:
         return entry.size
-    return max(entry.tag_size, min(entry.size_estimate, largest_node - margin))
+    return min(entry.size_estimate, max(entry.tag_size, largest_node - margin))
 
 
 def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, str], Any] | None = None,
