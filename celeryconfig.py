@@ -1,12 +1,18 @@
 """Celery configuration for mm, read from mm's typed settings (mm/settings.py) only."""
 
 from mm import keys
+from mm import redis_url as _redis_url
 from mm.settings import get as _settings
 
 _s = _settings()
 
-broker_url = _s.redis_url
-result_backend = _s.redis_url
+# redis://, rediss:// (TLS) or sentinel:// (kombu's sentinel transport, Celery's sentinel backend).
+_redis = _redis_url.parse(_s.redis_url)
+broker_url = _redis.url
+result_backend = _redis.url
+if _redis.tls:  # Celery wants the TLS options as settings, not only in the URL
+    broker_use_ssl = _redis.ssl_options()
+    redis_backend_use_ssl = _redis.ssl_options()
 
 task_serializer = "json"
 result_serializer = "json"
@@ -17,7 +23,7 @@ result_accept_content = ["json"]
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-task_track_started = True
+task_track_started = False  # mm's job record says "running"; one Redis write less per job
 task_time_limit = _s.job_time_limit_s
 worker_cancel_long_running_tasks_on_connection_loss = False
 broker_connection_retry_on_startup = True
@@ -29,9 +35,10 @@ _transport = {
     "priority_steps": keys.PRIORITY_STEPS,
     "queue_order_strategy": "priority",
     "sep": keys.PRIORITY_SEP,
+    "polling_interval": 0.1,  # a worker bound to a queue at run time picks it up within 0.1 s
 }
-broker_transport_options = _transport
-result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout_s}
+broker_transport_options = _transport | _redis.transport_options()  # + master_name with sentinel
+result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout_s} | _redis.transport_options()
 visibility_timeout = _s.visibility_timeout_s
 
 result_extended = True
@@ -39,8 +46,9 @@ result_expires = _s.result_expires_s
 
 task_default_queue = "mm.default"
 task_create_missing_queues = True
-worker_send_task_events = True
-task_send_sent_event = True
+# Task events cost several Redis publishes per job; Flower switches them on while it runs
+# (its --enable-events default), so they flow only when someone watches.
+worker_send_task_events = False
 worker_hijack_root_logger = False
 
 # Beat's periodic jobs (aligned to the wall clock, sent to mm.beat) and its slot-stamping scheduler.

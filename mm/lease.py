@@ -27,6 +27,19 @@ end
 return 0
 """
 
+# The next fencing token: one more than the last, and never below Redis's clock in milliseconds,
+# so tokens keep rising even when a failover lost the last INCR (async replication).
+_NEXT_TOKEN = """
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local token = redis.call('INCR', KEYS[1])
+if token < floor then
+  redis.call('SET', KEYS[1], floor)
+  token = floor
+end
+return token
+"""
+
 # Accept a token only if it is at least the newest one seen; remember it.
 _FENCE = """
 local seen = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -57,7 +70,7 @@ class Lease:
         started = time.monotonic()
         if not self.r.set(self.key, self.owner, nx=True, px=self.ttl_ms):
             return None
-        self.token = int(self.r.incr(keys.FENCE))
+        self.token = int(self.r.eval(_NEXT_TOKEN, 1, keys.FENCE))
         self._valid_until = started + self.ttl_ms / 1000
         return self.token
 
