@@ -30,9 +30,10 @@ def test_flower_refuses_without_credentials_and_lists_mm_workers_with_them(tmp_p
 
         assert requests.get(f"{url}/api/workers", timeout=5).status_code == 401
         assert requests.get(f"{url}/api/workers", auth=("admin", "wrong"), timeout=5).status_code == 401
-        workers = wait_for(lambda: requests.get(f"{url}/api/workers?refresh=1", auth=("admin", "flower-pass"),
-                                                timeout=10).json(), 60, what="workers in flower")
-        assert {"broker@n1", "model-1@n1"} <= set(workers)
+        def listed() -> set[str]:
+            return set(requests.get(f"{url}/api/workers?refresh=1", auth=("admin", "flower-pass"), timeout=10).json())
+
+        wait_for(lambda: {"broker@n1", "model-1@n1"} <= listed(), 60, what="both workers in flower")
     finally:
         flower.stop()
         stack.stop()
