@@ -8,8 +8,8 @@ install:
 	$(PYTHON) -m pip install -q -e '.[llama]'
 
 install-test: install
-	@command -v docker-compose >/dev/null && command -v chromium >/dev/null && command -v redis-sentinel >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq docker-compose chromium redis-sentinel)
+	@command -v docker-compose >/dev/null && command -v chromium >/dev/null && command -v redis-sentinel >/dev/null && command -v openssl >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq docker-compose chromium redis-sentinel openssl)
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 demo: install

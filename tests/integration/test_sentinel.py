@@ -70,15 +70,14 @@ class SentinelCluster:
 
     def start_node(self, port: int, replica_of: int | None = None) -> None:
         home = self.tmp / f"redis-{port}"
-        home.mkdir(exist_ok=True)
+        home.mkdir()
         lines = [f"port {port}", "bind 127.0.0.1", f"dir {home}", "save \"\"", "appendonly yes",
                  "appendfsync everysec", *acl_config_lines(), "masteruser repl",
                  f"masterauth {ACL_PASSWORDS['REPL_PASSWORD']}"]
         if replica_of:
             lines.append(f"replicaof 127.0.0.1 {replica_of}")
         conf = home / "redis.conf"
-        if not conf.exists():  # a restarted node keeps what sentinel rewrote into its config
-            conf.write_text("\n".join(lines) + "\n")
+        conf.write_text("\n".join(lines) + "\n")
         self.nodes[port] = Proc([shutil.which("redis-server"), str(conf)], log=home / "redis.log")
         wait_for(self.node(port).ping, 15, what=f"redis-server on {port} ({home / 'redis.log'})")
 
@@ -182,18 +181,18 @@ def cli(url: str, *args: str, timeout: float = 90) -> subprocess.CompletedProces
 
 # Submits one job every 50 ms until a wall-clock deadline, then waits (until a second deadline) for
 # every accepted job and prints one JSON object per job: when it was submitted, whether the submission
-# was accepted, how it ended. argv: model, submit-until, wait-until (epoch seconds).
+# was accepted, how it ended. argv: model, submit-until, wait-until (epoch seconds), tokens per job.
 SUBMITTER = r"""
 import json, sys, time
 import mm
 from mm.errors import JobLost, JobFailed
-model, until, wait_until = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+model, until, wait_until, tokens = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 jobs = []
 print("ready", flush=True, file=sys.stderr)
 while time.time() < until:
     at = time.time()
     try:
-        job = mm.submit(model, "q%d" % len(jobs), options={"num_predict": 2})
+        job = mm.submit(model, "q%d" % len(jobs), options={"num_predict": tokens})
         jobs.append({"id": job.id, "at": at, "accepted": True})
     except Exception as exc:
         jobs.append({"id": None, "at": at, "accepted": False, "error": type(exc).__name__})
@@ -238,7 +237,7 @@ print(json.dumps(ends))
 KOMBU_CLOSE_CRASH = "Unrecoverable error: AttributeError(\"'NoneType' object has no attribute 'hostname'\")"
 
 
-def restart_exited(stack: Stack, settle_s: float = 1.0) -> list[str]:
+def restart_exited(stack: Stack, settle_s: float = 1.0, skip: tuple[str, ...] = ()) -> list[str]:
     """Restart every Celery process that exited, as systemd or compose's restart policy would; return them.
 
     A worker that loses its broker connection while it holds unacked messages can die in kombu 5.7
@@ -246,7 +245,7 @@ def restart_exited(stack: Stack, settle_s: float = 1.0) -> list[str]:
     AttributeError above); it happens with a plain redis:// restart as well as with a failover.
     """
     time.sleep(settle_s)
-    exited = [name for name, proc in stack.procs.items() if not proc.alive()]
+    exited = [name for name, proc in stack.procs.items() if not proc.alive() and name not in skip]
     for name in exited:
         stack.procs[name].stop()
         if name.startswith("w"):
@@ -260,8 +259,7 @@ def crash_note(stack: Stack, exited: list[str]) -> str:
     crashed = [n for n in exited if KOMBU_CLOSE_CRASH in stack.procs[n].output()]
     other = sorted(set(exited) - set(crashed))
     assert not other, f"{other} exited for another reason: {stack.logs()}"
-    return (f"{crashed} exited on the broker connection loss with kombu's {KOMBU_CLOSE_CRASH!r} and were "
-            "restarted; the jobs they held stay in kombu's unacked hash until the visibility timeout")
+    return f"{crashed} exited on the broker connection loss with kombu's {KOMBU_CLOSE_CRASH!r} and were restarted"
 
 
 def tokens_in_logs(stack: Stack) -> list[int]:
@@ -274,12 +272,13 @@ def tokens_in_logs(stack: Stack) -> list[int]:
 
 def whereabouts(r: redis.Redis, job: dict, killed_wall: float) -> dict:
     """Where a job that did not end is: its record, and whether kombu holds its message (for a failure)."""
-    unacked = [tag for tag, raw in r.hscan_iter("unacked") if job["id"].encode() in raw]
+    unacked = [tag.decode() for tag, raw in r.hscan_iter("unacked") if job["id"].encode() in raw]
     queued = [q.decode() for q in r.scan_iter("mm.model.*") if r.type(q) == b"list" and
               any(job["id"].encode() in m for m in r.lrange(q, 0, -1))]
-    return {"job": job, "submitted_after_kill_s": round(job["at"] - killed_wall, 3),
-            "record": {k.decode(): v.decode() for k, v in r.hgetall(keys.job(job["id"])).items()},
-            "result": r.get(f"celery-task-meta-{job['id']}"), "unacked": unacked, "queued": queued}
+    record = {k.decode(): v.decode() for k, v in r.hgetall(keys.job(job["id"])).items()}
+    return {"id": job["id"], "submitted_after_kill_s": round(job["at"] - killed_wall, 3),
+            "status": record.get("status"), "worker": record.get("worker"), "record": bool(record),
+            "result": bool(r.exists(f"celery-task-meta-{job['id']}")), "unacked": unacked, "queued": queued}
 
 
 def wait_failover(cluster: SentinelCluster, old: int, killed_at: float) -> float:
@@ -291,16 +290,17 @@ def wait_failover(cluster: SentinelCluster, old: int, killed_at: float) -> float
     return time.monotonic() - killed_at
 
 
-def test_jobs_keep_flowing_through_a_sentinel_failover_and_none_is_left_hanging(cluster, mm_on_sentinel):
+def test_jobs_keep_flowing_through_a_sentinel_failover(cluster, mm_on_sentinel):
     stack, url = mm_on_sentinel, cluster.url
     warm = cli(url, "enqueue", MODELS[0]["name"], "before the failover", "--wait", "--num-predict", "4")
     assert warm.returncode == 0, warm.stderr
     fence_before = int(cluster.node(cluster.primary).get(keys.FENCE))
 
-    until = time.time() + 8
-    submitter = subprocess.Popen([sys.executable, "-c", SUBMITTER, MODELS[0]["name"], str(until), str(until + 15)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env=os.environ | {"MM_REDIS_URL": url})
+    # Jobs of 0.15 s (300 tokens at 2,000/s), so that some are running when the primary dies.
+    until = time.time() + 7
+    args = [MODELS[0]["name"], str(until), str(until + 8), "300"]
+    submitter = subprocess.Popen([sys.executable, "-c", SUBMITTER, *args], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=os.environ | {"MM_REDIS_URL": url})
     assert submitter.stderr.readline().strip() == "ready"
     time.sleep(1.5)  # jobs flow through the primary for a while
     killed_at, killed_wall = time.monotonic(), time.time()
@@ -323,7 +323,7 @@ def test_jobs_keep_flowing_through_a_sentinel_failover_and_none_is_left_hanging(
     print(f"\nSENTINEL FAILOVER: promoted {failover_s:.2f}s after the SIGKILL (down-after {DOWN_AFTER_MS} ms); "
           f"{len(jobs)} submissions, {len(refused)} refused with an error"
           + (f" (from {min(refused):+.2f}s to {max(refused):+.2f}s after the kill)" if refused else "")
-          + f"; accepted jobs ended {ends}; processes that exited: {exited}")
+          + f"; accepted jobs ended {ends}; processes that exited: {exited}; not ended: {hanging}")
 
     assert set(ends) <= {"complete", "lost", "timeout"}, (ends, [j for j in accepted if j["end"].startswith("fail")])
     # Jobs submitted once the replica is promoted complete.
@@ -338,10 +338,14 @@ def test_jobs_keep_flowing_through_a_sentinel_failover_and_none_is_left_hanging(
     # Nothing written before the kill was lost here, so the fence never went back.
     assert fence_after >= fence_before
     assert int(new_master.get(keys.node_fence_seen(stack.node)) or 0) <= fence_after
-    if exited:
-        assert all(h["unacked"] and h["record"] for h in hanging), hanging  # held by the dead worker, not lost
-        pytest.xfail(f"{crash_note(stack, exited)}: {len(hanging)} jobs")
-    assert not hanging, hanging
+    note = crash_note(stack, exited) if exited else "no process exited"
+    if hanging:
+        # Only jobs a worker held when the primary died (reserved, running, or done but their result not
+        # stored): their ack could not be written, so kombu keeps their message in its unacked hash and
+        # redelivers it after the visibility timeout. Not lost, but not done either.
+        assert all(h["unacked"] and h["submitted_after_kill_s"] < 0.5 for h in hanging), hanging
+        pytest.xfail(f"{len(hanging)} jobs a worker held at the failover stay in kombu's unacked hash until "
+                     f"MM_VISIBILITY_TIMEOUT_S; {note}")
 
 
 def test_writes_the_replica_never_got_are_lost_and_their_jobs_raise_job_lost(cluster, mm_on_sentinel):
@@ -366,8 +370,8 @@ def test_writes_the_replica_never_got_are_lost_and_their_jobs_raise_job_lost(clu
     assert spam.returncode == 0, spam.stderr
     lost_ids = spam.stdout.split()
     assert len(lost_ids) == 5
-    wait_for(lambda: all(primary.hget(keys.job(j), "status") == b"complete" for j in lost_ids), 20,
-             what="the five jobs to run on the primary")
+    wait_for(lambda: all(primary.exists(f"celery-task-meta-{j}") for j in lost_ids), 20,
+             what="the five jobs to run on the primary and store their results")
     fence_seen_before = max(int(primary.get(keys.FENCE)), int(primary.get(keys.node_fence_seen(stack.node)) or 0))
     assert fence_seen_before > replicated_fence  # the new leader's token exists only on the primary
 
@@ -375,7 +379,7 @@ def test_writes_the_replica_never_got_are_lost_and_their_jobs_raise_job_lost(clu
     killed_at = time.monotonic()
     cluster.kill(cluster.primary)
     failover_s = wait_failover(cluster, cluster.primary, killed_at)
-    exited = [name for name in restart_exited(stack) if name != leader]  # the old leader was killed on purpose
+    exited = restart_exited(stack, skip=(leader,))  # the old leader was killed on purpose
 
     # Then the jobs are reported lost (they ran, but their records and results are gone) ...
     ends = json.loads(client(url, WAITER, *lost_ids).stdout.strip().splitlines()[-1])
@@ -389,10 +393,13 @@ def test_writes_the_replica_never_got_are_lost_and_their_jobs_raise_job_lost(clu
           f"{replicated_fence}, highest used before the kill {fence_seen_before}, after the failover {fence_after}; "
           f"tokens acquired per broker log {tokens_in_logs(stack)}; processes that exited: {exited}")
     assert set(ends.values()) == {"lost"}, ends
+    assert not any(new_master.exists(keys.job(j)) for j in lost_ids)
     assert fresh.returncode == 0, fresh.stderr + stack.logs()
-    if fence_after <= fence_seen_before:
-        pytest.xfail(f"fencing token reused after the failover: {fence_after} <= {fence_seen_before}, already used "
-                     "(the INCR mm:fence was lost with the primary; see the README's Redis section)")
+    # The INCR of the token used before the kill was lost, yet the next token is higher (clock floor).
     assert fence_after > fence_seen_before
+    tokens = tokens_in_logs(stack)
+    assert len(tokens) == len(set(tokens)), f"a fencing token was handed out twice: {tokens}"
     if exited:
-        pytest.xfail(crash_note(stack, exited))
+        crash_note(stack, exited)  # only kombu's known crash, restarted like a supervisor would
+    logs = [proc.output() for proc in stack.procs.values()]
+    assert not [pw for pw in (ACL_PASSWORDS["MM_PASSWORD"], SENTINEL_PASSWORD) if any(pw in log for log in logs)]
