@@ -13,21 +13,22 @@ from workers import worker_state
 log = logging.getLogger("mm.worker")
 
 
-def _refused(node: str, token: int, what: str) -> dict | None:
-    newer = check_fence(store.connect(), node, token)
+def _check(token: int, what: str) -> tuple[worker_state.WorkerState | None, dict | None]:
+    """This process's worker state, or an error reply: not a model-worker, or a stale token."""
+    me = worker_state.current
+    if me is None:
+        return None, {"error": "not a model-worker"}
+    newer = check_fence(store.connect(), me.node, token)
     if newer:
-        log.warning("FENCE refused %s with token %s: token %s already seen", what, token, newer)
-        return {"error": f"stale token {token} < {newer}"}
-    return None
+        log.warning("FENCE refused %s on %s with token %s: token %s already seen", what, me.hostname, token, newer)
+        return None, {"error": f"stale token {token} < {newer}"}
+    return me, None
 
 
 @control_command(args=[("model", str), ("token", int)], signature="<model> <token>")
 def mm_bind(state, model, token, **_):
     """Start consuming ``mm.model.<model>`` if ``token`` is current for this worker's node."""
-    me = worker_state.current
-    if me is None:
-        return {"error": "not a model-worker"}
-    refused = _refused(me.node, token, f"bind {me.hostname} to {model}")
+    me, refused = _check(token, f"bind to {model}")
     if refused:
         return refused
     consumer = state.consumer
@@ -41,10 +42,7 @@ def mm_bind(state, model, token, **_):
 @control_command(args=[("model", str), ("token", int)], signature="<model> <token>")
 def mm_unbind(state, model, token, **_):
     """Stop consuming ``mm.model.<model>``; jobs already running finish, the rest stay queued."""
-    me = worker_state.current
-    if me is None:
-        return {"error": "not a model-worker"}
-    refused = _refused(me.node, token, f"unbind {me.hostname} from {model}")
+    _me, refused = _check(token, f"unbind from {model}")
     if refused:
         return refused
     unbind_self(state.consumer, model)
