@@ -44,12 +44,27 @@ class Job:
     def record(self) -> dict[str, Any]:
         """The job's record: model, priority, status, timestamps, node, error."""
         raw = store.connect().hgetall(keys.job(self.id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        record = {k.decode(): v.decode() for k, v in raw.items()}
+        if record:
+            status, completed_at = self._settled(record.get("status", "pending"))
+            record["status"] = status
+            if completed_at is not None:
+                record.setdefault("completed_at", str(completed_at))
+        return record
 
     def status(self) -> str:
         """pending, queued, running, complete or failed."""
         status = store.connect().hget(keys.job(self.id), "status")
-        return status.decode() if status else "pending"
+        return self._settled(status.decode() if status else "pending")[0]
+
+    def _settled(self, status: str) -> tuple[str, float | None]:
+        # A worker closes the record just after Celery stored the outcome: the outcome wins.
+        if status in ("queued", "running"):
+            result = AsyncResult(self.id, app=app)
+            settled = {"SUCCESS": "complete", "FAILURE": "failed"}.get(result.state)
+            if settled:
+                return settled, result.date_done.timestamp() if result.date_done else None
+        return status, None
 
     def get(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the job and return its output with timings.
@@ -135,18 +150,15 @@ def _known_models(model: str) -> frozenset[str]:
 
 def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     r = store.connect()
+    if job_id is not None:
+        r.delete(keys.job(job_id))  # a retry: its old record must not hold a final status
     job_id = job_id or str(uuid.uuid4())
     now = time.time()
-    settings = get_settings()
     record = {
         "id": job_id, "model": request.model, "kind": request.kind, "priority": request.priority,
-        "status": "queued", "submitted_at": now, "metadata": json.dumps(request.metadata),
+        "submitted_at": now, "metadata": json.dumps(request.metadata),
     }
-    # The record is written first so a fast worker's "running" is never overwritten by "queued".
-    pipe = r.pipeline()
-    pipe.hset(keys.job(job_id), mapping=record)
-    pipe.expire(keys.job(job_id), settings.result_expires_s)
-    pipe.execute()
+    expires_s = get_settings().result_expires_s
     try:
         result = app.send_task(
             INFER_TASK,
@@ -157,9 +169,17 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
             headers={"mm_submitted": now},
         )
     except Exception as exc:
-        r.hset(keys.job(job_id), mapping={"status": "failed", "error": f"enqueue failed: {exc}"})
+        r.pipeline().hset(keys.job(job_id), mapping={**record, "status": "failed", "error": f"enqueue failed: {exc}"}) \
+            .expire(keys.job(job_id), expires_s).execute()
         raise
-    r.lpush(keys.WAKE, 1)
+    # Written after the send, in the same round trip as the leader's wake-up; a worker may have
+    # started the job already, so the status is set only if it has none yet.
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(keys.job(job_id), mapping=record)
+    pipe.hsetnx(keys.job(job_id), "status", "queued")
+    pipe.expire(keys.job(job_id), expires_s)
+    pipe.lpush(keys.WAKE, 1)
+    pipe.execute()
     return Job(job_id, result)
 
 

@@ -85,6 +85,12 @@ def record_job(r: redis.Redis, *, at: float | None = None, max_samples: int | No
         log.warning("job sample for %s not recorded: %s", sample.get("model"), exc)
 
 
+def queue_job(pipe: redis.client.Pipeline, **sample: Any) -> None:
+    """Queue one finished job's sample (fields as :func:`record_job`) into ``pipe``, for a caller
+    that writes it with the job's other bookkeeping in one round trip."""
+    pipe.xadd(keys.METRICS_RAW, _check_sample(sample), maxlen=get_settings().metrics_raw_max, approximate=True)
+
+
 def job_sample(model: str, node: str, submitted_at: float, started_at: float, *, digest: str | None = "",
                timings: dict[str, Any] | None = None, error: str = "") -> dict[str, Any]:
     """A finished job's sample from its times and result timings (clamped: clocks of hosts differ)."""

@@ -1,14 +1,18 @@
-"""Putting back the jobs of a worker that died, without waiting for kombu's visibility timeout.
+"""Putting back the jobs no worker holds any more, without waiting for kombu's visibility timeout.
 
-kombu keeps each delivered, unacked message in the ``unacked`` hash (by delivery tag) and restores
-it only once it is older than the visibility timeout, which must exceed the longest job (an hour by
-default). When mm knows a worker is gone (its heartbeat expired), it restores that worker's jobs at
-once, the way kombu does: atomically out of the unacked hash, back to the head of their priority list.
+kombu keeps each delivered, unacked message in the ``unacked`` hash (by delivery tag, with its
+delivery time in ``unacked_index``) and restores it only once it is older than the visibility
+timeout, which must exceed the longest job (an hour by default). mm knows sooner: a worker whose
+heartbeat expired is gone, and a message delivered a while ago that no live worker runs was
+stranded (its worker lost the broker connection while holding it, and could not ack or restore it).
+Such a message is restored the way kombu does it: atomically out of the unacked hash, back to the
+head of its priority list; or, if its job already has a stored outcome, only taken out (acked).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import redis
 
@@ -16,6 +20,9 @@ from mm import keys
 
 UNACKED = "unacked"  # kombu's default unacked_key / unacked_index_key
 UNACKED_INDEX = "unacked_index"
+
+# The subset of the given job ids whose outcome (Celery result) is stored.
+Finished = Callable[[set[str]], set[str]]
 
 
 def _tags_of(r: redis.Redis, job_ids: set[str]) -> list[str]:
@@ -28,14 +35,14 @@ def _tags_of(r: redis.Redis, job_ids: set[str]) -> list[str]:
     return tags
 
 
-def _restore_tag(r: redis.Redis, tag: str) -> bool:
+def _restore_tag(r: redis.Redis, tag: str, requeue: bool = True) -> bool:
     def transaction(pipe: redis.client.Pipeline) -> bool:
         raw = pipe.hget(UNACKED, tag)
         pipe.multi()
         pipe.zrem(UNACKED_INDEX, tag)
         pipe.hdel(UNACKED, tag)
-        if not raw:
-            return False
+        if not raw or not requeue:
+            return bool(raw)
         payload, _exchange, routing_key = json.loads(raw)
         payload.setdefault("headers", {})["redelivered"] = True
         payload.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
@@ -48,13 +55,41 @@ def _restore_tag(r: redis.Redis, tag: str) -> bool:
     return r.transaction(transaction, UNACKED, value_from_callable=True)
 
 
-def restore_jobs(r: redis.Redis, job_ids: set[str]) -> list[str]:
-    """Requeue the unacked messages of ``job_ids`` at the head of their queues; return the ids requeued."""
+def restore_jobs(r: redis.Redis, job_ids: set[str], finished: Finished) -> list[str]:
+    """Requeue the unacked messages of ``job_ids`` at the head of their queues, except those whose job
+    ``finished`` (only taken out); return the ids requeued."""
     if not job_ids:
         return []
-    restored = []
+    held = {}
     for tag in _tags_of(r, job_ids):
         raw = r.hget(UNACKED, tag)
-        if raw and _restore_tag(r, tag):
-            restored.append(json.loads(raw)[0]["headers"]["id"])
-    return restored
+        if raw:
+            held[tag] = json.loads(raw)[0]["headers"]["id"]
+    return _settle(r, held, finished)
+
+
+def stranded_jobs(r: redis.Redis, running: set[str], delivered_before: float, finished: Finished) -> list[str]:
+    """Requeue model jobs kombu holds as delivered since before ``delivered_before`` (epoch seconds)
+    that are not in ``running`` (the jobs live workers run); return the ids requeued.
+
+    Safe because ``finished`` is asked after ``running`` was read, and a worker takes a job out of
+    its in-flight set only after the job's outcome is stored: a held job missing from ``running``
+    either never started or has an outcome that ``finished`` sees. (One delivered more than the
+    grace ago and not yet started would run twice; a worker starts what it takes at once.)
+    """
+    tags = [t.decode() for t in r.zrangebyscore(UNACKED_INDEX, "-inf", delivered_before)]
+    held = {}
+    for tag, raw in zip(tags, r.hmget(UNACKED, tags) if tags else []):
+        if raw is None:
+            continue
+        payload, _exchange, routing_key = json.loads(raw)
+        job_id = payload.get("headers", {}).get("id")
+        if job_id and keys.model_from_queue(routing_key) and job_id not in running:
+            held[tag] = job_id
+    return _settle(r, held, finished)
+
+
+def _settle(r: redis.Redis, held: dict[str, str], finished: Finished) -> list[str]:
+    done = finished(set(held.values())) if held else set()
+    return [job_id for tag, job_id in held.items() if _restore_tag(r, tag, requeue=job_id not in done)
+            and job_id not in done]

@@ -7,9 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-import redis
-
-from mm import keys
+from mm import keys, store
 from tests.procs import Proc, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,7 +20,7 @@ class Stack:
                  memory_budget: int = 0, **settings: object):
         self.tmp = tmp_path
         self.node = node
-        self.r = redis.Redis.from_url(redis_url)
+        self.r = store.connect(redis_url)
         self.env = os.environ | {
             "MM_REDIS_URL": redis_url, "MM_RUNTIME_URL": runtime_url, "MM_NODE": node,
             "MM_MEMORY_BUDGET": str(memory_budget), "MM_USE_NVML": "0", "MM_HEARTBEAT_S": "0.3",

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from celery.states import READY_STATES
 
 from mm import events, keys, redelivery
 from mm.app import LOAD_TASK, UNLOAD_TASK
@@ -28,9 +29,10 @@ from workers.snapshot_reader import build_snapshot, read_raw
 log = logging.getLogger("mm.leader")
 
 COMMAND_TIMEOUT_S = 300.0  # a load/unload not reported done by then is considered lost
-BIND_SETTLE_S = 3.0
-MIN_TICK_GAP_S = 0.05
-MAX_LOAD_FAILURES = 3  # consecutive failed loads of a model before its queued jobs fail  # at most 20 ticks a second, however fast jobs arrive  # how long a (un)bind is assumed done before the worker's own record shows it
+BIND_SETTLE_S = 3.0  # how long a (un)bind is assumed done before the worker's own record shows it
+MIN_TICK_GAP_S = 0.05  # at most 20 ticks a second, however fast jobs arrive
+MAX_LOAD_FAILURES = 3  # consecutive failed loads of a model before its queued jobs fail
+STRANDED_CHECK_S = 1.0  # how often held messages are checked for a live worker
 
 
 class Leader:
@@ -45,6 +47,7 @@ class Leader:
         self.binds: dict[str, tuple[str | None, float]] = {}  # worker -> (model, sent at)
         self.load_failures: dict[str, tuple[int, float, str]] = {}  # model -> (failures, retry after, error)
         self.ticks = 0
+        self.stranded_checked_at = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -131,11 +134,40 @@ class Leader:
             return snapshot
         return dataclasses.replace(snapshot, demand={m: d for m, d in snapshot.demand.items() if m not in waiting})
 
+    def _finished(self, job_ids: set[str]) -> set[str]:
+        """The jobs among ``job_ids`` whose outcome Celery has stored."""
+        ids = sorted(job_ids)
+        metas = self.r.mget([self.app.backend.get_key_for_task(j) for j in ids])
+        return {j for j, meta in zip(ids, metas) if meta and json.loads(meta).get("status") in READY_STATES}
+
+    def _recover_stranded(self, live_workers: list[str]) -> None:
+        """Requeue jobs delivered over ``orphan_grace_s`` ago that no live worker runs.
+
+        kombu restores what a worker held when its broker connection drops, unless Redis is gone at
+        that moment (a restart, a failover): then the messages stay in its unacked hash until the
+        visibility timeout, an hour, unless mm puts them back.
+        """
+        if time.monotonic() - self.stranded_checked_at < STRANDED_CHECK_S:
+            return
+        self.stranded_checked_at = time.monotonic()
+        pipe = self.r.pipeline(transaction=False)
+        for hostname in live_workers:
+            pipe.smembers(keys.worker_inflight(hostname))
+        running = {j.decode() for members in pipe.execute() for j in members}
+        restored = redelivery.stranded_jobs(self.r, running, time.time() - self.settings.orphan_grace_s,
+                                            self._finished)
+        for job_id in restored:
+            self.r.hset(keys.job(job_id), "status", "queued")
+        if restored:
+            log.warning("requeued %d jobs delivered over %.0fs ago that no live worker runs: %s",
+                        len(restored), self.settings.orphan_grace_s, restored)
+            events.emit(self.r, "jobs_stranded", jobs=len(restored))
+
     def _recover_lost_workers(self, gone: list[str]) -> None:
         """Requeue at once the jobs of workers whose heartbeat expired (SIGKILL, crash, lost host)."""
         for hostname in gone:
             job_ids = {j.decode() for j in self.r.smembers(keys.worker_inflight(hostname))}
-            restored = redelivery.restore_jobs(self.r, job_ids)
+            restored = redelivery.restore_jobs(self.r, job_ids, self._finished)
             for job_id in restored:
                 self.r.hset(keys.job(job_id), "status", "queued")
             if job_ids:
@@ -152,6 +184,7 @@ class Leader:
         raw = read_raw(self.r)
         self._forget_finished(raw.nodes)
         self._recover_lost_workers(raw.gone_workers)
+        self._recover_stranded(list(raw.workers))
         snapshot, _ = build_snapshot(
             self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, raw=raw
         )

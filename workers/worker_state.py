@@ -30,6 +30,7 @@ class WorkerState:
         self.ttl_ms = int(ttl_s * 1000)
         self.bound: str | None = None
         self.running: Counter[str] = Counter()
+        self.jobs: dict[str, str] = {}  # job id -> model, for the jobs counted in running
         self.last_job_at = 0.0
         self.consumer = None  # the Celery consumer, to (un)bind queues from a task thread
         self._lock = threading.Lock()
@@ -58,23 +59,27 @@ class WorkerState:
             self.bound = model
         self.publish()
 
-    def job_started(self, model: str, job_id: str) -> None:
-        """Count the job as in flight and remember it, so it can be put back if this process dies."""
+    def job_started(self, model: str, job_id: str, pipe) -> None:
+        """Count the job in flight and queue, into ``pipe``, this record and the job's id in the
+        in-flight set (so it can be put back if this process dies); the caller executes ``pipe``."""
         with self._lock:
+            self.jobs[job_id] = model
             self.running[model] += 1
-        pipe = self.r.pipeline()
         pipe.sadd(keys.worker_inflight(self.hostname), job_id)
         self.publish(pipe)
-        pipe.execute()
 
-    def job_ended(self, model: str, job_id: str) -> None:
+    def job_ended(self, job_id: str, pipe) -> None:
+        """Uncount the job (once: later calls do nothing) and queue the writes that say so into
+        ``pipe``. Called after its outcome is stored, so an id in the in-flight set always has a
+        worker on it or a stored outcome."""
         with self._lock:
+            model = self.jobs.pop(job_id, None)
+            if model is None:
+                return
             self.running[model] -= 1
             self.last_job_at = time.time()
-        pipe = self.r.pipeline()
         pipe.srem(keys.worker_inflight(self.hostname), job_id)
         self.publish(pipe)
-        pipe.execute()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mm-worker-state", daemon=True)
@@ -89,10 +94,24 @@ class WorkerState:
         pipe.srem(keys.WORKERS, self.hostname)
         pipe.execute()
 
+    def prune_inflight(self) -> None:
+        """Take out of the in-flight set the ids this process no longer runs: ones whose closing write
+        failed (Redis was away), or a previous process's under this name. The leader then requeues
+        those without an outcome. An id is in this process's jobs before it enters the set, so one
+        read from the set and then missing from the jobs has ended."""
+        members = {m.decode() for m in self.r.smembers(keys.worker_inflight(self.hostname))}
+        with self._lock:
+            stale = members - set(self.jobs)
+        if stale:
+            self.r.srem(keys.worker_inflight(self.hostname), *stale)
+            log.warning("%d jobs in %s's in-flight set are not running here; the leader requeues them unless done",
+                        len(stale), self.hostname)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.publish()
+                self.prune_inflight()
             except Exception:
                 log.exception("worker state publish failed")
             self._stop.wait(self.heartbeat_s)

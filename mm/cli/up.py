@@ -16,7 +16,7 @@ import click
 import redis
 import requests
 
-from mm import keys, registry
+from mm import keys, registry, store
 from mm.settings import get as get_settings
 from mm.supervisor import Supervisor
 
@@ -64,7 +64,7 @@ def _wait(condition, timeout: float, what: str, sup: Supervisor) -> None:
 
 def _start_redis(sup: Supervisor, url: str, run_dir: Path) -> str:
     """Use the Redis at ``url`` if it answers; else start redis-server (AOF on) on its port."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    client = store.connect(url)
     try:
         client.ping()
         return url
@@ -148,7 +148,7 @@ def up(workers, slots, memory, flower, flower_port, demo, exit_after, run_dir):
             if os.environ.get("MM_FLOWER_BASIC_AUTH"):
                 args.append(f"--basic-auth={os.environ['MM_FLOWER_BASIC_AUTH']}")
             sup.spawn("flower", args)
-        r = redis.Redis.from_url(redis_url)
+        r = store.connect(redis_url)
         _wait(lambda: registry.names(r), 60, "the gpu-broker to register models", sup)
         click.echo(f"mm is up: node {node}, models {', '.join(sorted(registry.names(r)))}; logs in {run_dir}/")
         if flower:
