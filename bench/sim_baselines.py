@@ -6,6 +6,17 @@
   keep_alive) when memory is short, a model with requests never evicted, and head-of-line
   blocking: while the head request waits (for memory, or for its load), everything behind it
   waits, even requests for resident models. Priorities are ignored (Ollama has none).
+  ``gpus`` > 1 models one Ollama server on a multi-GPU host (``trace.memory`` per GPU), as
+  Ollama's ``pickBestFullFitByLibrary`` places a model: on the one GPU with the most free memory
+  if it fits there, else split over the fewest GPUs (most free first) whose free memory together
+  holds it, layers in proportion to their free memory; if it fits nowhere, evict as above and
+  retry. ``max_loaded`` caps the loaded models (Ollama's ``OLLAMA_MAX_LOADED_MODELS``, by default
+  3 per GPU); ``None``, as in ``mm runtime --evict ollama``, sets no cap. ``concurrent_loads``
+  follows Ollama's scheduler on several GPUs (since 0.1.33, ``filterGPUsWithoutLoadingModels``):
+  a load may start on GPUs with no load under way while others load; a request whose model fits
+  only on GPUs that are loading is put back (Ollama re-queues it) and the requests behind it go
+  on; only when no load is under way does it evict (and, with nothing idle to evict, wait, and
+  everything behind it with it).
 - :func:`simulate_naive`: one job at a time in arrival order; load the job's model if needed,
   evicting least recently used models until it fits.
 - :func:`simulate_no_swap`: a reference, not a scheduler: every model resident from the start
@@ -39,6 +50,7 @@ class _Runner:
     executing: int = 0
     slot_queue: deque = field(default_factory=deque)
     ready_waiters: list = field(default_factory=list)
+    alloc: dict[int, int] = field(default_factory=dict)  # GPU -> bytes of this model on it
 
     def expires_in(self, now: float) -> float:
         if self.leases or self.idle_since is None:
@@ -47,13 +59,26 @@ class _Runner:
 
 
 class OllamaSim:
-    """One node running Ollama's scheduler; each trace job is one client request."""
+    """One node running Ollama's scheduler; each trace job is one client request.
 
-    def __init__(self, trace: Trace, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S):
+    The node is one Ollama server with ``gpus`` GPUs of ``trace.memory`` bytes each (see the
+    module docstring for placement over several GPUs); with ``gpus=1`` and no ``max_loaded``, the
+    single-GPU server that ``mm runtime --evict ollama`` implements.
+    """
+
+    def __init__(self, trace: Trace, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S, gpus: int = 1,
+                 max_loaded: int | None = None, name: str = "ollama-like", concurrent_loads: bool = False):
         if trace.nodes != 1:
             raise ValueError("the Ollama-like baseline models one node (one Ollama server)")
+        if gpus < 1:
+            raise ValueError(f"gpus must be at least 1, not {gpus}")
         self.trace = trace
         self.keep_alive = keep_alive_s
+        self.gpus = gpus
+        self.max_loaded = max_loaded
+        self.concurrent_loads = concurrent_loads
+        self.loads_under_way: set[_Runner] = set()  # concurrent_loads: runners loading now
+        self.blocked = False  # concurrent_loads: a request waits for an eviction; those behind it wait too
         self.specs = trace.models
         self.runners: dict[str, _Runner] = {}
         self.pending: deque[list] = deque()  # [job, assigned]
@@ -61,7 +86,7 @@ class OllamaSim:
         self.events: list[tuple[float, int, str, object]] = []
         self.seq = itertools.count()
         self.now = 0.0
-        self.out = Outcome("ollama-like", trace.name)
+        self.out = Outcome(name, trace.name, nodes=gpus)
 
     def run(self) -> Outcome:
         jobs = self.trace.jobs
@@ -78,11 +103,36 @@ class OllamaSim:
     def _at(self, t: float, kind: str, data: object) -> None:
         heapq.heappush(self.events, (t, next(self.seq), kind, data))
 
-    def _used(self) -> int:
-        return sum(r.size for r in self.runners.values())
+    def _free(self, gpu: int) -> int:
+        return self.trace.memory - sum(r.alloc.get(gpu, 0) for r in self.runners.values())
+
+    def _fit(self, size: int, gpus: list[int] | None = None) -> dict[int, int] | None:
+        """Where a model of ``size`` bytes goes now (GPU -> bytes), or None if it fits nowhere.
+
+        One GPU, the one with the most free memory, if it fits there; else the fewest GPUs, most
+        free first, that hold it together, each taking a share in proportion to its free memory.
+        Only ``gpus`` are considered when given.
+        """
+        candidates = range(self.gpus) if gpus is None else gpus
+        free = sorted(((self._free(g), g) for g in candidates), key=lambda fg: (-fg[0], fg[1]))
+        for k in range(1, len(free) + 1):
+            subset = free[:k]
+            room = sum(f for f, _ in subset)
+            if size <= room:
+                alloc = {g: size * f // room for f, g in subset}
+                alloc[subset[0][1]] += size - sum(alloc.values())
+                return alloc
+        return None
 
     # --- requests --------------------------------------------------------------------------
     def _on_arrive(self, job: TraceJob) -> None:
+        if self.concurrent_loads:
+            item = [job, False]
+            state = "blocked" if self.blocked else self._place_concurrent(item)
+            if state != "placed":
+                self.pending.append(item)
+                self.blocked = state == "blocked"
+            return
         runner = self.runners.get(job.model)
         if not self.pending and runner is not None:
             self._assign(runner, job)
@@ -134,6 +184,9 @@ class OllamaSim:
 
     # --- placement (one load at a time, head-of-line) --------------------------------------
     def _drain(self) -> None:
+        if self.concurrent_loads:
+            self._drain_concurrent()
+            return
         while self.pending and self.loading is None:
             head = self.pending[0]
             if head[1]:
@@ -151,18 +204,19 @@ class OllamaSim:
                 self._assign(runner, job)
                 head[1] = True
                 return True
-            if spec.size > self.trace.memory:  # larger than the whole budget: fails
+            if spec.size > self.trace.memory * self.gpus:  # larger than the whole budget: fails
                 self.out.failed += 1
                 head[1] = True
                 return True
-            if spec.size > self.trace.memory - self._used():
+            alloc = self._fit(spec.size)
+            if alloc is None or (self.max_loaded is not None and len(self.runners) >= self.max_loaded):
                 idle = [r for r in self.runners.values() if r.ready and r.leases == 0]
                 if not idle:
                     return False
                 victim = min(idle, key=lambda r: (r.expires_in(self.now), r.keep_alive))
                 del self.runners[victim.model]
                 continue
-            runner = _Runner(job.model, spec.size)
+            runner = _Runner(job.model, spec.size, alloc=alloc)
             self.runners[job.model] = runner
             self._assign(runner, job)
             head[1] = True
@@ -181,12 +235,76 @@ class OllamaSim:
             runner.idle_since = self.now
             self._arm_expiry(runner)
         self.loading = None
+        self.loads_under_way.discard(runner)
         self._drain()
 
+    # --- placement with concurrent loads on several GPUs -----------------------------------
+    def _drain_concurrent(self) -> None:
+        """Place waiting requests in order; those waiting for a GPU that is loading are skipped,
+        and the first that waits for an eviction stops the pass (everything behind it waits)."""
+        self.blocked = False
+        kept: deque[list] = deque()
+        no_room: set[str] = set()  # models found to fit on no idle GPU in this pass
+        while self.pending:
+            item = self.pending.popleft()
+            if item[0].model in no_room and item[0].model not in self.runners:
+                kept.append(item)
+                continue
+            state = self._place_concurrent(item)
+            if state == "placed":
+                continue
+            kept.append(item)
+            if state == "blocked":
+                self.blocked = True
+                kept.extend(self.pending)
+                self.pending.clear()
+            else:
+                no_room.add(item[0].model)
+        self.pending = kept
 
-def simulate_ollama(trace: Trace, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> Outcome:
-    """Run ``trace`` as direct client requests against an Ollama-like server."""
-    return OllamaSim(trace, keep_alive_s).run()
+    def _place_concurrent(self, item: list) -> str:
+        """``placed`` (assigned, loading, or failed), ``skipped`` (fits only where loads are under
+        way: retried when one ends) or ``blocked`` (needs an eviction and nothing is idle)."""
+        job: TraceJob = item[0]
+        spec = self.specs[job.model]
+        while True:
+            runner = self.runners.get(job.model)
+            if runner is not None:
+                self._assign(runner, job)
+                item[1] = True
+                return "placed"
+            if spec.size > self.trace.memory * self.gpus:
+                self.out.failed += 1
+                item[1] = True
+                return "placed"
+            busy = {g for r in self.loads_under_way for g in r.alloc}
+            full = self.max_loaded is not None and len(self.runners) >= self.max_loaded
+            alloc = None if full else self._fit(spec.size, [g for g in range(self.gpus) if g not in busy])
+            if alloc is None:
+                if busy and not full:
+                    return "skipped"  # Ollama re-queues it while other models finish loading
+                idle = [r for r in self.runners.values() if r.ready and r.leases == 0]
+                if not idle:
+                    return "blocked"
+                victim = min(idle, key=lambda r: (r.expires_in(self.now), r.keep_alive))
+                del self.runners[victim.model]
+                continue
+            runner = _Runner(job.model, spec.size, alloc=alloc)
+            self.runners[job.model] = runner
+            self._assign(runner, job)
+            item[1] = True
+            self.loads_under_way.add(runner)
+            self.out.loads += 1
+            self.out.load_seconds += load_s(spec)
+            self._at(self.now + load_s(spec), "loaded", runner)
+            return "placed"
+
+
+def simulate_ollama(trace: Trace, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S, gpus: int = 1,
+                    max_loaded: int | None = None, name: str = "ollama-like",
+                    concurrent_loads: bool = False) -> Outcome:
+    """Run ``trace`` as direct client requests against an Ollama-like server (``gpus`` GPUs of ``trace.memory``)."""
+    return OllamaSim(trace, keep_alive_s, gpus, max_loaded, name, concurrent_loads).run()
 
 
 def simulate_naive(trace: Trace) -> Outcome:
@@ -246,10 +364,11 @@ def lower_bound(trace: Trace, slots: int, max_parallel: int) -> float:
     """A makespan no scheduler on this physics can beat, even one that knows the whole trace.
 
     The largest of: any job's arrival plus its duration; per model, its work from any arrival on
-    spread over ``min(max_parallel, parallel)`` slots, starting no sooner than that arrival and the
-    model's own load (from time 0); all work from any arrival on spread over every worker slot of
-    the cluster (``slots``); and, per node, the loads every used model needs at least once (loads
-    on a node are serial), plus the shortest job that must follow the last of them.
+    spread over ``min(max_parallel, parallel)`` slots per node (one copy per node at most), starting
+    no sooner than that arrival and the model's own load (from time 0); all work from any arrival
+    on spread over every worker slot of the cluster (``slots``); and, per node, the loads every
+    used model needs at least once (loads on a node are serial), plus the shortest job that must
+    follow the last of them.
     """
     jobs = trace.jobs
     if not jobs:
@@ -261,7 +380,7 @@ def lower_bound(trace: Trace, slots: int, max_parallel: int) -> float:
         by_model.setdefault(job.model, []).append(job)
     for model, mjobs in by_model.items():
         spec = trace.models[model]
-        cap = max(1, min(max_parallel, spec.parallel))
+        cap = max(1, min(max_parallel, spec.parallel)) * trace.nodes  # at most a copy per node
         bound = max(bound, _suffix_bound(mjobs, trace, cap, floor=t0 + load_s(spec)))
     bound = max(bound, _suffix_bound(jobs, trace, slots, floor=t0))
     loads = sum(load_s(trace.models[m]) for m in by_model) / trace.nodes

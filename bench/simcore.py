@@ -131,9 +131,11 @@ class Outcome:
     failed: int = 0
     failed_loads: int = 0
     nodes: int = 1
+    ends: list[float] = field(default_factory=list)  # when each finished job ended, in finishing order
 
     def finish(self, job: TraceJob, end: float) -> None:
         self.latencies[job.priority].append(end - job.t)
+        self.ends.append(end)
         self.last_end = max(self.last_end, end)
 
     @property

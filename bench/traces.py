@@ -102,6 +102,40 @@ def bursts(n_bursts: int = 12, period_s: float = 40.0, burst: int = 30, seed: in
     return Trace("bursts", specs, jobs, memory=24 * GB)
 
 
+def fleet_models(n_models: int = 100, seed: int = 6) -> list[ModelSpec]:
+    """``n_models`` models whose sizes cycle through :data:`ZIPF_SIZES_GB` (1-20 GB, 7.85 GB on
+    average), shuffled: 100 of them make 785 GB. Listed in popularity order (most popular first)."""
+    rng = random.Random(seed)
+    sizes = [ZIPF_SIZES_GB[k % len(ZIPF_SIZES_GB)] for k in range(n_models)]
+    rng.shuffle(sizes)
+    return [model(f"fleet-{k:03d}:{size}b", size) for k, size in enumerate(sizes)]
+
+
+def fleet_zipf(n: int = 12000, rate_per_s: float = 20.0, n_models: int = 100, s: float = 1.0,
+               memory_gb: float = 24, nodes: int = 32, burst: int = 0, burst_at_s: float = 60.0,
+               burst_window_s: float = 20.0, burst_rank: int = 5, seed: int = 6, name: str = "fleet-zipf") -> Trace:
+    """A fleet-sized trace: ``n`` Poisson jobs at ``rate_per_s`` over :func:`fleet_models`, the k-th
+    most popular chosen ~ 1/k^s, on ``nodes`` nodes (GPUs) of ``memory_gb`` each.
+
+    With ``burst`` > 0, a burst of that many more jobs (normal and low) for the model of popularity
+    rank ``burst_rank`` (0 = most popular) arrives uniformly within ``burst_window_s`` from
+    ``burst_at_s``, on top of the Zipf traffic: a hot model that one copy (4 parallel jobs) cannot serve.
+    """
+    rng = random.Random(seed)
+    specs = fleet_models(n_models, seed)
+    weights = [1 / (k + 1) ** s for k in range(len(specs))]
+    t, jobs = 0.0, []
+    for _ in range(n):
+        spec = rng.choices(specs, weights)[0]
+        jobs.append(TraceJob(t, spec.name, _priority(rng), *_tokens(rng)))
+        t += rng.expovariate(rate_per_s)
+    hot = specs[burst_rank].name
+    for _ in range(burst):
+        jobs.append(TraceJob(burst_at_s + rng.uniform(0, burst_window_s), hot, _priority(rng, 0.0, 0.5),
+                             *_tokens(rng)))
+    return Trace(name, {sp.name: sp for sp in specs}, jobs, memory=int(memory_gb * GB), nodes=nodes)
+
+
 def replay(log: Path = SAMPLE_LOG, models: Path = SAMPLE_MODELS, memory: int = 24 * GB, nodes: int = 1,
            name: str = "replay") -> Trace:
     """A recorded job log (JSON lines) over the models of a ``--models`` file."""

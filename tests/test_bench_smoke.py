@@ -1,7 +1,7 @@
 """Each benchmark in bench/ runs end to end with tiny sizes (--smoke) and prints its HEADLINE line.
 
 Not a timed test: the numbers of a smoke run mean nothing; what is checked is that every script
-starts what it needs, measures, stops everything it started and reports. The four scripts run
+starts what it needs, measures, stops everything it started and reports. The scripts run
 at once (module fixture) so that the whole file takes about as long as the slowest of them.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = ("schedule", "scale", "overhead", "live")
+SCRIPTS = ("schedule", "scale", "overhead", "live", "fleet")
 NUMBER = r"\d+(\.\d+)?"
 
 
@@ -90,3 +90,16 @@ def test_live_runs_a_trace_through_the_stack_and_the_ollama_baseline(smoke_runs)
     assert re.search(rf"mm live/simulated makespan {NUMBER}", line), line
     assert "ollama-like live/mm live" in line
     assert "logs kept" not in output  # it stopped everything it started and cleaned up
+
+
+def test_fleet_compares_mm_on_many_gpus_with_round_robin_ollamas(smoke_runs):
+    output = finished(smoke_runs, "fleet")
+
+    line = headline(output, "fleet")
+    for trace in ("fleet-zipf", "fleet-burst"):
+        assert re.search(rf"{trace} throughput mm/ollama-8x4-rr {NUMBER}x", line), line
+        assert re.search(rf"{trace} .*p99 ollama-8x4-rr/mm {NUMBER}x, loads ollama-8x4-rr/mm {NUMBER}x", line), line
+        for scheduler in ("mm", "ollama-8x4-rr", "ollama-32x1-rr"):
+            assert f"{trace}/{scheduler}" in output
+    assert re.search(rf"sweep at {NUMBER} jobs/s: sustained mm {NUMBER}", line), line
+    assert "32 mm nodes" in output
