@@ -253,8 +253,26 @@ def _fitting(snapshot: Snapshot, rooms: dict[str, _NodeRoom], need: int) -> _Nod
     return min(fits, key=lambda room: (-room.free, room.name))
 
 
+def _idle_room(rooms: dict[str, _NodeRoom], need: int) -> tuple[_NodeRoom, list[Resident]] | None:
+    """The room that makes ``need`` bytes by evicting the fewest idle models (none queued, none
+    running, past their minimum residency), and those models; None if no room can."""
+    best = None
+    for room in rooms.values():
+        freed, victims = room.free, []
+        # Victims are ordered idle first (no backlog, nothing in flight), least recently used first.
+        for victim, score in zip(room.victims, room.scores):
+            if freed >= need or score > 0 or victim.in_flight > 0:
+                break
+            freed += victim.size
+            victims.append(victim)
+        if freed >= need and (best is None or (len(victims), -freed, room.name) < best[0]):
+            best = ((len(victims), -freed, room.name), room, victims)
+    return None if best is None else (best[1], best[2])
+
+
 def _replicate(snapshot: Snapshot, rooms: dict[str, _NodeRoom], out: _Plan) -> None:
-    """One more copy of each model whose backlog outgrows its copies, where it fits in free memory."""
+    """One more copy of each model whose backlog outgrows its copies: in free memory, else in
+    place of idle models. A model with jobs queued or running is never evicted for a replica."""
     if snapshot.replica_backlog <= 0 or not rooms:
         return
     copies: dict[str, set[str]] = {}
@@ -273,10 +291,17 @@ def _replicate(snapshot: Snapshot, rooms: dict[str, _NodeRoom], out: _Plan) -> N
             hot.append((-demand.total, model))
     for _, model in sorted(hot):
         candidates = {name: room for name, room in rooms.items() if name not in copies[model]}
-        room = _fitting(snapshot, candidates, snapshot.models[model].size + snapshot.safety_margin)
+        need = snapshot.models[model].size + snapshot.safety_margin
+        room = _fitting(snapshot, candidates, need)
         if room is not None:
             out.loads.append(Load(room.name, model))
-            del rooms[room.name]
+        else:
+            idle = _idle_room(candidates, need)
+            if idle is None:
+                continue
+            room, victims = idle
+            _commit(room, model, victims, out)
+        del rooms[room.name]
 
 
 def _place(snapshot: Snapshot, scores: dict[str, float], challengers: list[tuple[str, int, float]],

@@ -57,6 +57,28 @@ def test_replicas_never_evict_and_never_move_a_model_in_use():
     assert not [a for a in actions if type(a).__name__ in ("Unload", "Unbind")]
 
 
+def test_a_replica_takes_the_place_of_idle_models_when_no_node_has_free_memory():
+    idle = {"b": Resident("b", 2 * GB, loaded_at=0.0, last_used=10.0, in_flight=0),
+            "c": Resident("c", 2 * GB, loaded_at=0.0, last_used=500.0, in_flight=0)}
+    s = snapshot([node("n1", 10 * GB, resident=resident_a("n1")), node("n2", 1 * GB, resident=idle)],
+                 {"a": Demand("a", {"normal": 400})}, MODELS | {"c": ModelInfo("c", 2 * GB)},
+                 replica_backlog=4, safety_margin=0)
+    actions = plan(s)
+    assert loads(actions) == [("n2", "a")]
+    # Only the least recently used idle model goes: it frees enough.
+    assert [(a.node, a.model) for a in actions if type(a).__name__ == "Unload"] == [("n2", "b")]
+
+
+def test_a_replica_never_evicts_a_model_with_queued_jobs():
+    queued_b = {"b": Resident("b", 2 * GB, loaded_at=0.0, last_used=10.0, in_flight=0)}
+    s = snapshot([node("n1", 10 * GB, resident=resident_a("n1")), node("n2", 1 * GB, resident=queued_b)],
+                 {"a": Demand("a", {"normal": 400}), "b": Demand("b", {"low": 1})}, MODELS,
+                 replica_backlog=4, safety_margin=0)
+    actions = plan(s)
+    assert loads(actions) == []
+    assert not [a for a in actions if type(a).__name__ in ("Unload", "Unbind")]
+
+
 def test_replicas_are_off_by_default():
     s = snapshot([node("n1", 10 * GB, resident=resident_a("n1")), node("n2", 20 * GB)],
                  {"a": Demand("a", {"normal": 400})}, MODELS)
