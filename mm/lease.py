@@ -27,6 +27,13 @@ end
 return 0
 """
 
+_SREM_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SREM', KEYS[2], unpack(ARGV, 2))
+end
+return -1
+"""
+
 # The next fencing token: one more than the last, and never below Redis's clock in milliseconds,
 # so tokens keep rising even when a failover lost the last INCR (async replication).
 _NEXT_TOKEN = """
@@ -64,6 +71,7 @@ class Lease:
         self._valid_until = 0.0
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
+        self._srem_if_held = r.register_script(_SREM_IF_HELD)
 
     def acquire(self) -> int | None:
         """Take the lease if free; return the new fencing token, else None."""
@@ -91,6 +99,10 @@ class Lease:
     def valid(self) -> bool:
         """True while the last successful renewal still covers now (monotonic, survives SIGSTOP)."""
         return self.token is not None and time.monotonic() < self._valid_until
+
+    def srem_if_held(self, set_key: str, *members: str) -> bool:
+        """Remove ``members`` from ``set_key`` only while this lease is held (atomically); True if so."""
+        return int(self._srem_if_held(keys=[self.key, set_key], args=[self.owner, *members])) >= 0
 
     def release(self) -> None:
         try:

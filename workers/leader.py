@@ -189,17 +189,26 @@ class Leader:
             self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, raw=raw
         )
         snapshot = self._without_backed_off(snapshot)
-        actions = plan(snapshot) + self._requested_unloads(snapshot) + self._reconcile_returned(raw, snapshot)
+        reconciling, returned = self._reconcile_returned(raw, snapshot)
+        actions = plan(snapshot) + self._requested_unloads(snapshot) + reconciling
         for action in actions:
             token = self.lease.token
             if token is None or not self.leading:
                 log.warning("LEASE no longer valid; dropping %d planned actions", len(actions))
                 break
             self.dispatch(action, token)
+        else:
+            # Marked reconciled only by a leader that sent the unloads: one paused mid-tick (a stale
+            # view, its lease gone) leaves the node to the next leader.
+            if returned:
+                self.lease.srem_if_held(keys.LOST_NODES, *returned)
         return actions
 
-    def _reconcile_returned(self, raw, snapshot) -> list[Unload]:
-        """Note nodes that went silent; unload what a returning one still holds (mm placed it elsewhere)."""
+    def _reconcile_returned(self, raw, snapshot) -> tuple[list[Unload], list[str]]:
+        """Note nodes that went silent; unload what a returning one still holds (mm placed it elsewhere).
+
+        Returns the unloads and the returned nodes, which the caller marks reconciled once it sent them.
+        """
         registered = {n.decode() for n in self.r.zrange(keys.NODES, 0, -1)}
         silent = registered - set(raw.nodes)
         if silent and self.r.sadd(keys.LOST_NODES, *silent):
@@ -208,7 +217,6 @@ class Leader:
         returned = {n.decode() for n in self.r.smembers(keys.LOST_NODES)} & set(raw.nodes)
         unloads = []
         for name in sorted(returned):
-            self.r.srem(keys.LOST_NODES, name)
             node = snapshot.nodes.get(name)
             for model, resident in sorted(node.resident.items()) if node else []:
                 info = snapshot.models.get(model)
@@ -216,7 +224,7 @@ class Leader:
                     unloads.append(Unload(name, model, "node returned: reconciled with the current plan"))
             log.info("NODE %s returned; reconciling %d resident models", name, len(unloads))
             events.emit(self.r, "node_returned", node=name, unloads=[u.model for u in unloads])
-        return unloads
+        return unloads, sorted(returned)
 
     def _requested_unloads(self, snapshot) -> list[Unload]:
         """Unloads asked for outside the policy (idle shutdown), honoured only when safe now."""
