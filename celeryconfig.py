@@ -41,7 +41,7 @@ broker_transport_options = _transport | _redis.transport_options()  # + master_n
 result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout_s} | _redis.transport_options()
 visibility_timeout = _s.visibility_timeout_s
 
-result_extended = True
+result_extended = False  # the job record holds what a reader needs; results stay small
 result_expires = _s.result_expires_s
 
 task_default_queue = "mm.default"

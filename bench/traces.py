@@ -59,6 +59,18 @@ def alternating(n: int = 300, gap_s: float = 1.0, seed: int = 1) -> Trace:
 ZIPF_SIZES_GB = (1, 2, 2, 4, 4, 4, 5, 5, 5, 7, 8, 8, 8, 9, 9, 12, 14, 14, 16, 20)
 
 
+def _zipf_arrivals(rng: random.Random, specs: list[ModelSpec], n: int, rate_per_s: float,
+                   s: float) -> list[TraceJob]:
+    """``n`` Poisson arrivals at ``rate_per_s``, the k-th of ``specs`` chosen ~ 1/k^s."""
+    weights = [1 / (k + 1) ** s for k in range(len(specs))]
+    t, jobs = 0.0, []
+    for _ in range(n):
+        spec = rng.choices(specs, weights)[0]
+        jobs.append(TraceJob(t, spec.name, _priority(rng), *_tokens(rng)))
+        t += rng.expovariate(rate_per_s)
+    return jobs
+
+
 def zipf(n: int = 2000, rate_per_s: float = 1.2, s: float = 1.0, seed: int = 2) -> Trace:
     """Poisson arrivals over 20 models of 1-20 GB on 24 GB; the k-th most popular is chosen ~ 1/k^s.
 
@@ -68,12 +80,7 @@ def zipf(n: int = 2000, rate_per_s: float = 1.2, s: float = 1.0, seed: int = 2) 
     sizes = list(ZIPF_SIZES_GB)
     rng.shuffle(sizes)
     specs = [model(f"zipf-{k:02d}:{size}b", size) for k, size in enumerate(sizes)]
-    weights = [1 / (k + 1) ** s for k in range(len(specs))]
-    t, jobs = 0.0, []
-    for _ in range(n):
-        spec = rng.choices(specs, weights)[0]
-        jobs.append(TraceJob(t, spec.name, _priority(rng), *_tokens(rng)))
-        t += rng.expovariate(rate_per_s)
+    jobs = _zipf_arrivals(rng, specs, n, rate_per_s, s)
     return Trace("zipf", {sp.name: sp for sp in specs}, jobs, memory=24 * GB)
 
 
@@ -123,12 +130,7 @@ def fleet_zipf(n: int = 12000, rate_per_s: float = 20.0, n_models: int = 100, s:
     """
     rng = random.Random(seed)
     specs = fleet_models(n_models, seed)
-    weights = [1 / (k + 1) ** s for k in range(len(specs))]
-    t, jobs = 0.0, []
-    for _ in range(n):
-        spec = rng.choices(specs, weights)[0]
-        jobs.append(TraceJob(t, spec.name, _priority(rng), *_tokens(rng)))
-        t += rng.expovariate(rate_per_s)
+    jobs = _zipf_arrivals(rng, specs, n, rate_per_s, s)
     hot = specs[burst_rank].name
     for _ in range(burst):
         jobs.append(TraceJob(burst_at_s + rng.uniform(0, burst_window_s), hot, _priority(rng, 0.0, 0.5),

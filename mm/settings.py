@@ -42,8 +42,9 @@ class Settings:
     job_time_limit_s: int = _opt(1800, "Hard time limit of one inference job.")
     visibility_timeout_s: int = _opt(3600, "kombu visibility timeout; must exceed job_time_limit_s.")
     result_expires_s: int = _opt(86_400, "Results and job records expire after this many seconds.")
-    orphan_grace_s: float = _opt(30.0, "A job kombu holds as delivered this long that no live worker runs "
-                                       "is requeued (its worker lost the broker connection while holding it).")
+    orphan_grace_s: float = _opt(10.0, "A job kombu holds as delivered this long that no live worker runs is "
+                                       "requeued (its worker died or lost the broker connection before starting it, "
+                                       "or while holding it). Workers start what they take within milliseconds.")
     max_deliveries: int = _opt(3, "A job delivered this many times without finishing is dead-lettered.")
     runtime_retries: int = _opt(3, "Retries of a transient runtime error (connection, 5xx) per job.")
     runtime_timeout_s: float = _opt(600.0, "HTTP timeout of one runtime call.")

@@ -5,15 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+MAX_RESTARTS_PER_MINUTE = 5  # a child exiting faster than this is left down: something is wrong
 
 
 @dataclass
 class Child:
     name: str
+    args: list[str]
     popen: subprocess.Popen
     log: Path
+    restart: bool = False  # started again when it exits (Celery's own processes)
+    restarts: list[float] = field(default_factory=list)  # monotonic times of its restarts
 
 
 class Supervisor:
@@ -25,14 +31,31 @@ class Supervisor:
         self.children: list[Child] = []
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    def spawn(self, name: str, args: list[str]) -> Child:
+    def spawn(self, name: str, args: list[str], restart: bool = False) -> Child:
+        """Start ``args`` as ``name``; with ``restart``, :meth:`revive` starts it again when it exits."""
         log = self.run_dir / f"{name}.log"
-        with open(log, "ab") as out:
-            popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True, stdin=subprocess.DEVNULL)
-        child = Child(name, popen, log)
+        child = Child(name, args, self._popen(args, log), log, restart)
         self.children.append(child)
         return child
+
+    def _popen(self, args: list[str], log: Path) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                    start_new_session=True, stdin=subprocess.DEVNULL)
+
+    def revive(self) -> list[tuple[Child, int]]:
+        """Start again the restartable children that exited, each at most MAX_RESTARTS_PER_MINUTE
+        times a minute; return them with the code they exited with. The others stay in :meth:`dead`."""
+        revived = []
+        now = time.monotonic()
+        for child in self.dead():
+            child.restarts = [t for t in child.restarts if now - t < 60]
+            if child.restart and len(child.restarts) < MAX_RESTARTS_PER_MINUTE:
+                child.restarts.append(now)
+                code = child.popen.returncode
+                child.popen = self._popen(child.args, child.log)
+                revived.append((child, code))
+        return revived
 
     def dead(self) -> list[Child]:
         return [c for c in self.children if c.popen.poll() is not None]

@@ -144,8 +144,9 @@ class Leader:
         """Requeue jobs delivered over ``orphan_grace_s`` ago that no live worker runs.
 
         kombu restores what a worker held when its broker connection drops, unless Redis is gone at
-        that moment (a restart, a failover): then the messages stay in its unacked hash until the
-        visibility timeout, an hour, unless mm puts them back.
+        that moment (a restart, a failover), and a worker killed between taking a job and starting it
+        never counted it in flight: such messages stay in kombu's unacked hash until the visibility
+        timeout, an hour, unless mm puts them back.
         """
         if time.monotonic() - self.stranded_checked_at < STRANDED_CHECK_S:
             return

@@ -137,17 +137,20 @@ def up(workers, slots, memory, flower, flower_port, demo, exit_after, run_dir):
                    MM_MEMORY_BUDGET=str(memory_budget))
         celery = [sys.executable, "-m", "celery", "-A", "mm.app"]
         node = settings.node
+        # Celery's processes restart when they exit, as under compose or systemd: a worker can exit on
+        # a broker connection loss (kombu 5.7), and Redis restarting should not stop mm.
         sup.spawn("gpu-broker", [*celery, "worker", "-Q", f"{keys.node_queue(node)},{keys.BEAT_QUEUE}", "-c", "1",
-                                 "-P", "threads", "-n", f"gpu-broker@{node}", "--without-gossip", "-l", "INFO"])
+                                 "-P", "threads", "-n", f"gpu-broker@{node}", "--without-gossip", "-l", "INFO"],
+                  restart=True)
         for i in range(1, workers + 1):
             sup.spawn(f"model-worker-{i}", [*celery, "worker", "-P", "threads", "-c", str(slots),
-                                            "-n", f"model-{i}@{node}", "--without-gossip", "-l", "INFO"])
-        sup.spawn("beat", [*celery, "beat", "-l", "INFO"])
+                                            "-n", f"model-{i}@{node}", "--without-gossip", "-l", "INFO"], restart=True)
+        sup.spawn("beat", [*celery, "beat", "-l", "INFO"], restart=True)
         if flower:
             args = [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"]
             if os.environ.get("MM_FLOWER_BASIC_AUTH"):
                 args.append(f"--basic-auth={os.environ['MM_FLOWER_BASIC_AUTH']}")
-            sup.spawn("flower", args)
+            sup.spawn("flower", args, restart=True)
         r = store.connect(redis_url)
         _wait(lambda: registry.names(r), 60, "the gpu-broker to register models", sup)
         click.echo(f"mm is up: node {node}, models {', '.join(sorted(registry.names(r)))}; logs in {run_dir}/")
@@ -157,10 +160,12 @@ def up(workers, slots, memory, flower, flower_port, demo, exit_after, run_dir):
             _run_demo(r)
         if not exit_after:
             click.echo("Ctrl-C to stop")
-            while not sup.dead():
+            while True:
+                for child, code in sup.revive():
+                    click.echo(f"{child.name} exited with code {code}; restarted it (see {child.log})", err=True)
+                if dead := sup.dead():
+                    raise click.ClickException(f"{dead[0].name} exited; see {dead[0].log}")
                 time.sleep(0.5)
-            dead = sup.dead()[0]
-            raise click.ClickException(f"{dead.name} exited; see {dead.log}")
     except KeyboardInterrupt:
         click.echo("stopping")
     finally:

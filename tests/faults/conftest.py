@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from mm import metrics
+from tests.procs import wait_for
 
 ROWS: list["Row"] = []
 TABLE_MARK = "<!-- table -->"
@@ -29,8 +30,15 @@ class Row:
 
 
 def ran_twice(r: redis.Redis, completed: int) -> int:
-    """Completions beyond one per completed job: every finished run leaves one "ok" sample."""
-    return sum(1 for s in metrics.raw_samples(r, 0, time.time() + 1) if s["status"] == "ok") - completed
+    """Completions beyond one per completed job: every finished run leaves one "ok" sample.
+
+    A worker writes the sample just after the result, so the count is read once it reaches ``completed``.
+    """
+    def ok_samples() -> int:
+        return sum(1 for s in metrics.raw_samples(r, 0, time.time() + 1) if s["status"] == "ok")
+
+    wait_for(lambda: ok_samples() >= completed, 10, what=f"{completed} job samples")
+    return ok_samples() - completed
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from mm import alerts, events, keys, metrics
 from mm import settings as mm_settings
 from mm.errors import ValidationError
 from mm.rollup import HOUR, MINUTE
+from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
 
@@ -111,6 +112,8 @@ def test_every_finished_job_leaves_one_sample_failures_with_their_error_class(tm
             with pytest.raises(mm.JobFailed):
                 job.get(timeout=60)
 
+        # A worker writes a job's sample just after its result.
+        wait_for(lambda: len(metrics.raw_samples(r, 0, 2**40)) >= 7, 10, what="7 job samples")
         samples = metrics.raw_samples(r, 0, 2**40)
         ok = [s for s in samples if s["model"] == "sim-ok:1b"]
         failed = [s for s in samples if s["model"] == "sim-bad:1b"]
