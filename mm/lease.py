@@ -8,6 +8,7 @@ newest it has seen, so a leader paused past its lease cannot act when it wakes.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import redis
 
@@ -27,9 +28,10 @@ end
 return 0
 """
 
-_SREM_IF_HELD = """
+# A write done only while the lease is held: ARGV[1] the owner, ARGV[2] the command, the rest its arguments.
+_IF_HELD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('SREM', KEYS[2], unpack(ARGV, 2))
+  return redis.call(ARGV[2], KEYS[2], unpack(ARGV, 3))
 end
 return -1
 """
@@ -71,7 +73,7 @@ class Lease:
         self._valid_until = 0.0
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
-        self._srem_if_held = r.register_script(_SREM_IF_HELD)
+        self._if_held = r.register_script(_IF_HELD)
 
     def acquire(self) -> int | None:
         """Take the lease if free; return the new fencing token, else None."""
@@ -100,9 +102,10 @@ class Lease:
         """True while the last successful renewal still covers now (monotonic, survives SIGSTOP)."""
         return self.token is not None and time.monotonic() < self._valid_until
 
-    def srem_if_held(self, set_key: str, *members: str) -> bool:
-        """Remove ``members`` from ``set_key`` only while this lease is held (atomically); True if so."""
-        return int(self._srem_if_held(keys=[self.key, set_key], args=[self.owner, *members])) >= 0
+    def remove_if_held(self, command: Literal["SREM", "HDEL"], key: str, *members: str) -> bool:
+        """``SREM``/``HDEL`` ``members`` of ``key`` only while this lease is held (atomically, so a
+        leader paused past its lease cannot); True if it was held."""
+        return int(self._if_held(keys=[self.key, key], args=[self.owner, command, *members])) >= 0
 
     def release(self) -> None:
         try:

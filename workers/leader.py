@@ -191,7 +191,8 @@ class Leader:
         )
         snapshot = self._without_backed_off(snapshot)
         reconciling, returned = self._reconcile_returned(raw, snapshot)
-        actions = plan(snapshot) + self._requested_unloads(snapshot) + reconciling
+        requested, requests = self._requested_unloads(snapshot)
+        actions = plan(snapshot) + requested + reconciling
         for action in actions:
             token = self.lease.token
             if token is None or not self.leading:
@@ -199,10 +200,12 @@ class Leader:
                 break
             self.dispatch(action, token)
         else:
-            # Marked reconciled only by a leader that sent the unloads: one paused mid-tick (a stale
-            # view, its lease gone) leaves the node to the next leader.
+            # Returned nodes and unload requests are marked handled only by a leader that sent the
+            # unloads: one paused mid-tick (a stale view, its lease gone) leaves them to the next.
             if returned:
-                self.lease.srem_if_held(keys.LOST_NODES, *returned)
+                self.lease.remove_if_held("SREM", keys.LOST_NODES, *returned)
+            if requests:
+                self.lease.remove_if_held("HDEL", keys.UNLOAD_REQUESTS, *requests)
         return actions
 
     def _reconcile_returned(self, raw, snapshot) -> tuple[list[Unload], list[str]]:
@@ -227,12 +230,10 @@ class Leader:
             events.emit(self.r, "node_returned", node=name, unloads=[u.model for u in unloads])
         return unloads, sorted(returned)
 
-    def _requested_unloads(self, snapshot) -> list[Unload]:
-        """Unloads asked for outside the policy (idle shutdown), honoured only when safe now."""
+    def _requested_unloads(self, snapshot) -> tuple[list[Unload], list[str]]:
+        """Unloads asked for outside the policy (idle shutdown), honoured only when safe now; and
+        the requests read, which the caller marks handled once it sent the unloads."""
         requests = self.r.hgetall(keys.UNLOAD_REQUESTS)
-        if not requests:
-            return []
-        self.r.hdel(keys.UNLOAD_REQUESTS, *requests)
         unloads = []
         for key, reason in requests.items():
             node_name, _, model = key.decode().partition("|")
@@ -245,7 +246,7 @@ class Leader:
                 log.info("unload of %s on %s not done: pinned, busy, queued or not resident", model, node_name)
                 continue
             unloads.append(Unload(node_name, model, reason.decode()))
-        return unloads
+        return unloads, [key.decode() for key in requests]
 
     def dispatch(self, action: Any, token: int) -> None:
         """Send one action as a fenced command."""

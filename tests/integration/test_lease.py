@@ -67,3 +67,23 @@ def test_tokens_keep_rising_even_when_the_counter_was_lost(redis_url):
     second = Lease(r, "b", 1000).acquire()
 
     assert second > first
+
+
+def test_bookkeeping_writes_go_through_only_while_the_lease_is_held(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    r.delete("test:lost", "test:requests", keys.BROKER_LEASE)
+    r.sadd("test:lost", "n1", "n2")
+    r.hset("test:requests", mapping={"n1|a": "idle", "n1|b": "idle"})
+    old, new = Lease(r, "old", 100), Lease(r, "new", 5000)
+    old.acquire()
+
+    assert old.remove_if_held("SREM", "test:lost", "n1")
+    deadline = time.monotonic() + 5
+    while new.acquire() is None and time.monotonic() < deadline:  # the old holder pauses past its TTL
+        time.sleep(0.02)
+    assert new.valid()
+
+    assert not old.remove_if_held("SREM", "test:lost", "n2")
+    assert not old.remove_if_held("HDEL", "test:requests", "n1|a")
+    assert r.smembers("test:lost") == {b"n2"} and r.hlen("test:requests") == 2
+    assert new.remove_if_held("HDEL", "test:requests", "n1|a", "n1|b") and not r.exists("test:requests")
