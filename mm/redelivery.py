@@ -4,7 +4,8 @@ kombu keeps each delivered, unacked message in the ``unacked`` hash (by delivery
 delivery time in ``unacked_index``) and restores it only once it is older than the visibility
 timeout, which must exceed the longest job (an hour by default). mm knows sooner: a worker whose
 heartbeat expired is gone, and a message delivered a while ago that no live worker runs was
-stranded (its worker lost the broker connection while holding it, and could not ack or restore it).
+stranded (its worker died before starting it, or lost the broker connection while holding it and
+could neither ack nor restore it).
 Such a message is restored the way kombu does it: atomically out of the unacked hash, back to the
 head of its priority list; or, if its job already has a stored outcome, only taken out (acked).
 """
@@ -90,6 +91,11 @@ def stranded_jobs(r: redis.Redis, running: set[str], delivered_before: float, fi
 
 
 def _settle(r: redis.Redis, held: dict[str, str], finished: Finished) -> list[str]:
+    """Requeue each held message (tag -> job id) whose job has no stored outcome, and only take
+    out (ack) the others; return the ids requeued."""
     done = finished(set(held.values())) if held else set()
-    return [job_id for tag, job_id in held.items() if _restore_tag(r, tag, requeue=job_id not in done)
-            and job_id not in done]
+    requeued = []
+    for tag, job_id in held.items():
+        if _restore_tag(r, tag, requeue=job_id not in done) and job_id not in done:
+            requeued.append(job_id)
+    return requeued
