@@ -199,32 +199,49 @@ class OllamaSim:
         job: TraceJob = head[0]
         spec = self.specs[job.model]
         while True:
-            runner = self.runners.get(job.model)
-            if runner is not None:
-                self._assign(runner, job)
-                head[1] = True
-                return True
-            if spec.size > self.trace.memory * self.gpus:  # larger than the whole budget: fails
-                self.out.failed += 1
-                head[1] = True
+            if self._served_or_failed(head):
                 return True
             alloc = self._fit(spec.size)
             if alloc is None or (self.max_loaded is not None and len(self.runners) >= self.max_loaded):
-                idle = [r for r in self.runners.values() if r.ready and r.leases == 0]
-                if not idle:
+                if not self._evict_idle():
                     return False
-                victim = min(idle, key=lambda r: (r.expires_in(self.now), r.keep_alive))
-                del self.runners[victim.model]
                 continue
-            runner = _Runner(job.model, spec.size, alloc=alloc)
-            self.runners[job.model] = runner
-            self._assign(runner, job)
-            head[1] = True
-            self.loading = runner
-            self.out.loads += 1
-            self.out.load_seconds += load_s(spec)
-            self._at(self.now + load_s(spec), "loaded", runner)
+            self.loading = self._start_load(head, spec, alloc)
             return False  # the loop waits for this load before placing anything else
+
+    def _served_or_failed(self, item: list) -> bool:
+        """Assign the request to its model's runner if there is one, or fail it if its model is
+        larger than the whole budget; True if it is settled either way."""
+        job: TraceJob = item[0]
+        runner = self.runners.get(job.model)
+        if runner is not None:
+            self._assign(runner, job)
+        elif self.specs[job.model].size > self.trace.memory * self.gpus:
+            self.out.failed += 1
+        else:
+            return False
+        item[1] = True
+        return True
+
+    def _evict_idle(self) -> bool:
+        """Evict the idle runner expiring soonest (Ollama's choice); False if none is idle."""
+        idle = [r for r in self.runners.values() if r.ready and r.leases == 0]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda r: (r.expires_in(self.now), r.keep_alive))
+        del self.runners[victim.model]
+        return True
+
+    def _start_load(self, item: list, spec, alloc) -> _Runner:
+        """Start loading the request's model on ``alloc`` and give the request to it."""
+        runner = _Runner(item[0].model, spec.size, alloc=alloc)
+        self.runners[item[0].model] = runner
+        self._assign(runner, item[0])
+        item[1] = True
+        self.out.loads += 1
+        self.out.load_seconds += load_s(spec)
+        self._at(self.now + load_s(spec), "loaded", runner)
+        return runner
 
     def _on_loaded(self, runner: _Runner) -> None:
         runner.ready = True
@@ -265,17 +282,9 @@ class OllamaSim:
     def _place_concurrent(self, item: list) -> str:
         """``placed`` (assigned, loading, or failed), ``skipped`` (fits only where loads are under
         way: retried when one ends) or ``blocked`` (needs an eviction and nothing is idle)."""
-        job: TraceJob = item[0]
-        spec = self.specs[job.model]
+        spec = self.specs[item[0].model]
         while True:
-            runner = self.runners.get(job.model)
-            if runner is not None:
-                self._assign(runner, job)
-                item[1] = True
-                return "placed"
-            if spec.size > self.trace.memory * self.gpus:
-                self.out.failed += 1
-                item[1] = True
+            if self._served_or_failed(item):
                 return "placed"
             busy = {g for r in self.loads_under_way for g in r.alloc}
             full = self.max_loaded is not None and len(self.runners) >= self.max_loaded
@@ -283,20 +292,10 @@ class OllamaSim:
             if alloc is None:
                 if busy and not full:
                     return "skipped"  # Ollama re-queues it while other models finish loading
-                idle = [r for r in self.runners.values() if r.ready and r.leases == 0]
-                if not idle:
+                if not self._evict_idle():
                     return "blocked"
-                victim = min(idle, key=lambda r: (r.expires_in(self.now), r.keep_alive))
-                del self.runners[victim.model]
                 continue
-            runner = _Runner(job.model, spec.size, alloc=alloc)
-            self.runners[job.model] = runner
-            self._assign(runner, job)
-            item[1] = True
-            self.loads_under_way.add(runner)
-            self.out.loads += 1
-            self.out.load_seconds += load_s(spec)
-            self._at(self.now + load_s(spec), "loaded", runner)
+            self.loads_under_way.add(self._start_load(item, spec, alloc))
             return "placed"
 
 
