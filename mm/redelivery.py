@@ -26,14 +26,15 @@ UNACKED_INDEX = "unacked_index"
 Finished = Callable[[set[str]], set[str]]
 
 
-def _tags_of(r: redis.Redis, job_ids: set[str]) -> list[str]:
+def _held_of(r: redis.Redis, job_ids: set[str]) -> dict[str, str]:
+    """Delivery tag -> job id of the unacked messages of ``job_ids``."""
     # Only in-flight messages are in the hash (at most the cluster's worker slots), so a scan is cheap.
-    tags = []
+    held = {}
     for tag, raw in r.hscan_iter(UNACKED):
-        payload = json.loads(raw)[0]
-        if payload.get("headers", {}).get("id") in job_ids:
-            tags.append(tag.decode())
-    return tags
+        job_id = json.loads(raw)[0].get("headers", {}).get("id")
+        if job_id in job_ids:
+            held[tag.decode()] = job_id
+    return held
 
 
 def _restore_tag(r: redis.Redis, tag: str, requeue: bool = True) -> bool:
@@ -51,6 +52,7 @@ def _restore_tag(r: redis.Redis, tag: str, requeue: bool = True) -> bool:
         model = keys.model_from_queue(routing_key)
         target = keys.priority_list(model, priority) if model else routing_key
         pipe.rpush(target, json.dumps(payload))  # BRPOP takes from the right: served next
+        pipe.hset(keys.job(payload["headers"]["id"]), "status", "queued")
         return True
 
     return r.transaction(transaction, UNACKED, value_from_callable=True)
@@ -61,12 +63,7 @@ def restore_jobs(r: redis.Redis, job_ids: set[str], finished: Finished) -> list[
     ``finished`` (only taken out); return the ids requeued."""
     if not job_ids:
         return []
-    held = {}
-    for tag in _tags_of(r, job_ids):
-        raw = r.hget(UNACKED, tag)
-        if raw:
-            held[tag] = json.loads(raw)[0]["headers"]["id"]
-    return _settle(r, held, finished)
+    return _settle(r, _held_of(r, job_ids), finished)
 
 
 def stranded_jobs(r: redis.Redis, running: set[str], delivered_before: float, finished: Finished) -> list[str]:
@@ -91,8 +88,8 @@ def stranded_jobs(r: redis.Redis, running: set[str], delivered_before: float, fi
 
 
 def _settle(r: redis.Redis, held: dict[str, str], finished: Finished) -> list[str]:
-    """Requeue each held message (tag -> job id) whose job has no stored outcome, and only take
-    out (ack) the others; return the ids requeued."""
+    """Requeue each held message (tag -> job id) whose job has no stored outcome, its record saying
+    queued again, and only take out (ack) the others; return the ids requeued."""
     done = finished(set(held.values())) if held else set()
     requeued = []
     for tag, job_id in held.items():

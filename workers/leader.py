@@ -157,8 +157,6 @@ class Leader:
         running = {j.decode() for members in pipe.execute() for j in members}
         restored = redelivery.stranded_jobs(self.r, running, time.time() - self.settings.orphan_grace_s,
                                             self._finished)
-        for job_id in restored:
-            self.r.hset(keys.job(job_id), "status", "queued")
         if restored:
             log.warning("requeued %d jobs delivered over %.0fs ago that no live worker runs: %s",
                         len(restored), self.settings.orphan_grace_s, restored)
@@ -169,8 +167,6 @@ class Leader:
         for hostname in gone:
             job_ids = {j.decode() for j in self.r.smembers(keys.worker_inflight(hostname))}
             restored = redelivery.restore_jobs(self.r, job_ids, self._finished)
-            for job_id in restored:
-                self.r.hset(keys.job(job_id), "status", "queued")
             if job_ids:
                 log.warning("worker %s lost with %d jobs in flight; requeued %d", hostname, len(job_ids), len(restored))
                 events.emit(self.r, "worker_lost", worker=hostname, jobs=len(job_ids), requeued=len(restored))

@@ -29,8 +29,7 @@ class WorkerState:
         self.heartbeat_s = heartbeat_s
         self.ttl_ms = int(ttl_s * 1000)
         self.bound: str | None = None
-        self.running: Counter[str] = Counter()
-        self.jobs: dict[str, str] = {}  # job id -> model, for the jobs counted in running
+        self.jobs: dict[str, str] = {}  # job id -> model of the jobs in flight
         self.last_job_at = 0.0
         self.consumer = None  # the Celery consumer, to (un)bind queues from a task thread
         self._lock = threading.Lock()
@@ -41,7 +40,7 @@ class WorkerState:
         with self._lock:
             return {
                 "hostname": self.hostname, "node": self.node, "slots": self.slots, "bound": self.bound,
-                "running": {m: n for m, n in self.running.items() if n}, "last_job_at": self.last_job_at,
+                "running": dict(Counter(self.jobs.values())), "last_job_at": self.last_job_at,
                 "at": time.time(),
             }
 
@@ -64,7 +63,6 @@ class WorkerState:
         in-flight set (so it can be put back if this process dies); the caller executes ``pipe``."""
         with self._lock:
             self.jobs[job_id] = model
-            self.running[model] += 1
         pipe.sadd(keys.worker_inflight(self.hostname), job_id)
         self.publish(pipe)
 
@@ -73,10 +71,8 @@ class WorkerState:
         ``pipe``. Called after its outcome is stored, so an id in the in-flight set always has a
         worker on it or a stored outcome."""
         with self._lock:
-            model = self.jobs.pop(job_id, None)
-            if model is None:
+            if self.jobs.pop(job_id, None) is None:
                 return
-            self.running[model] -= 1
             self.last_job_at = time.time()
         pipe.srem(keys.worker_inflight(self.hostname), job_id)
         self.publish(pipe)
