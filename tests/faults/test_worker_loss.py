@@ -26,13 +26,26 @@ LONG_JOB = {"num_predict": 80, "seed": 1}  # two seconds of generation
 
 
 @pytest.fixture
-def stack(tmp_path, redis_url):
-    runtime = start_runtime(tmp_path, engine="sim", models=[SLOW], memory=4 * GB)
-    s = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB, max_deliveries=3)
-    s.start_broker()
-    yield s
-    s.stop()
-    runtime.stop()
+def make_stack(tmp_path, redis_url):
+    """make_stack(**settings): a runtime serving SLOW and a node with a gpu-broker; stopped after the test."""
+    started = []
+
+    def make(**settings) -> Stack:
+        runtime = start_runtime(tmp_path, engine="sim", models=[SLOW], memory=4 * GB)
+        s = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB, **settings)
+        started.append((s, runtime))
+        s.start_broker()
+        return s
+
+    yield make
+    for s, runtime in started:
+        s.stop()
+        runtime.stop()
+
+
+@pytest.fixture
+def stack(make_stack):
+    return make_stack(max_deliveries=3)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -120,46 +133,34 @@ def _strand(r, model: str, delivered_ago_s: float, payload: bytes | None = None)
     return message["headers"]["id"]
 
 
-def test_a_job_no_live_worker_holds_is_requeued_after_the_grace_not_the_visibility_timeout(tmp_path, redis_url, ledger):
-    runtime = start_runtime(tmp_path, engine="sim", models=[SLOW], memory=4 * GB)
-    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB, orphan_grace_s=2)
-    try:
-        stack.start_broker()
-        stack.wait_ready([SLOW["name"]], [])
-        job = mm.submit(SLOW["name"], "stranded", options={"num_predict": 4})
-        assert _strand(stack.r, SLOW["name"], delivered_ago_s=0) == job.id
-        stranded_at = time.monotonic()
-        stack.start_worker("w1", slots=1)
-        result = job.get(timeout=60)
-        recover_s = time.monotonic() - stranded_at
-        ledger("14. a held job stranded by a broker connection loss", "requeued after MM_ORPHAN_GRACE_S, completes",
-               submitted=1, completed=1, failed=0, duplicated=ran_twice(stack.r, 1), recover_s=recover_s)
-        assert result["response"] and 2 <= recover_s < 30
-        wait_for(lambda: not any(job.id.encode() in raw for raw in stack.r.hvals("unacked")), 10,
-                 what="the worker's ack")  # it follows the stored result
-        events = [json.loads(e[b"event"]) for _id, e in stack.r.xrange(keys.EVENTS)]
-        assert any(e["kind"] == "jobs_stranded" and e["jobs"] == 1 for e in events)
-    finally:
-        stack.stop()
-        runtime.stop()
+def test_a_job_no_live_worker_holds_is_requeued_after_the_grace_not_the_visibility_timeout(make_stack, ledger):
+    stack = make_stack(orphan_grace_s=2)
+    stack.wait_ready([SLOW["name"]], [])
+    job = mm.submit(SLOW["name"], "stranded", options={"num_predict": 4})
+    assert _strand(stack.r, SLOW["name"], delivered_ago_s=0) == job.id
+    stranded_at = time.monotonic()
+    stack.start_worker("w1", slots=1)
+    result = job.get(timeout=60)
+    recover_s = time.monotonic() - stranded_at
+    ledger("14. a held job stranded by a broker connection loss", "requeued after MM_ORPHAN_GRACE_S, completes",
+           submitted=1, completed=1, failed=0, duplicated=ran_twice(stack.r, 1), recover_s=recover_s)
+    assert result["response"] and 2 <= recover_s < 30
+    wait_for(lambda: not any(job.id.encode() in raw for raw in stack.r.hvals("unacked")), 10,
+             what="the worker's ack")  # it follows the stored result
+    events = [json.loads(e[b"event"]) for _id, e in stack.r.xrange(keys.EVENTS)]
+    assert any(e["kind"] == "jobs_stranded" and e["jobs"] == 1 for e in events)
 
 
-def test_a_finished_job_whose_ack_was_lost_is_acked_by_the_leader_and_never_runs_again(tmp_path, redis_url):
-    runtime = start_runtime(tmp_path, engine="sim", models=[SLOW], memory=4 * GB)
-    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB, orphan_grace_s=1)
-    try:
-        stack.start_broker()
-        stack.start_worker("w1", slots=1)
-        stack.wait_ready([SLOW["name"]], ["w1"])
-        job = mm.submit(SLOW["name"], "done once", options={"num_predict": 4})
-        job.get(timeout=60)
-        sent = {"properties": {"delivery_tag": "lost-ack", "delivery_info": {
-            "exchange": keys.model_queue(SLOW["name"]), "routing_key": keys.model_queue(SLOW["name"])}},
-            "headers": {"id": job.id}, "body": ""}
-        _strand(stack.r, SLOW["name"], delivered_ago_s=60, payload=json.dumps(sent).encode())
-        wait_for(lambda: not stack.r.hexists("unacked", "lost-ack"), 30, what="the leader to ack the finished job")
-        assert int(stack.r.get(keys.deliveries(job.id))) == 1
-        assert not any(stack.r.llen(keys.priority_list(SLOW["name"], p)) for p in keys.PRIORITY_STEPS)
-    finally:
-        stack.stop()
-        runtime.stop()
+def test_a_finished_job_whose_ack_was_lost_is_acked_by_the_leader_and_never_runs_again(make_stack):
+    stack = make_stack(orphan_grace_s=1)
+    stack.start_worker("w1", slots=1)
+    stack.wait_ready([SLOW["name"]], ["w1"])
+    job = mm.submit(SLOW["name"], "done once", options={"num_predict": 4})
+    job.get(timeout=60)
+    sent = {"properties": {"delivery_tag": "lost-ack", "delivery_info": {
+        "exchange": keys.model_queue(SLOW["name"]), "routing_key": keys.model_queue(SLOW["name"])}},
+        "headers": {"id": job.id}, "body": ""}
+    _strand(stack.r, SLOW["name"], delivered_ago_s=60, payload=json.dumps(sent).encode())
+    wait_for(lambda: not stack.r.hexists("unacked", "lost-ack"), 30, what="the leader to ack the finished job")
+    assert int(stack.r.get(keys.deliveries(job.id))) == 1
+    assert not any(stack.r.llen(keys.priority_list(SLOW["name"], p)) for p in keys.PRIORITY_STEPS)
