@@ -79,7 +79,8 @@ def test_overhead_measures_direct_celery_and_mm_round_trips(smoke_runs):
 
     line = headline(output, "overhead")
     assert re.search(rf"\(mm-direct\)/celery p50 -?{NUMBER}x", line), line
-    for path in ("(a) direct runtime", "(b) bare celery", "(c) mm job"):
+    assert re.search(rf"floor \(celery\+runtime-direct\)/celery -?{NUMBER}x", line), line
+    for path in ("(a) direct runtime", "(b) bare celery", "(c) mm job", "(d) celery + runtime"):
         assert path in output
 
 
