@@ -132,7 +132,9 @@ class MMSim:
         self.out.first_arrival = jobs[0].t
         horizon = jobs[-1].t + 50 * (sum(duration(self.specs[j.model], j) for j in jobs)
                                      + sum(load_s(s) for s in self.specs.values()) * 20) + 100 * self.cfg.tick_s
-        i, next_tick = 0, math.inf
+        # The live leader ticks on every submission and otherwise tick_s after its last tick, however
+        # many jobs end in between: job ends and finished loads do not postpone the next tick.
+        i, next_tick, last_tick = 0, math.inf, -math.inf
         while self.out.settled < len(jobs):
             t_arrival = jobs[i].t if i < len(jobs) else math.inf
             t_event = self.events[0][0] if self.events else math.inf
@@ -145,14 +147,16 @@ class MMSim:
                     self.queues[jobs[i].model][jobs[i].priority].append(jobs[i])
                     i += 1
                 self._tick()
+                last_tick = self.now
             elif self.now == t_event:
                 while self.events and self.events[0][0] <= self.now:
                     _, _, kind, data = heapq.heappop(self.events)
                     self._handle(kind, data)
             else:
                 self._tick()
+                last_tick = self.now
             self._dispatch()
-            next_tick = self.now + self.cfg.tick_s if self._busy() else math.inf
+            next_tick = max(last_tick + self.cfg.tick_s, self.now) if self._busy() else math.inf
         return self.out
 
     def _busy(self) -> bool:

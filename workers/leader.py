@@ -250,12 +250,12 @@ class Leader:
         if isinstance(action, Load):
             self.pending[(action.node, action.model)] = now
             self.app.send_task(LOAD_TASK, kwargs={"model": action.model, "token": token},
-                               queue=keys.node_queue(action.node))
+                               queue=keys.node_queue(action.node), headers={"mm_decided": now})
             log.info("PLAN load %s on %s (token %d)", action.model, action.node, token)
         elif isinstance(action, Unload):
             self.pending[(action.node, action.model)] = now
             self.app.send_task(UNLOAD_TASK, kwargs={"model": action.model, "token": token, "reason": action.reason},
-                               queue=keys.node_queue(action.node))
+                               queue=keys.node_queue(action.node), headers={"mm_decided": now})
             log.info("PLAN unload %s on %s: %s (token %d)", action.model, action.node, action.reason, token)
         elif isinstance(action, Bind):
             self.binds[action.worker] = (action.model, now)

@@ -46,6 +46,11 @@ def _expires_ts(value: Any) -> float | None:
     return None
 
 
+def _waited(decided_at: float | None) -> float | None:
+    """Seconds from the leader's decision to now: the control plane's delay on one command."""
+    return None if decided_at is None else round(max(0.0, time.time() - float(decided_at)), 4)
+
+
 class NodeAgent:
     """Publishes one node's state and executes fenced commands on its runtime."""
 
@@ -129,13 +134,14 @@ class NodeAgent:
             self._stop.wait(self.settings.heartbeat_s)
 
     # --- commands ----------------------------------------------------------------------
-    def _fenced(self, op: str, model: str, token: int, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _fenced(self, op: str, model: str, token: int, body: Callable[[], dict[str, Any]],
+                waited_s: float | None = None) -> dict[str, Any]:
         newer = check_fence(self.r, self.node, token)
         if newer:
             log.warning("FENCE refused %s %s with token %s: token %s already seen", op, model, token, newer)
             raise StaleToken(f"{op} {model}: token {token} is older than {newer}")
         started = time.time()
-        self._set_op(model, {"op": op, "state": "running", "token": token, "at": started})
+        self._set_op(model, {"op": op, "state": "running", "token": token, "at": started, "waited_s": waited_s})
         try:
             result = body()
         except Exception as exc:
@@ -164,8 +170,12 @@ class NodeAgent:
                 raise
             self.runtime.embed(model=model, input=[], keep_alive=keep_alive, options=options)
 
-    def load(self, model: str, token: int) -> dict[str, Any]:
-        """Load ``model`` with its fixed options and keep_alive -1; learn its real size."""
+    def load(self, model: str, token: int, decided_at: float | None = None) -> dict[str, Any]:
+        """Load ``model`` with its fixed options and keep_alive -1; learn its real size.
+
+        ``decided_at`` is when the leader decided it: the wait until now is reported as ``waited_s``.
+        """
+        waited_s = _waited(decided_at)
 
         def body() -> dict[str, Any]:
             entry = registry.get(self.r, model)
@@ -185,13 +195,15 @@ class NodeAgent:
             size = next((m["size"] for m in self.resident() if m["model"] == model), 0)
             registry.learn_size(self.r, model, size)
             log.info("LOAD %s on %s in %.2fs (%d bytes)", model, self.node, load_s, size)
-            events.emit(self.r, "load", model=model, node=self.node, seconds=round(load_s, 3), size=size)
+            events.emit(self.r, "load", model=model, node=self.node, seconds=round(load_s, 3), size=size,
+                        waited_s=waited_s)
             return {"model": model, "node": self.node, "load_s": load_s, "size": size}
 
-        return self._fenced("load", model, token, body)
+        return self._fenced("load", model, token, body, waited_s)
 
-    def unload(self, model: str, token: int, reason: str = "") -> dict[str, Any]:
-        """Unload ``model`` and wait until its memory shows as free (NVML lags)."""
+    def unload(self, model: str, token: int, reason: str = "", decided_at: float | None = None) -> dict[str, Any]:
+        """Unload ``model`` and wait until its memory shows as free (NVML lags); ``decided_at`` as for load."""
+        waited_s = _waited(decided_at)
 
         def body() -> dict[str, Any]:
             marker = keys.unloading(self.node, model)
@@ -209,10 +221,10 @@ class NodeAgent:
             finally:
                 self.r.delete(marker)
             log.info("UNLOAD %s on %s (%s)%s", model, self.node, reason or "policy", "" if freed else ", memory slow to free")
-            events.emit(self.r, "unload", model=model, node=self.node, reason=reason)
+            events.emit(self.r, "unload", model=model, node=self.node, reason=reason, waited_s=waited_s)
             return {"model": model, "node": self.node, "freed": freed}
 
-        return self._fenced("unload", model, token, body)
+        return self._fenced("unload", model, token, body, waited_s)
 
     def _wait_drained(self, model: str) -> bool:
         """Wait until no worker on this node runs a job of ``model`` (they count a job before checking)."""

@@ -15,16 +15,16 @@ def _agent():
     return agent
 
 
-@app.task(name=LOAD_TASK, acks_late=False)
-def load(model: str, token: int) -> dict[str, Any]:
+@app.task(name=LOAD_TASK, bind=True, acks_late=False)
+def load(self, model: str, token: int) -> dict[str, Any]:
     """Load ``model`` on this node (fenced by ``token``)."""
-    return _agent().load(model, token)
+    return _agent().load(model, token, decided_at=self.request.get("mm_decided"))
 
 
-@app.task(name=UNLOAD_TASK, acks_late=False)
-def unload(model: str, token: int, reason: str = "") -> dict[str, Any]:
+@app.task(name=UNLOAD_TASK, bind=True, acks_late=False)
+def unload(self, model: str, token: int, reason: str = "") -> dict[str, Any]:
     """Unload ``model`` from this node (fenced by ``token``)."""
-    return _agent().unload(model, token, reason)
+    return _agent().unload(model, token, reason, decided_at=self.request.get("mm_decided"))
 
 
 @app.task(name=PULL_TASK, bind=True, acks_late=False)

@@ -18,7 +18,7 @@ from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler
 
 KINDS = ("load", "unload", "pull", "pin", "load_failed", "unload_failed", "pull_failed", "reject")
-DETAIL_FIELDS = ("node", "size", "seconds", "reason", "error", "pinned", "by", "jobs")
+DETAIL_FIELDS = ("node", "size", "seconds", "waited_s", "reason", "error", "pinned", "by", "jobs")
 
 
 def _cleared_at(r: redis.Redis, model: str) -> float:

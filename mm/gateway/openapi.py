@@ -241,7 +241,7 @@ SCHEMAS: dict[str, Any] = {
                         "event": {"type": "string", "enum": ["load", "unload", "pull", "pin", "load_failed",
                                                              "unload_failed", "pull_failed", "reject", "job_failed"]},
                         "at": NUM, "time": STR, "node": STR, "size": INT, "seconds": NUM, "reason": STR,
-                        "error": STR, "pinned": BOOL}, ("event", "at", "time"))}},
+                        "waited_s": NUM, "error": STR, "pinned": BOOL}, ("event", "at", "time"))}},
                    ("model", "history")),
     "Cleared": obj({"model": STR, "cleared": INT, "cleared_at": STR}, ("model", "cleared", "cleared_at")),
     "GenerateRequest": obj({"model": MODEL_NAME, "prompt": STR, "system": STR, "images": {"type": "array", "items": BASE64},

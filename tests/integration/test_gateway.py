@@ -225,6 +225,7 @@ def test_start_pins_and_loads_stop_unpins_and_unloads_and_history_records_it(clu
     unload = next(h for h in history if h["event"] == "unload")
     load = next(h for h in history if h["event"] == "load")
     assert unload["node"] == "n1" and unload["size"] == GB and load["size"] == GB and load["seconds"] > 0
+    assert 0 <= load["waited_s"] < 30 and 0 <= unload["waited_s"] < 30  # leader's decision -> node started it
     assert unload["at"] > load["at"] and unload["time"].endswith("Z")
     assert [h["pinned"] for h in history if h["event"] == "pin"][:2] == [False, True]  # newest first
     schema_of(cluster.url)["/api/models/{name}/history"]["GET"].validate_response(
