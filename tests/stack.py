@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mm import keys, store
 from tests.procs import Proc, wait_for
@@ -28,6 +31,7 @@ class Stack:
             "PYTHONPATH": str(REPO),
         } | {f"MM_{k.upper()}": str(v) for k, v in settings.items()}
         self.procs: dict[str, Proc] = {}
+        self.runtime = None  # the runtime sim_node started for this stack, if it did
 
     def _celery(self, name: str, args: list[str]) -> Proc:
         cmd = [sys.executable, "-m", "celery", "-A", "mm.app", "worker", "-l", "INFO",
@@ -68,3 +72,28 @@ class Stack:
     def stop(self) -> None:
         for proc in self.procs.values():
             proc.stop()
+
+
+@contextmanager
+def sim_node(tmp_path: Path, redis_url: str, models: list[dict[str, Any]], memory: int, *,
+             workers: tuple[str, ...] = ("w1",), slots: int = 2, **settings: object) -> Iterator[Stack]:
+    """An ``mm runtime`` (sim engine) serving ``models`` within ``memory`` bytes and a node on
+    ``redis_url`` with that memory budget: its gpu-broker and ``workers`` started and reported in.
+
+    Everything it started is stopped when the block ends, however it ends. ``settings`` are mm
+    settings without the ``MM_`` prefix; the runtime is ``stack.runtime``.
+    """
+    from tests.runtime_server import start_runtime
+
+    runtime = start_runtime(tmp_path, engine="sim", models=models, memory=memory)
+    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=memory, **settings)
+    stack.runtime = runtime
+    try:
+        stack.start_broker()
+        for name in workers:
+            stack.start_worker(name, slots=slots)
+        stack.wait_ready([m["name"] for m in models], list(workers))
+        yield stack
+    finally:
+        stack.stop()
+        runtime.stop()

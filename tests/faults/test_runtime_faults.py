@@ -13,7 +13,7 @@ from mm import registry
 from mm.errors import JobFailed
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
-from tests.stack import Stack
+from tests.stack import Stack, sim_node
 
 pytestmark = pytest.mark.faults
 
@@ -55,13 +55,7 @@ def test_a_runtime_that_dies_fails_the_running_job_clearly_and_queued_jobs_run_o
 
 
 def test_a_slow_runtime_times_out_with_a_clear_failure_instead_of_hanging(tmp_path, redis_url, ledger):
-    runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
-    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB, runtime_timeout_s=1, runtime_retries=1)
-    try:
-        stack.start_broker()
-        stack.start_worker("w1", slots=2)
-        stack.wait_ready([MODEL["name"]], ["w1"])
-
+    with sim_node(tmp_path, redis_url, [MODEL], 4 * GB, runtime_timeout_s=1, runtime_retries=1):
         slow = mm.submit(MODEL["name"], "too slow", options=LONG)
 
         with pytest.raises(JobFailed, match="runtime error: .*(timed out|timeout)"):
@@ -69,21 +63,13 @@ def test_a_slow_runtime_times_out_with_a_clear_failure_instead_of_hanging(tmp_pa
         assert mm.generate(MODEL["name"], "quick one", options=SHORT, timeout=60)["response"]
         ledger("10b. runtime slower than the 1 s timeout", "bounded retries, then a timeout failure; nothing "
                "hangs", submitted=2, completed=1, failed=1)
-    finally:
-        stack.stop()
-        runtime.stop()
 
 
 def test_a_load_that_runs_out_of_memory_teaches_the_real_size_evicts_and_completes(tmp_path, redis_url, ledger):
     # Tags say 1 GB, but estimates of half that make mm think two models fit in 1.8 GB.
     models = [MODEL | {"name": n, "eval_rate": 2000} for n in ("oom-a:1b", "oom-b:1b")]
-    runtime = start_runtime(tmp_path, engine="sim", models=models, memory=1_800_000_000)
-    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=1_800_000_000, size_multiplier=0.5,
-                  safety_margin=0, min_residency_s=0)
-    try:
-        stack.start_broker()
-        stack.start_worker("w1", slots=2)
-        stack.wait_ready(["oom-a:1b", "oom-b:1b"], ["w1"])
+    with sim_node(tmp_path, redis_url, models, 1_800_000_000, size_multiplier=0.5,
+                  safety_margin=0, min_residency_s=0) as stack:
         assert mm.generate("oom-a:1b", "first", options=SHORT, timeout=60)["response"]
 
         result = mm.generate("oom-b:1b", "second", options=SHORT, timeout=60)
@@ -94,9 +80,6 @@ def test_a_load_that_runs_out_of_memory_teaches_the_real_size_evicts_and_complet
         assert registry.get(stack.r, "oom-b:1b").size == GB  # learned from the runtime after the retry
         ledger("11. load out of memory (size underestimated)", "size learned, other model evicted, load "
                "retried, job completes", submitted=2, completed=2, failed=0)
-    finally:
-        stack.stop()
-        runtime.stop()
 
 
 def test_a_model_unloaded_behind_mm_while_a_job_runs_does_not_fail_the_job(tmp_path, redis_url, ledger):

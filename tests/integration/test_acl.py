@@ -13,8 +13,7 @@ import pytest
 import redis
 
 from tests.procs import Proc, free_port, wait_for
-from tests.runtime_server import start_runtime
-from tests.stack import Stack
+from tests.stack import sim_node
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 GB = 1_000_000_000
@@ -67,13 +66,7 @@ def test_a_stack_runs_jobs_streams_and_the_cli_as_the_least_privileged_mm_user(t
     port, admin = acl_redis
     url = f"redis://mm:{ACL_PASSWORDS['MM_PASSWORD']}@127.0.0.1:{port}/0"
     env = os.environ | {"MM_REDIS_URL": url}
-    runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
-    stack = Stack(tmp_path, url, runtime.url, memory_budget=4 * GB)
-    try:
-        stack.start_broker()
-        stack.start_worker("w1")
-        stack.wait_ready([MODEL["name"]], ["w1"])
-
+    with sim_node(tmp_path, url, [MODEL], 4 * GB) as stack:
         cli = [sys.executable, "-c", "from mm.cli import main; main()"]
         done = subprocess.run([*cli, "enqueue", MODEL["name"], "as mm", "--wait", "--num-predict", "5"],
                               capture_output=True, text=True, timeout=120, env=env)
@@ -88,9 +81,6 @@ def test_a_stack_runs_jobs_streams_and_the_cli_as_the_least_privileged_mm_user(t
         assert '"eval_tokens": 5' in done.stderr
         assert streamed.returncode == 0 and streamed.stdout.split()[-1] == "8", streamed.stderr
         assert checked.returncode == 0, checked.stderr
-    finally:
-        stack.stop()
-        runtime.stop()
     assert denials(admin) == [], "the mm user was refused something mm needs"
     assert admin.keys("mm:job:*") and admin.keys("celery-task-meta-*")
 

@@ -24,8 +24,7 @@ from mm.app import app
 from mm.cli import main as cli
 from mm.errors import UnknownModel
 from tests.procs import Proc, wait_for
-from tests.runtime_server import start_runtime
-from tests.stack import REPO, Stack
+from tests.stack import REPO, sim_node
 
 GB = 1_000_000_000
 IDLE_S = 2.0
@@ -36,18 +35,9 @@ MODELS.append(QUICK | {"name": "busy-d:1b", "eval_rate": 20})  # 200 tokens: 10 
 
 @pytest.fixture
 def node(tmp_path, redis_url):
-    rt = start_runtime(tmp_path, engine="sim", models=MODELS, memory=8 * GB)
-    stack = Stack(tmp_path, redis_url, rt.url, memory_budget=8 * GB, idle_threshold_s=IDLE_S,
-                  pinned_models="pinned-c:1b", warm_pool="warm-e:1b")
-    try:
-        stack.start_broker()
-        stack.start_worker("w1", slots=2)
-        stack.start_worker("w2", slots=2)
-        stack.wait_ready([m["name"] for m in MODELS], ["w1", "w2"])
+    with sim_node(tmp_path, redis_url, MODELS, 8 * GB, workers=("w1", "w2"), idle_threshold_s=IDLE_S,
+                  pinned_models="pinned-c:1b", warm_pool="warm-e:1b") as stack:
         yield stack
-    finally:
-        stack.stop()
-        rt.stop()
 
 
 def run_beat_task(name: str, timeout: float = 30) -> dict:

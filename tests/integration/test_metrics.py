@@ -24,8 +24,7 @@ from mm import settings as mm_settings
 from mm.errors import ValidationError
 from mm.rollup import HOUR, MINUTE
 from tests.procs import wait_for
-from tests.runtime_server import start_runtime
-from tests.stack import Stack
+from tests.stack import sim_node
 
 GB = 1_000_000_000
 OPTS = {"num_predict": 16, "seed": 1}
@@ -99,12 +98,7 @@ def test_every_finished_job_leaves_one_sample_failures_with_their_error_class(tm
         {"name": "sim-bad:1b", "engine": "sim", "size": GB, "load_bandwidth": 8 * GB, "eval_rate": 2000,
          "fail_after": 2},
     ]
-    rt = start_runtime(tmp_path, engine="sim", models=models, memory=4 * GB)
-    stack = Stack(tmp_path, redis_url, rt.url, memory_budget=4 * GB, runtime_retries=0)
-    try:
-        stack.start_broker()
-        stack.start_worker("w1", slots=2)
-        stack.wait_ready(["sim-ok:1b", "sim-bad:1b"], ["w1"])
+    with sim_node(tmp_path, redis_url, models, 4 * GB, runtime_retries=0):
         good = [mm.submit("sim-ok:1b", f"q {i}", options=OPTS) for i in range(5)]
         bad = [mm.submit("sim-bad:1b", f"q {i}", options=OPTS) for i in range(2)]
         results = [job.get(timeout=60) for job in good]
@@ -130,9 +124,6 @@ def test_every_finished_job_leaves_one_sample_failures_with_their_error_class(tm
         minutes = metrics.series(r, "sim-ok:1b", "minute")
         assert sum(m["count"] for m in minutes) == 5 and sum(m["loads"] for m in minutes) == 1
         assert sum(m["errors"] for m in metrics.series(r, "sim-bad:1b", "minute")) == 2
-    finally:
-        stack.stop()
-        rt.stop()
 
 
 # --- rollups ------------------------------------------------------------------------------------

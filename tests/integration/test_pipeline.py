@@ -19,7 +19,7 @@ from mm.app import LOAD_TASK, app
 from mm.errors import JobFailed, StaleToken, UnknownModel, ValidationError
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
-from tests.stack import Stack
+from tests.stack import Stack, sim_node
 
 GB = 1_000_000_000
 # Three models of 1 GB; 1.8 GB of memory holds one of them at a time.
@@ -256,20 +256,11 @@ def test_mm_check_reports_live_parts_healthy_and_names_missing_ones(stack):
 
 def test_an_embedding_only_model_is_loaded_and_serves_embed_jobs(tmp_path, redis_url):
     models = [{"name": "embed-only:1b", "engine": "sim", "kind": "embed", "size": GB // 2, "load_bandwidth": 4 * GB}]
-    rt = start_runtime(tmp_path, engine="sim", models=models, memory=MEMORY)
-    s = Stack(tmp_path, redis_url, rt.url, memory_budget=MEMORY)
-    try:
-        s.start_broker()
-        s.start_worker("w1")
-        s.wait_ready(["embed-only:1b"], ["w1"])
-
+    with sim_node(tmp_path, redis_url, models, MEMORY) as s:
         vectors = mm.submit("embed-only:1b", ["a", "b", "c"], kind="embed").get(timeout=60)["embeddings"]
 
         assert len(vectors) == 3
         assert s.resident() == ["embed-only:1b"]
-    finally:
-        s.stop()
-        rt.stop()
 
 
 @pytest.mark.llama

@@ -17,8 +17,7 @@ import redis
 
 from mm import store
 from tests.procs import Proc, free_port, wait_for
-from tests.runtime_server import start_runtime
-from tests.stack import Stack
+from tests.stack import sim_node
 
 GB = 1_000_000_000
 MODEL = {"name": "tls:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
@@ -101,13 +100,7 @@ def test_a_job_runs_end_to_end_over_tls_through_celery_broker_backend_and_mm_sta
     port, pki = tls_redis
     url = tls_url(port, pki, db=2)
     redis.Redis.from_url(url).flushdb()
-    runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
-    stack = Stack(tmp_path, url, runtime.url, memory_budget=4 * GB)
-    try:
-        stack.start_broker()
-        stack.start_worker("w1")
-        stack.wait_ready([MODEL["name"]], ["w1"])
-
+    with sim_node(tmp_path, url, [MODEL], 4 * GB) as stack:
         done = subprocess.run([sys.executable, "-c", "from mm.cli import main; main()", "enqueue", MODEL["name"],
                                "over tls", "--wait", "--num-predict", "6"], capture_output=True, text=True,
                               timeout=120, env=os.environ | {"MM_REDIS_URL": url})
@@ -116,6 +109,3 @@ def test_a_job_runs_end_to_end_over_tls_through_celery_broker_backend_and_mm_sta
         assert done.stdout.strip()
         assert '"eval_tokens": 6' in done.stderr
         assert redis.Redis.from_url(url).keys("celery-task-meta-*"), "no Celery result stored over TLS"
-    finally:
-        stack.stop()
-        runtime.stop()

@@ -14,8 +14,7 @@ import mm
 from mm import keys
 from mm.app import INFER_TASK, app
 from tests.procs import Proc, free_port, wait_for
-from tests.runtime_server import start_runtime
-from tests.stack import Stack
+from tests.stack import sim_node
 
 GB = 1_000_000_000
 MODEL = {"name": "secure:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
@@ -24,12 +23,7 @@ PASSWORD = "s3cret-Pa55word-for-tests"
 
 
 def test_a_pickled_message_injected_into_a_model_queue_is_refused(tmp_path, redis_url):
-    runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
-    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB)
-    try:
-        stack.start_broker()
-        stack.start_worker("w1")
-        stack.wait_ready([MODEL["name"]], ["w1"])
+    with sim_node(tmp_path, redis_url, [MODEL], 4 * GB) as stack:
         assert mm.generate(MODEL["name"], "bind the worker", options=OPTS, timeout=60)
 
         evil = app.send_task(INFER_TASK, kwargs={"request": {"model": MODEL["name"], "kind": "generate",
@@ -40,9 +34,6 @@ def test_a_pickled_message_injected_into_a_model_queue_is_refused(tmp_path, redi
         assert evil.state == "PENDING" and not stack.r.exists(keys.job(evil.id))
         assert stack.procs["w1"].alive()
         assert mm.generate(MODEL["name"], "still serving", options=OPTS, timeout=60)["response"]
-    finally:
-        stack.stop()
-        runtime.stop()
 
 
 @pytest.fixture
@@ -62,18 +53,10 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 def test_no_log_line_carries_the_redis_password(tmp_path, password_redis):
     url = f"redis://:{PASSWORD}@127.0.0.1:{password_redis}/0"
-    runtime = start_runtime(tmp_path, engine="sim", models=[MODEL], memory=4 * GB)
-    stack = Stack(tmp_path, url, runtime.url, memory_budget=4 * GB)
-    try:
-        stack.start_broker()
-        stack.start_worker("w1")
-        stack.wait_ready([MODEL["name"]], ["w1"])
+    with sim_node(tmp_path, url, [MODEL], 4 * GB) as stack:
         done = cli(os.environ | {"MM_REDIS_URL": url}, "enqueue", MODEL["name"], "hello", "--wait")
         assert done.returncode == 0, done.stderr
         wait_for(lambda: "LOAD secure:1b" in stack.procs["broker"].output(), 10)
-    finally:
-        stack.stop()
-        runtime.stop()
     logs = [p.read_text(errors="replace") for p in tmp_path.glob("*.log")] + [done.stdout, done.stderr]
     assert all(PASSWORD not in text for text in logs)
 
