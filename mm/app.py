@@ -2,6 +2,9 @@
 
 from celery import Celery
 
+from mm import broker_transport
+
+broker_transport.install()  # a worker that loses its broker reconnects instead of exiting
 app = Celery("mm", include=["workers.node_tasks", "workers.model_tasks", "beat.tasks"])
 app.config_from_object("celeryconfig")
 # A string, so clients that import the app never import worker code.

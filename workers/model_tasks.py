@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 import ollama
+import redis
 from celery import Task
 from celery.exceptions import Reject
+from celery.signals import task_postrun
 
 from mm import keys, metrics, registry, store, streams
 from mm.app import INFER_TASK, app
@@ -55,6 +57,25 @@ class InferTask(Task):
         if worker_state.current is not None:
             worker_state.current.job_ended(task_id, closing)
         _write(closing)
+
+
+@task_postrun.connect
+def _release_unstored(sender=None, task_id=None, **_) -> None:
+    """Release a job whose outcome Celery could not store (its Redis went away as the job ended).
+
+    Celery then skips ``after_return``. Left counted, the job would look in flight forever and its
+    message would never be requeued; released, the leader requeues it after ``MM_ORPHAN_GRACE_S``.
+    """
+    if getattr(sender, "name", None) != INFER_TASK or worker_state.current is None:
+        return
+    release = store.connect().pipeline(transaction=False)
+    if not worker_state.current.job_ended(task_id, release):
+        return  # after_return closed it: the usual case
+    log.warning("job %s: its outcome could not be stored; released for the leader to requeue", task_id)
+    try:
+        _write(release)
+    except redis.ConnectionError as exc:  # the heartbeat prunes the id from the in-flight set later
+        log.warning("job %s: release not written yet: %s", task_id, exc)
 
 
 @app.task(name=INFER_TASK, bind=True, base=InferTask)

@@ -66,16 +66,18 @@ class WorkerState:
         pipe.sadd(keys.worker_inflight(self.hostname), job_id)
         self.publish(pipe)
 
-    def job_ended(self, job_id: str, pipe) -> None:
-        """Uncount the job (once: later calls do nothing) and queue the writes that say so into
-        ``pipe``. Called after its outcome is stored, so an id in the in-flight set always has a
-        worker on it or a stored outcome."""
+    def job_ended(self, job_id: str, pipe) -> bool:
+        """Uncount the job (once: later calls do nothing and return False) and queue the writes that
+        say so into ``pipe``. Called after its outcome is stored, or once storing it failed, so an id
+        in the in-flight set always has a worker on it or a stored outcome (else the leader requeues
+        its message)."""
         with self._lock:
             if self.jobs.pop(job_id, None) is None:
-                return
+                return False
             self.last_job_at = time.time()
         pipe.srem(keys.worker_inflight(self.hostname), job_id)
         self.publish(pipe)
+        return True
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mm-worker-state", daemon=True)

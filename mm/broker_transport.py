@@ -1,0 +1,58 @@
+"""kombu's Redis and Sentinel transports with one fix: a worker survives losing its broker.
+
+When the broker connection drops, Celery closes the consumer's connection, and kombu's channel
+close tries to put the worker's unacknowledged messages back in their queues. By then the
+transport has let go of its connection info, so building a Redis client for that fails with
+``AttributeError: 'NoneType' object has no attribute 'hostname'`` (celery/kombu#582, #970). Celery
+treats that as unrecoverable and the worker process exits, jobs in flight with it. Raised as the
+connection error it is, kombu skips the restore as it does whenever Redis is away, Celery
+reconnects, and the messages stay in kombu's unacked hash: the worker acks them when their jobs
+end, or mm's leader requeues them after ``MM_ORPHAN_GRACE_S`` (:mod:`mm.redelivery`).
+
+:func:`install` makes them what ``redis://``, ``rediss://`` and ``sentinel://`` URLs mean to kombu
+in this process: by alias rather than Celery's ``broker_transport``, because kombu's failover to
+the next sentinel URL resolves the transport from the URL's scheme again.
+"""
+
+from __future__ import annotations
+
+import kombu.transport
+import redis
+from kombu.transport import redis as kombu_redis
+
+ALIASES = {"redis": "mm.broker_transport:Transport", "rediss": "mm.broker_transport:Transport",
+           "sentinel": "mm.broker_transport:SentinelTransport"}
+
+
+class _ClosedConnectionIsAConnectionError:
+    def _connparams(self, asynchronous: bool = False) -> dict:
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class Channel(_ClosedConnectionIsAConnectionError, kombu_redis.Channel):
+    """kombu's Redis channel; see the module docstring."""
+
+
+class SentinelChannel(_ClosedConnectionIsAConnectionError, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel; see the module docstring."""
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`Channel`."""
+
+    Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
+
+
+def install() -> None:
+    """Point kombu's ``redis``, ``rediss`` and ``sentinel`` transport aliases at these classes."""
+    kombu.transport.TRANSPORT_ALIASES.update(ALIASES)
+    for alias in ALIASES:  # a class resolved before this call is cached under its alias
+        kombu.transport._transport_cache.pop(alias, None)
