@@ -54,5 +54,6 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 def install() -> None:
     """Point kombu's ``redis``, ``rediss`` and ``sentinel`` transport aliases at these classes."""
     kombu.transport.TRANSPORT_ALIASES.update(ALIASES)
-    for alias in ALIASES:  # a class resolved before this call is cached under its alias
-        kombu.transport._transport_cache.pop(alias, None)
+    cache = getattr(kombu.transport, "_transport_cache", {})  # kombu's private memo of resolved aliases
+    for alias in ALIASES:
+        cache.pop(alias, None)
