@@ -70,7 +70,8 @@ def test_an_idle_model_is_unloaded_while_active_pinned_warm_and_busy_ones_stay(n
     assert outcome["kept"] == {"active-b:1b": "used recently", "pinned-c:1b": "pinned",
                                "warm-e:1b": "warm pool", "busy-d:1b": "jobs in flight"}
     wait_for(lambda: "idle-a:1b" not in node.resident(), 30, what=f"idle-a to be unloaded ({node.logs()})")
-    unloads = [e for e in events.recent(r, 100) if e["kind"] == "unload"]
+    # The node publishes its state before it records the unload event: wait for the event too.
+    unloads = wait_for(lambda: [e for e in events.recent(r, 100) if e["kind"] == "unload"], 10, what="the unload event")
     assert [(e["model"], e["reason"].split(":")[0]) for e in unloads] == [("idle-a:1b", "idle shutdown")]
     assert sorted(node.resident()) == sorted(["active-b:1b", "pinned-c:1b", "warm-e:1b", "busy-d:1b"])
     assert busy.get(timeout=60)["timings"]["eval_tokens"] == 200
