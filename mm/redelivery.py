@@ -71,9 +71,10 @@ def stranded_jobs(r: redis.Redis, running: set[str], delivered_before: float, fi
     that are not in ``running`` (the jobs live workers run); return the ids requeued.
 
     Safe because ``finished`` is asked after ``running`` was read, and a worker takes a job out of
-    its in-flight set only after the job's outcome is stored: a held job missing from ``running``
-    either never started or has an outcome that ``finished`` sees. (One delivered more than the
-    grace ago and not yet started would run twice; a worker starts what it takes at once.)
+    its in-flight set only after the job's outcome is stored, or once storing it failed: a held job
+    missing from ``running`` never started, has an outcome that ``finished`` sees, or lost its
+    outcome and must run again. (One delivered more than the grace ago and not yet started would
+    run twice; a worker starts what it takes at once.)
     """
     tags = [t.decode() for t in r.zrangebyscore(UNACKED_INDEX, "-inf", delivered_before)]
     held = {}
