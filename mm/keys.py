@@ -24,6 +24,8 @@ EVENTS = "mm:events"
 DEAD_LETTERS = "mm:deadletters"
 # node|model -> reason: unloads asked for by beat (idle shutdown) or an operator, run by the leader.
 UNLOAD_REQUESTS = "mm:unload:requests"
+# op id -> {op, model, at}: pulls and deletes asked for (gateway, CLI), run by the leader.
+MODEL_OP_REQUESTS = "mm:modelops:requests"
 
 
 def model_queue(model: str) -> str:
@@ -76,6 +78,11 @@ def worker_inflight(hostname: str) -> str:
 def job_stream(job_id: str) -> str:
     """The Redis stream of a streaming job's chunks."""
     return f"mm:stream:{job_id}"
+
+
+def model_op_stream(op_id: str) -> str:
+    """The Redis stream of one pull's or delete's progress and outcome."""
+    return f"mm:modelop:{op_id}"
 
 
 def job(job_id: str) -> str:

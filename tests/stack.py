@@ -92,7 +92,7 @@ def sim_node(tmp_path: Path, redis_url: str, models: list[dict[str, Any]], memor
         stack.start_broker()
         for name in workers:
             stack.start_worker(name, slots=slots)
-        stack.wait_ready([m["name"] for m in models], list(workers))
+        stack.wait_ready([m["name"] for m in models if m.get("pulled", True)], list(workers))
         yield stack
     finally:
         stack.stop()

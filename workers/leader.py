@@ -24,6 +24,7 @@ from mm.policy import plan
 from mm.settings import Settings
 from mm.errors import JobFailed
 from mm.snapshot import Bind, Load, Reject, Unbind, Unload
+from mm.workers import model_requests
 from workers.snapshot_reader import build_snapshot, read_raw
 
 log = logging.getLogger("mm.leader")
@@ -202,6 +203,11 @@ class Leader:
                 self.lease.remove_if_held("SREM", keys.LOST_NODES, *returned)
             if requests:
                 self.lease.remove_if_held("HDEL", keys.UNLOAD_REQUESTS, *requests)
+            token = self.lease.token
+            if token is not None and self.leading:
+                handled = model_requests.dispatch(self, snapshot, token)
+                if handled:
+                    self.lease.remove_if_held("HDEL", keys.MODEL_OP_REQUESTS, *handled)
         return actions
 
     def _reconcile_returned(self, raw, snapshot) -> tuple[list[Unload], list[str]]:

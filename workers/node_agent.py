@@ -248,15 +248,38 @@ class NodeAgent:
         return False
 
     def pull(self, model: str, token: int, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Pull ``model`` into the runtime, reporting progress; it then registers itself."""
+        """Pull ``model`` into the runtime, reporting progress; it then registers itself.
+
+        The runtime's final ``success`` is reported only once the registry lists the model, so a
+        client that saw it can use the model at once.
+        """
 
         def body() -> dict[str, Any]:
-            last = {}
+            last: dict[str, Any] = {}
             for update in self.runtime.pull(model, stream=True):
                 last = update.model_dump(exclude_none=True)
-                progress(last)
+                if last.get("status") != "success":
+                    progress(last)
             self.sync_registry(force=True)
             events.emit(self.r, "pull", model=model, node=self.node)
+            log.info("PULL %s on %s: %s", model, self.node, last.get("status", ""))
+            if last.get("status") == "success":
+                progress(last)
             return {"model": model, "node": self.node, "status": last.get("status", "")}
 
         return self._fenced("pull", model, token, body)
+
+    def delete(self, model: str, token: int) -> dict[str, Any]:
+        """Delete ``model`` from the runtime (refused while it is resident here); the registry drops this node."""
+
+        def body() -> dict[str, Any]:
+            if any(m["model"] == model for m in self.resident()):
+                raise RuntimeError(f"{model} is resident on {self.node}; unload it first")
+            self.runtime.delete(model)
+            self.loaded.pop(model, None)
+            self.sync_registry(force=True)
+            log.info("DELETE %s on %s", model, self.node)
+            events.emit(self.r, "delete", model=model, node=self.node)
+            return {"model": model, "node": self.node}
+
+        return self._fenced("delete", model, token, body)

@@ -1,11 +1,18 @@
-"""Commands the leader sends to a node's queue ``mm.node.<node>``: load, unload and pull, each fenced."""
+"""Commands the leader sends to a node's queue ``mm.node.<node>``: load, unload, pull and delete, each fenced."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
-from mm.app import LOAD_TASK, PULL_TASK, UNLOAD_TASK, app
+import ollama
+
+from mm import model_ops
+from mm.app import DELETE_TASK, LOAD_TASK, PULL_TASK, UNLOAD_TASK, app
 from workers import node_agent_current
+
+log = logging.getLogger("mm.node")
 
 
 def _agent():
@@ -28,10 +35,40 @@ def unload(self, model: str, token: int, reason: str = "") -> dict[str, Any]:
 
 
 @app.task(name=PULL_TASK, bind=True, acks_late=False)
-def pull(self, model: str, token: int) -> dict[str, Any]:
-    """Pull ``model`` into this node's runtime, with progress in the task's state."""
+def pull(self, model: str, token: int, op_id: str) -> dict[str, Any]:
+    """Start pulling ``model`` into this node's runtime; progress goes to the stream of ``op_id``.
 
-    def progress(update: dict[str, Any]) -> None:
-        self.update_state(state="PROGRESS", meta=update)
+    A pull can take minutes: it runs in its own thread, so that loads and unloads sent to this
+    node meanwhile are not held up behind it.
+    """
+    agent = _agent()
 
-    return _agent().pull(model, token, progress)
+    def run() -> None:
+        try:
+            agent.pull(model, token, lambda update: model_ops.line(agent.r, op_id, update))
+        except Exception as exc:
+            log.warning("PULL %s failed: %s", model, exc)
+            model_ops.fail(agent.r, op_id, op_status(exc), f"pull {model} on {agent.node}: {_message(exc)}")
+            return
+        model_ops.done(agent.r, op_id, agent.node)
+
+    threading.Thread(target=run, name=f"mm-pull-{model}", daemon=True).start()
+    return {"model": model, "node": agent.node, "started": True}
+
+
+@app.task(name=DELETE_TASK, bind=True, acks_late=False)
+def delete(self, model: str, token: int, op_id: str) -> dict[str, Any]:
+    """Delete ``model`` from this node's runtime (fenced by ``token``); the outcome goes to ``op_id``."""
+    agent = _agent()
+    try:
+        result = agent.delete(model, token)
+    except Exception as exc:
+        model_ops.fail(agent.r, op_id, op_status(exc) if not isinstance(exc, RuntimeError) else 409,
+                       f"delete {model} on {agent.node}: {_message(exc)}")
+        raise
+    model_ops.done(agent.r, op_id, agent.node)
+    return result
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc.error) if isinstance(exc, ollama.ResponseError) else str(exc)

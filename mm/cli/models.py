@@ -1,4 +1,5 @@
-"""``mm models``: which models are active or idle, their activity, and manual use reports (seed 000)."""
+"""``mm models``: which models are active or idle, their activity, manual use reports (seed 000),
+and pulling or deleting a model on the nodes' runtimes through the leader."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 import click
 
 from mm import activity as activity_lib
-from mm import store
+from mm import model_ops, store
 from mm.errors import UnknownModel
 from mm.settings import get as get_settings
 
@@ -46,7 +47,7 @@ def _print(models: list[activity_lib.ModelActivity], as_json: bool) -> None:
 
 @click.group()
 def models() -> None:
-    """Model activity: active, idle, all, and manual use reports."""
+    """Model activity: active, idle, all, manual use reports; pull and delete."""
 
 
 @models.command()
@@ -79,3 +80,54 @@ def report(name):
     except UnknownModel as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{name} reported used at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))}")
+
+
+def _progress_text(line: dict, shown: dict) -> str | None:
+    """What to print for one pull progress line: each new status, and downloads every 10%."""
+    status = line.get("status", "")
+    total, completed = line.get("total"), line.get("completed")
+    if total and completed is not None:
+        tenth = int(10 * completed / total)
+        if shown.get(status) == tenth:
+            return None
+        shown[status] = tenth
+        return f"{status}  {completed / 1e6:.0f}/{total / 1e6:.0f} MB ({100 * completed / total:.0f}%)"
+    if status in shown:
+        return None
+    shown[status] = -1
+    return status
+
+
+def _follow(op: str, name: str, timeout: float) -> None:
+    r = store.connect()
+    op_id = model_ops.request(r, op, name)
+    shown: dict = {}
+    try:
+        for line in model_ops.follow(r, op_id, timeout):
+            text = _progress_text(line, shown)
+            if text:
+                click.echo(text)
+    except model_ops.ModelOpError as exc:
+        raise click.ClickException(exc.message) from None
+    except TimeoutError:
+        model_ops.withdraw(r, op_id)
+        raise click.ClickException(f"{op} {name}: nothing heard from the leader or the node within {timeout:.0f}s "
+                                   "(is a gpu-broker running? mm check)") from None
+
+
+@models.command()
+@click.argument("name")
+@click.option("--timeout", default=600.0, show_default=True, help="Give up after this many seconds without progress.")
+def pull(name, timeout):
+    """Pull model NAME into a node's runtime (through the leader), showing progress; it is then registered."""
+    _follow("pull", name, timeout)
+    click.echo(f"{name} pulled and registered")
+
+
+@models.command()
+@click.argument("name")
+@click.option("--timeout", default=60.0, show_default=True, help="Give up after this many seconds without an answer.")
+def delete(name, timeout):
+    """Delete model NAME from every runtime that lists it; refused while it is resident or has jobs queued."""
+    _follow("delete", name, timeout)
+    click.echo(f"{name} deleted")

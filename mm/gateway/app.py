@@ -9,8 +9,8 @@ import signal
 import tornado.web
 
 from mm import store
-from mm.gateway import jobs, models, monitor, openapi, pages, prom, proxy, quality
-from mm.gateway.base import DRAIN_FACTOR, Gateway, NotFoundHandler
+from mm.gateway import jobs, models, monitor, openapi, pages, prom, proxy, pulls, quality
+from mm.gateway.base import DRAIN_FACTOR, HARD_MAX_HEADER_BYTES, Gateway, NotFoundHandler
 from mm.settings import Settings
 
 log = logging.getLogger("mm.gateway")
@@ -23,6 +23,7 @@ def routes(gw: Gateway) -> list[tuple]:
         *monitor.handlers(gw),     # seed 000: /models/active|idle|activity, /models/<name>/report, /health
         *quality.handlers(gw),     # seed 003: /api/metrics, /stats/<name>/<version>
         *proxy.handlers(gw),       # Ollama: /api/generate, /api/chat, /api/embed, /api/tags, /api/ps, ...
+        *pulls.handlers(gw),       # Ollama: /api/pull, /api/delete, through the leader
         *models.handlers(gw),      # seed 004 + 002: /api/models[/<name>[/start|stop|infer|history]]
         *prom.handlers(gw),        # /metrics
         *openapi.handlers(gw),     # /openapi.json
@@ -42,7 +43,7 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     gw = Gateway.create(settings, store.connect(settings.redis_url))
     server = build_app(gw).listen(
         port, address=host, max_body_size=DRAIN_FACTOR * settings.gateway_max_body + 1,
-        idle_connection_timeout=300,
+        idle_connection_timeout=300, max_header_size=HARD_MAX_HEADER_BYTES,
     )
     log.info("gateway listening on http://%s:%d (auth %s, max body %d bytes)", host, port,
              "on" if gw.api_keys else "off", settings.gateway_max_body)

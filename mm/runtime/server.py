@@ -29,6 +29,7 @@ def build_app(state: RuntimeState) -> tornado.web.Application:
             (r"/api/show", api_models.ShowHandler, args),
             (r"/api/ps", api_models.PsHandler, args),
             (r"/api/pull", api_models.PullHandler, args),
+            (r"/api/delete", api_models.DeleteHandler, args),
             (r"/api/generate", api.GenerateHandler, args),
             (r"/api/chat", api.ChatHandler, args),
             (r"/api/embed", api.EmbedHandler, args),

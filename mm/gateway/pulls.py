@@ -1,0 +1,125 @@
+"""Ollama's ``POST /api/pull`` and ``DELETE /api/delete``, run by the leader on the nodes.
+
+A pull goes to one node's runtime (one that lists the model already, else the one with the most
+free memory) and its progress comes back as Ollama streams it (``pulling manifest``, ``downloading
+<digest>`` with ``total``/``completed``, ``success``); once it succeeds the model is in the
+registry and can be used at once. A delete goes to every node whose runtime lists the model and is
+refused with a 409 while the model is resident, being loaded, pinned, or has jobs queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from mm import model_ops
+from mm.gateway.base import ApiError, BaseHandler, Gateway
+
+MAX_NAME_CHARS = 256
+
+
+def model_field(body: dict[str, Any]) -> str:
+    """The model named by an Ollama pull or delete body (``model``, or the older ``name``)."""
+    model = body.get("model") or body.get("name")
+    if not isinstance(model, str) or not model.strip():
+        raise ApiError(400, "model", "model is required")
+    if len(model) > MAX_NAME_CHARS or any(c.isspace() or not c.isprintable() for c in model):
+        raise ApiError(400, "model", f"invalid model name {model!r:.80}")
+    return model.strip()
+
+
+async def in_thread(make: Callable[[], Iterator[Any]], executor: Any) -> AsyncIterator[Any]:
+    """Iterate a blocking generator on ``executor``; closing this iterator stops it at its next item."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(kind: str, item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+        except RuntimeError:  # the loop is closed: the gateway is shutting down
+            stop.set()
+
+    def pump() -> None:
+        try:
+            for item in make():
+                if stop.is_set():
+                    return
+                put("item", item)
+            put("end", None)
+        except BaseException as exc:  # ModelOpError, TimeoutError, Redis errors
+            put("error", exc)
+
+    loop.run_in_executor(executor, pump)
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "item":
+                yield item
+            elif kind == "end":
+                return
+            else:
+                raise item
+    finally:
+        stop.set()
+
+
+class ModelOpHandler(BaseHandler):
+    """Files a pull or delete for the leader and follows its stream."""
+
+    async def progress(self, op: str, model: str) -> AsyncIterator[dict[str, Any]]:
+        """The operation's progress lines, with its failure as an :class:`ApiError`."""
+        r, wait_s = self.gw.r, self.gw.settings.gateway_wait_s
+        op_id = await self.run(model_ops.request, r, op, model)
+        self.set_header("X-MM-Op-Id", op_id)
+        lines = in_thread(lambda: model_ops.follow(r, op_id, wait_s, lambda: self.client_gone),
+                          self.gw.stream_executor)
+        try:
+            async for line in lines:
+                yield line
+        except model_ops.ModelOpError as exc:
+            raise ApiError(exc.status, "model", exc.message) from None
+        except TimeoutError:
+            await self.run(model_ops.withdraw, r, op_id)
+            raise ApiError(504, "model", f"{op} {model}: nothing heard from the leader or the node "
+                                         f"within {wait_s:.0f}s") from None
+        finally:
+            await lines.aclose()
+
+
+class PullHandler(ModelOpHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        model = model_field(body)
+        stream = body.get("stream", True)
+        if stream is not None and not isinstance(stream, bool):
+            raise ApiError(400, "stream", f"must be true or false, not {stream!r:.40}")
+        last: dict[str, Any] = {}
+        async for line in self.progress("pull", model):
+            if self.client_gone:
+                return
+            if stream is not False:
+                await self.send_line(line)
+            last = line
+        if stream is False:
+            self.send_json(last or {"status": "success"})
+        elif not self._finished and not self.client_gone:
+            self.finish()
+
+
+class DeleteHandler(ModelOpHandler):
+    async def delete(self) -> None:
+        model = model_field(self.json_body())
+        async for _line in self.progress("delete", model):
+            pass
+        self.finish()  # Ollama answers a delete with 200 and no body
+
+
+def handlers(gw: Gateway) -> list[tuple]:
+    args = {"gw": gw}
+    return [
+        (r"/api/pull", PullHandler, args),
+        (r"/api/delete", DeleteHandler, args),
+    ]
