@@ -1,55 +1,20 @@
-"""Celery configuration for mm, read from mm's typed settings (mm/settings.py) only."""
+"""Celery configuration for a project that sends jobs to mm with plain Celery (only ``celery[redis]``).
 
-from mm import keys
-from mm import redis_url as _redis_url
-from mm.settings import get as _settings
+mm itself does not read this file (its app reads ``mm.celeryconfig``). Copy it next to your code,
+or load it with ``app.config_from_object("celeryconfig")``, then::
 
-_s = _settings()
+    from celery import Celery
+    app = Celery(config_source="celeryconfig")
+    result = app.send_task("mm.infer", kwargs={"request": {"model": "gemma3:270m", "prompt": "Hi"}},
+                           queue="mm.model.gemma3:270m", priority=3)
+    print(result.get(timeout=120)["response"])
 
-# redis://, rediss:// (TLS) or sentinel:// (kombu's sentinel transport, Celery's sentinel backend).
-_redis = _redis_url.parse(_s.redis_url)
-broker_url = _redis.url
-result_backend = _redis.url
-if _redis.tls:  # Celery wants the TLS options as settings, not only in the URL
-    broker_use_ssl = _redis.ssl_options()
-    redis_backend_use_ssl = _redis.ssl_options()
+``queue=`` may be left out: the job then lands in the default queue, and mm's gpu-broker forwards
+it to its model's queue. Priority: 0-2 high, 3-5 normal, 6-9 low (0 is served first).
+"""
 
-task_serializer = "json"
-result_serializer = "json"
-accept_content = ["json"]
-result_accept_content = ["json"]
+import os
 
-# Long GPU jobs: acknowledge after the job, redeliver if the worker dies, take one job at a time.
-task_acks_late = True
-task_reject_on_worker_lost = True
-worker_prefetch_multiplier = 1
-task_track_started = False  # mm's job record says "running"; one Redis write less per job
-task_time_limit = _s.job_time_limit_s
-worker_cancel_long_running_tasks_on_connection_loss = False
-broker_connection_retry_on_startup = True
-
-# kombu restores unacked messages older than the visibility timeout: it must exceed the longest job,
-# and kombu reads it from each of these places.
-_transport = {
-    "visibility_timeout": _s.visibility_timeout_s,
-    "priority_steps": keys.PRIORITY_STEPS,
-    "queue_order_strategy": "priority",
-    "sep": keys.PRIORITY_SEP,
-    "polling_interval": 0.1,  # a worker bound to a queue at run time picks it up within 0.1 s
-}
-broker_transport_options = _transport | _redis.transport_options()  # + master_name with sentinel
-result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout_s} | _redis.transport_options()
-visibility_timeout = _s.visibility_timeout_s
-
-result_extended = False  # the job record holds what a reader needs; results stay small
-result_expires = _s.result_expires_s
-
-task_default_queue = "mm.default"
-task_create_missing_queues = True
-# Task events cost several Redis publishes per job; Flower switches them on while it runs
-# (its --enable-events default), so they flow only when someone watches.
-worker_send_task_events = False
-worker_hijack_root_logger = False
-
-# Beat's periodic jobs (aligned to the wall clock, sent to mm.beat) and its slot-stamping scheduler.
-from beat.schedule import beat_schedule, beat_scheduler  # noqa: E402,F401
+broker_url = result_backend = os.environ.get("MM_REDIS_URL", "redis://localhost:6379/0")
+task_serializer = result_serializer = "json"
+accept_content = result_accept_content = ["json"]

@@ -1,6 +1,6 @@
 """Beat's schedule: which periodic task runs how often, on a wall-clock grid shared by every beat.
 
-``celeryconfig.py`` imports ``beat_schedule`` and ``beat_scheduler`` from here. Intervals come
+``mm/celeryconfig.py`` imports ``beat_schedule`` and ``beat_scheduler`` from here. Intervals come
 from settings (``MM_IDLE_CHECK_S``, ``MM_METRICS_ROLLUP_S``, ``MM_ALERT_CHECK_S``,
 ``MM_ACTIVITY_REPORT_S``). Tasks go to the queue ``mm.beat``, which the gpu-broker consumes.
 """
@@ -44,7 +44,7 @@ class aligned(schedule):
     """Every ``run_every`` on the epoch grid (t = k x interval), not relative to the process start.
 
     Two beats started at different times therefore send each task for the same slot k, which the
-    task claims once (see :mod:`beat.singleton`).
+    task claims once (see :mod:`mm.beat.singleton`).
     """
 
     def _next_boundary(self, now: float) -> float:
@@ -87,4 +87,4 @@ def build(settings=None) -> dict:
 beat_schedule = build()
 # In-memory (no celerybeat-schedule file: two beats in one directory do not collide) and it
 # stamps each message with its schedule slot.
-beat_scheduler = "beat.scheduler:SlotScheduler"
+beat_scheduler = "mm.beat.scheduler:SlotScheduler"

@@ -6,7 +6,7 @@ import time
 
 from celery.beat import Scheduler
 
-from beat.schedule import slot_of
+from mm.beat.schedule import slot_of
 
 
 class SlotScheduler(Scheduler):

@@ -1,6 +1,6 @@
 """Beat's periodic tasks. Their bodies run in the gpu-broker (it consumes ``mm.beat``).
 
-Each run claims its schedule slot first (:mod:`beat.singleton`), so a second beat process never
+Each run claims its schedule slot first (:mod:`mm.beat.singleton`), so a second beat process never
 doubles a job. A message without a slot (sent by hand) runs unconditionally.
 """
 
@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from beat import schedule, singleton
+from mm.beat import schedule, singleton
 from mm import activity, alerts, metrics, store
 from mm.app import app
 from mm.settings import get as get_settings

@@ -44,7 +44,7 @@ from mm.snapshot import (
     Unload,
     Worker,
 )
-from workers.snapshot_reader import planning_size
+from mm.workers.snapshot_reader import planning_size
 
 _DEFAULTS = Settings()
 
@@ -188,7 +188,7 @@ class MMSim:
                         replica_backlog=cfg.replica_backlog)
 
     def _believed_size(self, model: str) -> int:
-        """The size the live leader plans with (``workers.snapshot_reader.planning_size``, the same code):
+        """The size the live leader plans with (``mm.workers.snapshot_reader.planning_size``, the same code):
         learned after the first load, before that the registry's estimate (tag size x size_multiplier)."""
         size = self.specs[model].size
         entry = ModelEntry(model, tag_size=size, size_estimate=int(size * self.cfg.size_multiplier),

@@ -74,7 +74,7 @@ def report(r: redis.Redis, model: str, at: float | None = None) -> float:
 
 def activity(r: redis.Redis, settings: Settings, now: float | None = None) -> list[ModelActivity]:
     """Every registered (or recently used) model: last use, resident where, size, queue depth."""
-    from workers.snapshot_reader import read_demand, read_raw
+    from mm.workers.snapshot_reader import read_demand, read_raw
 
     now = time.time() if now is None else now
     entries = registry.all_models(r)

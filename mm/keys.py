@@ -4,12 +4,25 @@ from __future__ import annotations
 
 PREFIX = "mm"
 
-# Celery priority on Redis: 0 is served first. Each step is its own Redis list.
-PRIORITIES: dict[str, int] = {"high": 0, "normal": 5, "low": 9}
-PRIORITY_STEPS: list[int] = sorted(PRIORITIES.values())
-PRIORITY_NAMES: dict[int, str] = {v: k for k, v in PRIORITIES.items()}
-# Model names may contain ':' (gemma3:270m), so the priority separator must not.
-PRIORITY_SEP = "|"
+# Celery priority on Redis: 0 is served first. kombu puts each priority step in its own list; mm
+# keeps kombu's default steps and separator so that any stock Celery client lands on lists mm reads.
+PRIORITY_STEPS: list[int] = [0, 3, 6, 9]
+PRIORITY_SEP = "\x06\x16"
+# mm's three classes and the Celery priority each is sent with.
+PRIORITIES: dict[str, int] = {"high": 0, "normal": 3, "low": 6}
+# The class of each step: Celery priorities 0-2 are high, 3-5 normal, 6-9 low.
+PRIORITY_NAMES: dict[int, str] = {0: "high", 3: "normal", 6: "low", 9: "low"}
+
+
+def priority_class(priority: int | None) -> str:
+    """The class of a Celery priority (0-9, 0 first); a message without one counts as normal."""
+    return "normal" if priority is None else PRIORITY_NAMES[priority_step(priority)]
+
+
+# Where a job sent without a queue lands: mm's own default queue, or Celery's for a stock client.
+# Every gpu-broker consumes both and forwards such jobs to their model's queue.
+DEFAULT_QUEUE = "mm.default"
+INTAKE_QUEUES = (DEFAULT_QUEUE, "celery")
 
 BROKER_LEASE = "mm:lock:broker"
 FENCE = "mm:fence"
@@ -37,10 +50,16 @@ def model_from_queue(queue: str) -> str | None:
     return queue[len("mm.model."):] if queue.startswith("mm.model.") else None
 
 
+def priority_step(priority: int | None) -> int:
+    """The step kombu files a Celery priority (0-9) under: the largest step not above it."""
+    clamped = min(max(int(priority or 0), 0), 9)
+    return max(s for s in PRIORITY_STEPS if s <= clamped)
+
+
 def priority_list(model: str, priority: int) -> str:
-    """The Redis list kombu uses for ``model``'s queue at one priority step."""
-    queue = model_queue(model)
-    return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
+    """The Redis list kombu uses for ``model``'s queue at ``priority`` (a step, or any 0-9)."""
+    queue, step = model_queue(model), priority_step(priority)
+    return f"{queue}{PRIORITY_SEP}{step}" if step else queue
 
 
 def node_queue(node: str) -> str:

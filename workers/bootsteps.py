@@ -1,7 +1,8 @@
 """The bootstep that gives a Celery worker its mm role.
 
 A worker consuming a node queue (``-Q mm.node.<node>``) is a gpu-broker: it runs the node agent and
-a leader candidate. Any other worker is a model-worker: it publishes its state and waits to be bound.
+a leader candidate, and consumes the default queues, where plain Celery clients' jobs may land.
+Any other worker is a model-worker: it publishes its state and waits to be bound.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from celery import bootsteps
 from mm import keys, store
 from mm.memory import monitor_for
 from mm.settings import get as get_settings
-from workers import node_agent_current, worker_state
+from mm.workers import node_agent_current, worker_state
 
 log = logging.getLogger("mm.worker")
 
@@ -42,8 +43,8 @@ class MMRole(bootsteps.StartStopStep):
         settings = get_settings()
         r = store.connect()
         if _is_broker(c):
-            from workers.leader import Leader
-            from workers.node_agent import NodeAgent
+            from mm.workers.leader import Leader
+            from mm.workers.node_agent import NodeAgent
             agent = NodeAgent(settings, r, monitor_for(settings.memory_budget, settings.use_nvml, settings.gpus))
             try:
                 agent.sync_registry(force=True)
@@ -54,6 +55,9 @@ class MMRole(bootsteps.StartStopStep):
             leader = Leader(c.app, settings, r, owner=f"{c.hostname}:{os.getpid()}")
             leader.start()
             node_agent_current.leader = leader
+            for queue in keys.INTAKE_QUEUES:  # jobs plain Celery clients sent without a queue
+                if queue not in c.app.amqp.queues.consume_from:
+                    c.add_task_queue(queue)
             log.info("gpu-broker for node %s started (runtime %s)", settings.node, settings.runtime_url)
         else:
             state = worker_state.WorkerState(

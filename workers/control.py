@@ -8,7 +8,7 @@ from celery.worker.control import control_command, ok
 
 from mm import keys, store
 from mm.lease import check_fence
-from workers import worker_state
+from mm.workers import worker_state
 
 log = logging.getLogger("mm.worker")
 

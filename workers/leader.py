@@ -25,7 +25,7 @@ from mm.settings import Settings
 from mm.errors import JobFailed
 from mm.snapshot import Bind, Load, Reject, Unbind, Unload
 from mm.workers import model_requests
-from workers.snapshot_reader import build_snapshot, read_raw
+from mm.workers.snapshot_reader import build_snapshot, read_raw
 
 log = logging.getLogger("mm.leader")
 

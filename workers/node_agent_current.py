@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from workers.leader import Leader
-    from workers.node_agent import NodeAgent
+    from mm.workers.leader import Leader
+    from mm.workers.node_agent import NodeAgent
 
 agent: "NodeAgent | None" = None
 leader: "Leader | None" = None

@@ -52,11 +52,11 @@ def read_demand(r: redis.Redis, models: list[str], now: float) -> dict[str, Dema
         queued, oldest = {}, {}
         for j, step in enumerate(keys.PRIORITY_STEPS):
             count = int(chunk[2 * j])
-            if count:
+            if count:  # two steps (6 and 9) share the low class
                 cls = keys.PRIORITY_NAMES[step]
-                queued[cls] = count
+                queued[cls] = queued.get(cls, 0) + count
                 submitted = _submitted_at(chunk[2 * j + 1])
-                oldest[cls] = max(0.0, now - submitted) if submitted else 0.0
+                oldest[cls] = max(oldest.get(cls, 0.0), now - submitted if submitted else 0.0)
         if queued:
             demand[model] = Demand(model, queued, oldest)
     return demand

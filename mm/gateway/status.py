@@ -13,7 +13,7 @@ import redis
 from mm import alerts, keys, metrics, registry
 from mm.rollup import RESOLUTIONS, bucket_start, group_by_bucket, summarize
 from mm.settings import Settings
-from workers.snapshot_reader import read_demand, read_raw
+from mm.workers.snapshot_reader import read_demand, read_raw
 
 JOB_STATUSES = ("queued", "running", "complete", "failed")
 

@@ -15,7 +15,7 @@ from mm.settings import load
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
-from workers.leader import Leader
+from mm.workers.leader import Leader
 
 pytestmark = pytest.mark.faults
 

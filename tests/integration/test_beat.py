@@ -17,7 +17,7 @@ import redis
 from click.testing import CliRunner
 
 import mm
-from beat import schedule, singleton
+from mm.beat import schedule, singleton
 from mm import activity, events, keys
 from mm import settings as mm_settings
 from mm.app import app
