@@ -50,9 +50,17 @@ class Request:
 
 
 def request(r: redis.Redis, op: str, model: str) -> str:
-    """File a pull or delete of ``model`` for the leader and wake it; return the request's id."""
+    """File a pull or delete of ``model`` for the leader and wake it; return the request's id.
+
+    Raises:
+        ModelOpError: 404 for a delete of a model no runtime lists, 503 while no leader holds the lease.
+    """
     if op not in OPS:
         raise ValueError(f"op must be one of {', '.join(OPS)}, not {op!r}")
+    if op == "delete" and not r.hexists(keys.MODELS, model):
+        raise ModelOpError(404, f"model '{model}' not found")
+    if not r.exists(keys.BROKER_LEASE):
+        raise ModelOpError(503, f"cannot {op} {model}: no leader is running (start a gpu-broker, e.g. mm up)")
     op_id = uuid.uuid4().hex
     pipe = r.pipeline()
     pipe.hset(keys.MODEL_OP_REQUESTS, op_id, json.dumps({"op": op, "model": model, "at": time.time()}))

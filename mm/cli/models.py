@@ -100,9 +100,9 @@ def _progress_text(line: dict, shown: dict) -> str | None:
 
 def _follow(op: str, name: str, timeout: float) -> None:
     r = store.connect()
-    op_id = model_ops.request(r, op, name)
     shown: dict = {}
     try:
+        op_id = model_ops.request(r, op, name)
         for line in model_ops.follow(r, op_id, timeout):
             text = _progress_text(line, shown)
             if text:

@@ -175,6 +175,8 @@ ACTIVITY = obj({"model": STR, "last_used": nullable(NUM), "last_used_at": nullab
 DURATIONS = {k: INT for k in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
                               "eval_count", "eval_duration")}
 OLLAMA_ERRORS = (400, 404, 413, 502, 504)
+PULL_NAME = {"type": "string", "minLength": 1, "maxLength": 256}
+PULL_STATUS = obj({"status": STR, "digest": STR, "total": INT, "completed": INT}, ("status",))
 NDJSON = "application/x-ndjson"
 
 SCHEMAS: dict[str, Any] = {
@@ -369,6 +371,16 @@ def _paths() -> dict[str, Any]:
             {"version": STR}, ("version",)))}, tags=ollama)},
         "/api/show": {"post": op("Ollama show", {"200": reply("Model details", ANY_OBJ)}, tags=ollama,
                                  request=body(obj({"model": MODEL_NAME}, ("model",))), codes=(400, 404, 413))},
+        "/api/pull": {"post": op(
+            "Ollama pull: the leader has a node's runtime pull the model, which then joins the registry",
+            {"200": {"description": "Progress (NDJSON lines when stream is true, else the last one)", "content": {
+                JSON: {"schema": PULL_STATUS}, NDJSON: {"schema": STR}}}}, tags=ollama,
+            request=body(obj({"model": PULL_NAME, "insecure": nullable(BOOL), "stream": nullable(BOOL)}, ("model",))),
+            codes=(400, 404, 413, 502, 503, 504))},
+        "/api/delete": {"delete": op(
+            "Ollama delete, on every node listing the model; 409 while it is resident, loading, pinned or has "
+            "jobs queued", {"200": reply("Deleted")}, tags=ollama,
+            request=body(obj({"model": PULL_NAME}, ("model",))), codes=(400, 404, 409, 413, 502, 503, 504))},
         "/metrics": {"get": op("Prometheus metrics", {"200": reply("Text exposition format", STR, "text/plain")},
                                tags=ops)},
         "/openapi.json": {"get": op("This document", {"200": reply("OpenAPI 3", ANY_OBJ)}, tags=ops)},

@@ -23,11 +23,11 @@ MAX_NAME_CHARS = 256
 def model_field(body: dict[str, Any]) -> str:
     """The model named by an Ollama pull or delete body (``model``, or the older ``name``)."""
     model = body.get("model") or body.get("name")
-    if not isinstance(model, str) or not model.strip():
+    if not isinstance(model, str) or not model:
         raise ApiError(400, "model", "model is required")
-    if len(model) > MAX_NAME_CHARS or any(c.isspace() or not c.isprintable() for c in model):
-        raise ApiError(400, "model", f"invalid model name {model!r:.80}")
-    return model.strip()
+    if len(model) > MAX_NAME_CHARS:
+        raise ApiError(400, "model", f"is over {MAX_NAME_CHARS} characters")
+    return model
 
 
 async def in_thread(make: Callable[[], Iterator[Any]], executor: Any) -> AsyncIterator[Any]:
@@ -72,7 +72,10 @@ class ModelOpHandler(BaseHandler):
     async def progress(self, op: str, model: str) -> AsyncIterator[dict[str, Any]]:
         """The operation's progress lines, with its failure as an :class:`ApiError`."""
         r, wait_s = self.gw.r, self.gw.settings.gateway_wait_s
-        op_id = await self.run(model_ops.request, r, op, model)
+        try:
+            op_id = await self.run(model_ops.request, r, op, model)
+        except model_ops.ModelOpError as exc:
+            raise ApiError(exc.status, "model", exc.message) from None
         self.set_header("X-MM-Op-Id", op_id)
         lines = in_thread(lambda: model_ops.follow(r, op_id, wait_s, lambda: self.client_gone),
                           self.gw.stream_executor)
@@ -93,9 +96,10 @@ class PullHandler(ModelOpHandler):
     async def post(self) -> None:
         body = self.json_body()
         model = model_field(body)
+        for flag in ("stream", "insecure"):
+            if body.get(flag) is not None and not isinstance(body[flag], bool):
+                raise ApiError(400, flag, f"must be true or false, not {body[flag]!r:.40}")
         stream = body.get("stream", True)
-        if stream is not None and not isinstance(stream, bool):
-            raise ApiError(400, "stream", f"must be true or false, not {stream!r:.40}")
         last: dict[str, Any] = {}
         async for line in self.progress("pull", model):
             if self.client_gone:

@@ -497,6 +497,11 @@ allow_header_conformance.enabled = true
 include-path = "/stats/{name}/{version}"
 # start <= end relates two parameters, which OpenAPI 3.0 cannot state: start > end is a 400.
 checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/api/pull"
+# No leader runs on the empty database schemathesis gets: every pull is the documented 503.
+checks.not_a_server_error.enabled = false
 """
 
 

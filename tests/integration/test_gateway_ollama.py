@@ -15,7 +15,7 @@ import ollama
 import pytest
 import redis
 
-from mm import client, keys, registry
+from mm import client, keys, model_ops, registry
 from tests.gateway_proc import ollama_stack, start_gateway
 from tests.procs import wait_for
 from tests.stack import REPO
@@ -164,3 +164,17 @@ def test_a_delete_is_refused_while_jobs_are_queued(gw):
     r = redis.Redis.from_url(gw.stack.env["MM_REDIS_URL"])
     assert r.hexists(keys.MODELS, "sim-slow:1b")
     wait_for(lambda: not r.hlen(keys.MODEL_OP_REQUESTS), 10, what="the leader to clear handled requests")
+
+
+def test_without_a_leader_a_pull_is_refused_at_once_and_nothing_is_filed(redis_server):
+    empty = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
+    empty.flushdb()
+
+    with pytest.raises(model_ops.ModelOpError) as no_leader:
+        model_ops.request(empty, "pull", "sim-new:1b")
+    with pytest.raises(model_ops.ModelOpError) as unknown:
+        model_ops.request(empty, "delete", "sim-new:1b")
+
+    assert no_leader.value.status == 503 and "no leader" in no_leader.value.message
+    assert unknown.value.status == 404
+    assert not empty.exists(keys.MODEL_OP_REQUESTS)
