@@ -139,27 +139,38 @@ class MMCollector:
         now = metrics.now(r)
         self.totals.advance(r)
         models = sorted(registry.names(r))
-        entries = registry.all_models(r)
+        queues = status.queues(r, models, now)
+        node_list, extra = status.nodes(r, now)
+        yield from self._queue_families(models, queues, now)
+        yield from self._job_families(queues, node_list)
+        yield from self._total_families()
+        yield from self._node_families(node_list, extra)
+        yield from self._model_families()
+        yield from self._alert_families()
+        yield from self._leader_families()
 
+    def _queue_families(self, models: list[str], queues: dict[str, dict[str, Any]], now: float) -> Iterator[Metric]:
         depth = GaugeMetricFamily("mm_queue_depth", "Jobs waiting per model and priority", labels=["model", "priority"])
         oldest = GaugeMetricFamily("mm_queue_oldest_wait_seconds", "Wait of the oldest queued job per model and priority",
                                    labels=["model", "priority"])
-        queues = status.queues(r, models, now)
         for model, row in queues.items():
             for priority in keys.PRIORITIES:
                 depth.add_metric([model, priority], row[priority])
-        for model, demand in read_demand(r, models, now).items():
+        for model, demand in read_demand(self.r, models, now).items():
             for priority, wait in demand.oldest_wait_s.items():
                 oldest.add_metric([model, priority], wait)
         yield depth
         yield oldest
 
-        node_list, extra = status.nodes(r, now)
+    @staticmethod
+    def _job_families(queues: dict[str, dict[str, Any]], node_list: list[dict[str, Any]]) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("mm_jobs", "Jobs queued or running now", labels=["state"])
         jobs.add_metric(["queued"], sum(row["total"] for row in queues.values()))
         jobs.add_metric(["running"], sum(w["running"] for n in node_list for w in n["workers"]))
         yield jobs
 
+    def _total_families(self) -> Iterator[Metric]:
+        """The cumulative counters and histograms, read under the totals' lock."""
         t = self.totals
         with t.lock:
             finished = CounterMetricFamily("mm_jobs_finished", "Jobs finished, by model and status (ok, error)",
@@ -189,6 +200,8 @@ class MMCollector:
                         fam.add_metric([model, node], n)
                 yield fam
 
+    @staticmethod
+    def _node_families(node_list: list[dict[str, Any]], extra: dict[str, Any]) -> Iterator[Metric]:
         mem = GaugeMetricFamily("mm_node_memory_bytes", "Model memory per node", labels=["node", "type"])
         gpu = GaugeMetricFamily("mm_gpu_memory_bytes", "Memory per GPU (NVML)", labels=["node", "gpu", "name", "type"])
         node_up = GaugeMetricFamily("mm_node_runtime_up", "1 if the node's runtime answers", labels=["node"])
@@ -215,32 +228,34 @@ class MMCollector:
             slots.add_metric([node, "busy"], sum(w["running"] for w in ws))
             slots.add_metric([node, "total"], sum(w["slots"] for w in ws))
         yield from (mem, gpu, node_up, resident, in_flight, bound, workers, slots)
-
         lost = GaugeMetricFamily("mm_workers_lost", "Registered workers whose heartbeat expired")
         lost.add_metric([], len(extra["gone_workers"]))
         yield lost
 
+    def _model_families(self) -> Iterator[Metric]:
         reg = GaugeMetricFamily("mm_model_info", "Registered models (value 1), with pinned and size",
                                 labels=["model", "pinned"])
         size = GaugeMetricFamily("mm_model_size_bytes", "Expected resident size of each registered model",
                                  labels=["model"])
-        for name, entry in sorted(entries.items()):
+        for name, entry in sorted(registry.all_models(self.r).items()):
             reg.add_metric([name, str(entry.pinned or name in self.settings.pinned).lower()], 1)
             size.add_metric([name], entry.size)
         yield reg
         yield size
 
+    def _alert_families(self) -> Iterator[Metric]:
         firing = GaugeMetricFamily("mm_alerts_firing", "Alerts firing now (value: the metric's value)",
                                    labels=["rule", "subject"])
-        for a in alerts.firing(r):
+        for a in alerts.firing(self.r):
             subject = ",".join(f"{k}={v}" for k, v in sorted(a.get("subject", {}).items()))
             firing.add_metric([a.get("rule", ""), subject], float(a.get("value") or 0.0))
         yield firing
         pending = GaugeMetricFamily("mm_alerts_pending", "Alert conditions holding but not yet firing")
-        pending.add_metric([], len(alerts.pending(r)))
+        pending.add_metric([], len(alerts.pending(self.r)))
         yield pending
 
-        lead = status.leader(r)
+    def _leader_families(self) -> Iterator[Metric]:
+        lead = status.leader(self.r)
         leader = GaugeMetricFamily("mm_leader", "1 while a broker holds the leader lease", labels=["owner"])
         if lead["owner"]:
             leader.add_metric([lead["owner"]], 1)
