@@ -30,6 +30,8 @@ class Settings:
     max_prompt_chars: int = _opt(100_000, "Longest prompt (or sum of chat message contents) accepted.")
     max_images: int = _opt(8, "Most images one job may carry.")
     max_image_bytes: int = _opt(20 * 1024 * 1024, "Largest decoded image accepted, in bytes.")
+    max_num_predict: int = _opt(4096, "Largest options.num_predict accepted (a model's max_num_predict in the "
+                                      "registry overrides it; 0: no ceiling).")
 
     size_multiplier: float = _opt(1.3, "Estimated resident size = tag size x this, until a load teaches the real size.")
     safety_margin: int = _opt(512 * 1024 * 1024, "Bytes kept free on every node/GPU when placing models.")
@@ -46,8 +48,9 @@ class Settings:
                                        "requeued (its worker died or lost the broker connection before starting it, "
                                        "or while holding it). Workers start what they take within milliseconds.")
     max_deliveries: int = _opt(3, "A job delivered this many times without finishing is dead-lettered.")
-    runtime_retries: int = _opt(3, "Retries of a transient runtime error (connection, 5xx) per job.")
-    runtime_timeout_s: float = _opt(600.0, "HTTP timeout of one runtime call.")
+    runtime_retries: int = _opt(3, "Retries of a transient runtime error (connection, 429, 502, 503, 504) per job.")
+    runtime_timeout_s: float = _opt(600.0, "HTTP timeout of one runtime call; a call that times out fails its job "
+                                           "(it is not retried).")
 
     lease_ttl_ms: int = _opt(3000, "Leader lease TTL; renewed every third of it.")
     tick_s: float = _opt(0.25, "Leader reconcile interval (it also wakes at once when jobs arrive).")
