@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from typing import Any
 
+from mm.runtime.catalog import ModelSpec
 from mm.runtime.durations import ns, rfc3339
-from mm.runtime.engines.base import Stats
+from mm.runtime.engines.base import Engine, Stats, Thinking
 from mm.runtime.errors import BadRequest
 from mm.runtime.handlers import BaseHandler, api_call
 from mm.runtime.requests import InferenceRequest, parse_chat, parse_embed, parse_generate
@@ -35,12 +37,16 @@ class InferenceHandler(BaseHandler):
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
-    def _frame(self, model: str, text: str, done: bool) -> dict[str, Any]:
+    def _frame(self, model: str, text: str, done: bool, thinking: str = "") -> dict[str, Any]:
         frame: dict[str, Any] = {"model": model, "created_at": rfc3339()}
         if self.chat:
             frame["message"] = {"role": "assistant", "content": text}
+            if thinking:
+                frame["message"]["thinking"] = thinking
         else:
             frame["response"] = text
+            if thinking:
+                frame["thinking"] = thinking
         frame["done"] = done
         return frame
 
@@ -50,8 +56,7 @@ class InferenceHandler(BaseHandler):
         req = self.parse(self.request.body)
         spec = self.state.spec(req.model)
         self.log_detail = f" model={spec.name}"
-        if spec.kind == "embed":
-            raise BadRequest(f'"{req.model}" does not support {"chat" if self.chat else "generate"}')
+        check_capabilities(spec, req, self.state.scheduler.engines[spec.engine], self.chat)
         scheduler = self.state.scheduler
         num_ctx = req.job.options.num_ctx or spec.num_ctx
         if req.nothing_to_do:
@@ -76,24 +81,44 @@ class InferenceHandler(BaseHandler):
 
     async def _generate(self, req: InferenceRequest, runner: Runner, started: float, loaded_at: float) -> None:
         pieces: list[str] = []
+        thoughts: list[str] = []
+        logprobs: list[dict[str, Any]] = []
         stats: Stats | None = None
-        generation = runner.engine.generate(runner.loaded, req.job)
+        job, engine = req.job, runner.engine
+        generation = engine.generate(runner.loaded, job)
         async with contextlib.aclosing(generation):
             async for item in generation:
                 if isinstance(item, Stats):
                     stats = item
                     break
+                thinking = isinstance(item, Thinking)
                 if req.stream:
                     if not self.streaming:
                         self.streaming = True
                         self.set_header("Content-Type", "application/x-ndjson")
                     for piece in item:  # one line per token, one flush per wake-up
-                        self.write(_dumps(self._frame(req.model, piece, False)))
+                        frame = self._frame(req.model, "" if thinking else piece, False, piece if thinking else "")
+                        if job.logprobs and not thinking:
+                            frame["logprobs"] = engine.logprobs([piece], job.top_logprobs)
+                        self.write(_dumps(frame))
                     await self.flush()
                 else:
-                    pieces.extend(item)
+                    (thoughts if thinking else pieces).extend(item)
+                    if job.logprobs and not thinking:
+                        logprobs.extend(engine.logprobs(item, job.top_logprobs))
         assert stats is not None, "engine ended without stats"
-        final = self._frame(req.model, "".join(pieces), True)
+        if stats.tool_calls:
+            calls = self._frame(req.model, "", False)
+            calls["message"]["tool_calls"] = stats.tool_calls
+            if req.stream:
+                await self.send_line(calls)
+        final = self._frame(req.model, "".join(pieces), True, "".join(thoughts))
+        if stats.tool_calls and not req.stream:
+            final["message"]["tool_calls"] = stats.tool_calls
+        if logprobs:
+            final["logprobs"] = logprobs
+        if stats.context is not None and not self.chat:
+            final["context"] = stats.context
         final.update(
             done_reason=stats.done_reason,
             total_duration=ns(time.monotonic() - started),
@@ -146,6 +171,8 @@ class EmbedHandler(BaseHandler):
                 async with runner.slots.hold():
                     result = await runner.engine.embed(runner.loaded, req.inputs, req.options, req.truncate)
                 vectors, count = result.vectors, result.prompt_eval_count
+                if 0 < req.dimensions < len(vectors[0]):
+                    vectors = [_normalise(v[:req.dimensions]) for v in vectors]
             else:
                 vectors, count = [], 0
         finally:
@@ -161,6 +188,31 @@ class LegacyEmbeddingsHandler(EmbedHandler):
     """POST /api/embeddings: one ``prompt`` -> ``{"embedding": [...]}``."""
 
     legacy = True
+
+
+def check_capabilities(spec: ModelSpec, req: InferenceRequest, engine: Engine, chat: bool) -> None:
+    """Refuse what the model or engine cannot do, with Ollama's errors (400), before any load.
+
+    Raises:
+        BadRequest: e.g. ``"sim-b:3b does not support tools"``, ``"\"x\" does not support generate"``.
+    """
+    job = req.job
+    capabilities = spec.all_capabilities()
+    if job.suffix and "insert" not in capabilities:
+        raise BadRequest(f"{spec.name} does not support insert")
+    if job.thinking and "thinking" not in capabilities:
+        raise BadRequest(f'"{req.model}" does not support thinking')
+    if "completion" not in capabilities:
+        raise BadRequest(f'"{req.model}" does not support {"chat" if chat else "generate"}')
+    if job.tools and "tools" not in capabilities:
+        raise BadRequest(f"{spec.name} does not support tools")
+    if job.logprobs and not hasattr(engine, "logprobs"):
+        raise BadRequest(f"{spec.name} does not support logprobs (the {spec.engine} engine computes none)")
+
+
+def _normalise(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
 
 
 def _dumps(obj: dict[str, Any]) -> str:

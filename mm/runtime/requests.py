@@ -107,6 +107,46 @@ class _Fields:
                 raise BadRequest("illegal base64 data in images") from None
         return images
 
+    def int(self, key: str) -> int:
+        value = self.data.get(key)
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, value, "int")
+        return value
+
+    def ints(self, key: str) -> list[int]:
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise self._fail(key, value, "[]int")
+        return value
+
+    def objects(self, key: str, want: str) -> list[dict[str, Any]]:
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self._fail(key, value, want)
+        return value
+
+    def think(self) -> bool | str | None:
+        """Ollama's ``think``: a bool or a level (``low``, ``medium``, ``high``, ``max``)."""
+        value = self.data.get("think")
+        if value is None or isinstance(value, bool):
+            return value
+        if value in ("low", "medium", "high", "max"):
+            return value
+        raise BadRequest(f"invalid think value: {json.dumps(value)} (must be \"high\", \"medium\", \"low\", "
+                         "\"max\", true, or false)")
+
+    def top_logprobs(self) -> int:
+        value = self.int("top_logprobs")
+        if not 0 <= value <= 20:
+            raise BadRequest("top_logprobs must be between 0 and 20")
+        return value
+
     def format(self) -> Any:
         value = self.data.get("format")
         if value in (None, ""):
@@ -161,11 +201,13 @@ def parse_generate(body: bytes) -> InferenceRequest:
     """Validate an /api/generate body."""
     f = _Fields(decode(body, "GenerateRequest"), "GenerateRequest")
     model, keep_alive = f.model(), f.keep_alive()
-    if f.data.get("context") is not None and not isinstance(f.data["context"], list):
-        raise f._fail("context", f.data["context"], "[]int")
     job = GenerationJob(prompt=f.str("prompt"), system=f.str("system"), options=parse_options(f.object("options")),
-                        format=f.format(), images=f.images(), raw=bool(f.bool("raw", False)))
-    f.str("suffix"), f.str("template")  # type-checked, then unused
+                        format=f.format(), images=f.images(), raw=bool(f.bool("raw", False)), suffix=f.str("suffix"),
+                        template=f.str("template"), context=f.ints("context"), think=f.think(),
+                        logprobs=bool(f.bool("logprobs", False)), top_logprobs=f.top_logprobs(),
+                        truncate=bool(f.bool("truncate", True)))
+    if job.raw and (job.template or job.system or job.context):
+        raise BadRequest("raw mode does not support template, system, or context")
     return InferenceRequest(model, job, bool(f.bool("stream", True)), keep_alive, nothing_to_do=not job.prompt)
 
 
@@ -181,10 +223,17 @@ def parse_chat(body: bytes) -> InferenceRequest:
         if not isinstance(item, dict):
             raise f._fail("messages", item, "api.Message")
         m = _Fields(item, "Message")
-        messages.append(Message(role=m.str("role") or "user", content=m.str("content"), images=m.images()))
-    if f.data.get("tools") is not None and not isinstance(f.data["tools"], list):
-        raise f._fail("tools", f.data["tools"], "api.Tools")
-    job = GenerationJob(messages=messages, options=parse_options(f.object("options")), format=f.format())
+        calls = m.objects("tool_calls", "[]api.ToolCall")
+        for call in calls:
+            if not isinstance(call.get("function"), dict) or not isinstance(call["function"].get("arguments", {}),
+                                                                             dict):
+                raise m._fail("tool_calls", call.get("function"), "api.ToolCallFunction")
+        messages.append(Message(role=(m.str("role") or "user").lower(), content=m.str("content"), images=m.images(),
+                                tool_calls=calls, tool_name=m.str("tool_name"), thinking=m.str("thinking")))
+    tools = f.objects("tools", "api.Tools")
+    job = GenerationJob(messages=messages, options=parse_options(f.object("options")), format=f.format(),
+                        tools=tools, think=f.think(), logprobs=bool(f.bool("logprobs", False)),
+                        top_logprobs=f.top_logprobs(), truncate=bool(f.bool("truncate", True)))
     return InferenceRequest(model, job, bool(f.bool("stream", True)), keep_alive, nothing_to_do=not messages)
 
 
@@ -197,6 +246,7 @@ class EmbedRequest:
     keep_alive: float
     options: Options = field(default_factory=Options)
     truncate: bool = True
+    dimensions: int = 0  # cut each vector to this many dimensions (then renormalised); 0: all
 
 
 def parse_embed(body: bytes, legacy: bool = False) -> EmbedRequest:
@@ -217,7 +267,7 @@ def parse_embed(body: bytes, legacy: bool = False) -> EmbedRequest:
         else:
             raise BadRequest("invalid input type")
     return EmbedRequest(model, inputs, keep_alive, parse_options(f.object("options")),
-                        truncate=bool(f.bool("truncate", True)))
+                        truncate=bool(f.bool("truncate", True)), dimensions=0 if legacy else f.int("dimensions"))
 
 
 def parse_named(body: bytes, struct: str) -> tuple[str, bool]:

@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator
 from mm.runtime.catalog import ModelSpec
 
 
+CONTEXT_EXCEEDED = "the input length exceeds the context length"  # Ollama's 400 for truncate: false
+
+
 @dataclass
 class Options:
     """The generation options the runtime understands (Ollama's ``options`` object)."""
@@ -31,11 +34,14 @@ class Message:
     role: str
     content: str
     images: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_name: str = ""
+    thinking: str = ""
 
 
 @dataclass
 class GenerationJob:
-    """One generate or chat call, engine-neutral."""
+    """One generate or chat call, engine-neutral (Ollama's request fields)."""
 
     prompt: str = ""
     system: str = ""
@@ -44,10 +50,27 @@ class GenerationJob:
     format: Any = None  # "json" or a JSON schema
     images: list[str] = field(default_factory=list)
     raw: bool = False
+    suffix: str = ""
+    template: str = ""
+    context: list[int] = field(default_factory=list)  # a previous generate's context, to continue it
+    think: bool | str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool = True  # keep the end of a prompt over num_ctx; False: refuse it
 
     @property
     def is_chat(self) -> bool:
         return self.messages is not None
+
+    @property
+    def thinking(self) -> bool:
+        """Whether the request asks the model to think (true, or a level)."""
+        return bool(self.think)
+
+
+class Thinking(list):
+    """Pieces of a thinking model's reasoning, which an engine yields before its answer."""
 
 
 @dataclass
@@ -59,6 +82,8 @@ class Stats:
     eval_count: int
     eval_duration: float
     done_reason: str  # "stop" or "length"
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # Ollama's shape: [{"function": {...}}]
+    context: list[int] | None = None  # generate's token context, for a next request to continue from
 
 
 @dataclass
@@ -79,7 +104,9 @@ class Engine(Protocol):
     """A way to serve models: load, generate, embed, unload, pull.
 
     ``generate`` yields lists of text pieces (one per token; a list lets a slow consumer take
-    several tokens in one wake-up) and finally a :class:`Stats`.
+    several tokens in one wake-up), :class:`Thinking` lists for a thinking model's reasoning, and
+    finally a :class:`Stats`. A prompt over the context is cut to its end, or refused with
+    :data:`CONTEXT_EXCEEDED` when the job says ``truncate: false``, before anything is yielded.
     """
 
     name: str

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 
-from mm.runtime.engines.base import GenerationJob
+from mm.runtime.engines.base import GenerationJob, Message
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+_TEMPLATE_FIELD = re.compile(r"\{\{-?\s*\.(Prompt|System|Suffix)\s*-?\}\}")
 
 
 def count_tokens(text: str) -> int:
@@ -14,15 +18,35 @@ def count_tokens(text: str) -> int:
     return max(1, len(_TOKEN.findall(text)))
 
 
+def tokens(text: str) -> list[str]:
+    """The sim's tokens of ``text`` (what :func:`count_tokens` counts)."""
+    return _TOKEN.findall(text)
+
+
+def _message(m: Message) -> str:
+    text = f"<|{m.role}|>{m.content}"
+    if m.tool_calls:
+        text += json.dumps([c.get("function") for c in m.tool_calls])
+    return text
+
+
 def render_prompt(job: GenerationJob) -> str:
-    """The whole prompt a model would see, in a neutral chat template."""
+    """The whole prompt a model would see, in a neutral chat template (or the request's ``template``,
+    whose ``{{ .Prompt }}``, ``{{ .System }}`` and ``{{ .Suffix }}`` are filled in)."""
     if job.is_chat:
-        parts = [f"<|{m.role}|>{m.content}" for m in job.messages or []]
+        parts = [_message(m) for m in job.messages or []]
         if job.system:
             parts.insert(0, f"<|system|>{job.system}")
+        if job.tools:
+            parts.insert(0, f"<|tools|>{json.dumps(job.tools)}")
         return "\n".join(parts) + "\n<|assistant|>"
     if job.raw:
         return job.prompt
+    if job.template:
+        values = {"Prompt": job.prompt, "System": job.system, "Suffix": job.suffix}
+        return _TEMPLATE_FIELD.sub(lambda m: values[m.group(1)], job.template)
+    if job.suffix:
+        return f"<|fim_prefix|>{job.prompt}<|fim_suffix|>{job.suffix}<|fim_middle|>"
     head = f"<|system|>{job.system}\n" if job.system else ""
     return f"{head}<|user|>{job.prompt}\n<|assistant|>"
 
