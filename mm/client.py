@@ -18,7 +18,7 @@ from mm import keys, registry, store, streams
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed, JobLost
 from mm.settings import get as get_settings
-from mm.validation import JobRequest, validate
+from mm.validation import JobRequest, ModelFacts, validate
 
 STATUSES = ("pending", "queued", "running", "complete", "failed")
 KNOWN_MODELS_TTL_S = 5.0  # a removed model is refused at most this long after it left every runtime
@@ -28,9 +28,10 @@ LOST_CHECK_S = 1.0  # how often a waiting client checks that its job still exist
 class Job:
     """A handle on one submitted job."""
 
-    def __init__(self, job_id: str, result: AsyncResult | None = None):
+    def __init__(self, job_id: str, result: AsyncResult | None = None, warnings: tuple[str, ...] = ()):
         self.id = job_id
         self._result = result
+        self.warnings = warnings  # what validation accepted but the job will not do as asked
 
     def _celery_result(self) -> AsyncResult:
         # send_task's result is subscribed already: use it once. A fresh one afterwards, since a
@@ -70,7 +71,8 @@ class Job:
         """Wait for the job and return its output with timings.
 
         Raises:
-            JobFailed: the job ended FAILED (the message is the reason).
+            JobFailed: the job ended FAILED (the message is the reason; ``.status`` the runtime's
+                HTTP status when the runtime refused it).
             JobLost: its record vanished from Redis (e.g. Redis restarted without persistence).
             TimeoutError: it has not ended within ``timeout`` seconds.
         """
@@ -90,8 +92,13 @@ class Job:
             self._check_not_lost(result)
         if result.successful():
             return value
-        reason = self.record().get("error") or f"{type(value).__name__}: {value}"
-        raise JobFailed(reason)
+        raise self._failure(f"{type(value).__name__}: {value}")
+
+    def _failure(self, default: str) -> JobFailed:
+        """The job's failure: its reason and the runtime's HTTP status, from its record."""
+        record = self.record()
+        status = record.get("error_status")
+        return JobFailed(record.get("error") or default, status=int(status) if status else None)
 
     def stream(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield the job's chunks as the worker produces them (submit with ``stream=True``).
@@ -110,7 +117,7 @@ class Job:
             for after, entry in streams.read(r, self.id, after, block_ms):
                 got = True
                 if "error" in entry:
-                    raise JobFailed(entry["error"])
+                    raise self._failure(entry["error"])
                 yield entry["chunk"]
                 if entry["chunk"].get("done"):
                     return
@@ -119,7 +126,7 @@ class Job:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} did not end within {timeout}s (status {self.status()})")
             if result.state == "FAILURE" or self.status() == "failed":
-                raise JobFailed(self.record().get("error") or "failed")
+                raise self._failure("failed")
             if result.state == "SUCCESS":
                 return  # it ended without streaming (submitted with stream=False)
             self._check_not_lost(result)
@@ -135,6 +142,7 @@ class Job:
 
 
 _known: tuple[float, frozenset[str]] = (0.0, frozenset())
+_facts: dict[str, tuple[float, ModelFacts | None]] = {}
 
 
 def _known_models(model: str) -> frozenset[str]:
@@ -146,6 +154,20 @@ def _known_models(model: str) -> frozenset[str]:
     if model not in names or time.monotonic() - fetched_at > KNOWN_MODELS_TTL_S:
         _known = (time.monotonic(), registry.names(store.connect()))
     return _known[1]
+
+
+def _model_facts(model: Any) -> ModelFacts | None:
+    """What the registry knows of ``model`` (context, capabilities, ceiling), cached for KNOWN_MODELS_TTL_S."""
+    if not isinstance(model, str):
+        return None
+    fetched_at, facts = _facts.get(model, (0.0, None))
+    if time.monotonic() - fetched_at > KNOWN_MODELS_TTL_S:
+        entry = registry.get(store.connect(), model)
+        facts = entry.facts() if entry else None
+        if len(_facts) > 4096:  # a client naming ever new models must not grow this forever
+            _facts.clear()
+        _facts[model] = (time.monotonic(), facts)
+    return facts
 
 
 def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
@@ -180,7 +202,7 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     pipe.expire(keys.job(job_id), expires_s)
     pipe.lpush(keys.WAKE, 1)
     pipe.execute()
-    return Job(job_id, result)
+    return Job(job_id, result, request.warnings)
 
 
 def submit(
@@ -196,6 +218,16 @@ def submit(
     format: str | dict[str, Any] | None = None,
     system: str | None = None,
     stream: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+    think: bool | str | None = None,
+    raw: bool | None = None,
+    template: str | None = None,
+    suffix: str | None = None,
+    context: list[int] | None = None,
+    logprobs: bool | None = None,
+    top_logprobs: int | None = None,
+    dimensions: int | None = None,
+    truncate: bool | None = None,
 ) -> Job:
     """Validate a job and enqueue it on ``mm.model.<model>``; return its :class:`Job` handle.
 
@@ -209,6 +241,10 @@ def submit(
         images: base64-encoded images for vision models.
         metadata: any JSON object, kept with the job.
         stream: publish tokens as they come; read them with :meth:`Job.stream`.
+        tools, think, raw, template, suffix, context, logprobs, top_logprobs, dimensions, truncate:
+            passed to the runtime as Ollama's API defines them (tools for chat; raw, template,
+            suffix and context for generate; dimensions for embed). ``truncate=False`` refuses a
+            prompt longer than the model's context instead of keeping its end.
 
     Raises:
         ValidationError: nothing was enqueued; ``.field`` names the bad input.
@@ -216,7 +252,9 @@ def submit(
     request = validate(
         model, known_models=_known_models(model), settings=get_settings(), prompt=prompt,
         messages=messages, kind=kind, priority=priority, options=options, images=images,
-        metadata=metadata, format=format, system=system, stream=stream,
+        metadata=metadata, format=format, system=system, stream=stream, facts=_model_facts(model),
+        tools=tools, think=think, raw=raw, template=template, suffix=suffix, context=context,
+        logprobs=logprobs, top_logprobs=top_logprobs, dimensions=dimensions, truncate=truncate,
     )
     return _enqueue(request)
 

@@ -21,7 +21,15 @@ class UnknownModel(ValidationError):
 
 
 class JobFailed(MMError):
-    """A job ended FAILED; the message is the reason."""
+    """A job ended FAILED; the message is the reason.
+
+    ``status`` is the HTTP status the runtime answered with (400 for a request it refused), or
+    None when the failure was not the runtime's answer (connection errors, a lost worker).
+    """
+
+    def __init__(self, message: str = "", status: int | None = None):
+        super().__init__(message)  # one argument, so Celery can rebuild it from its stored result
+        self.status = status
 
 
 class JobLost(JobFailed):

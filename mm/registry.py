@@ -2,7 +2,9 @@
 
 Models are synced from each node's runtime ``/api/tags`` (a model pulled into a runtime becomes
 schedulable with no other step). Each entry keeps a size estimate (tag size x multiplier), the
-real size learned from ``/api/ps`` after a load, fixed load options, max parallel and pinned.
+real size learned from ``/api/ps`` after a load, fixed load options, max parallel and pinned, and
+what the runtime's ``/api/show`` says of the model (capabilities, context length), which
+validation uses to refuse a job the model cannot run before it is enqueued.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import redis
 
 from mm import keys
 from mm.settings import Settings
+from mm.validation import ModelFacts
 
 
 @dataclass
@@ -31,6 +34,9 @@ class ModelEntry:
     pinned: bool = False
     nodes: list[str] = field(default_factory=list)
     synced_at: float = 0.0
+    capabilities: list[str] | None = None  # from /api/show; None: not known yet
+    context_length: int = 0  # the model's own context, from /api/show; 0: not known
+    max_num_predict: int = 0  # this model's num_predict ceiling; 0: MM_MAX_NUM_PREDICT
 
     @property
     def size(self) -> int:
@@ -42,10 +48,19 @@ class ModelEntry:
         """Options fixed per model so clients cannot force a reload."""
         return {"num_ctx": self.num_ctx}
 
+    def facts(self) -> ModelFacts:
+        """What validation checks a job for this model against."""
+        return ModelFacts(num_ctx=self.num_ctx, context_length=self.context_length,
+                          capabilities=None if self.capabilities is None else frozenset(self.capabilities),
+                          max_num_predict=self.max_num_predict)
+
+
+_FIELDS = frozenset(ModelEntry.__dataclass_fields__)
+
 
 def decode(raw: bytes | str) -> ModelEntry:
-    """A registry entry from its stored JSON."""
-    return ModelEntry(**json.loads(raw))
+    """A registry entry from its stored JSON (fields a newer mm wrote are ignored)."""
+    return ModelEntry(**{k: v for k, v in json.loads(raw).items() if k in _FIELDS})
 
 
 def all_models(r: redis.Redis) -> dict[str, ModelEntry]:
@@ -94,6 +109,10 @@ def sync_node(r: redis.Redis, node: str, tags: Iterable[dict[str, Any]], setting
             entry.size_estimate = int(size * settings.size_multiplier)
             entry.digest = tag.get("digest", "")
             entry.details = tag.get("details") or {}
+            if tag.get("capabilities") is not None:  # the node learned them from /api/show
+                entry.capabilities = sorted(tag["capabilities"])
+            if tag.get("context_length"):
+                entry.context_length = int(tag["context_length"])
             entry.pinned = entry.pinned or name in settings.pinned
             entry.nodes = sorted(set(entry.nodes) | {node})
             entry.synced_at = now
@@ -142,9 +161,9 @@ def learn_size(r: redis.Redis, name: str, size: int) -> None:
 
 
 def set_flags(r: redis.Redis, name: str, **flags: Any) -> ModelEntry:
-    """Set pinned, max_parallel or num_ctx on a registered model."""
+    """Set pinned, max_parallel, num_ctx or max_num_predict on a registered model."""
     for flag in flags:
-        if flag not in ("pinned", "max_parallel", "num_ctx"):
+        if flag not in ("pinned", "max_parallel", "num_ctx", "max_num_predict"):
             raise ValueError(f"{flag} cannot be set")
 
     def change(entry: ModelEntry) -> bool:

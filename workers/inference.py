@@ -20,53 +20,100 @@ RUNTIME_FIELDS = ("model", "created_at", "done", "done_reason", "total_duration"
                   "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration")
 
 
+# Failures worth another attempt: the runtime was unreachable or said it is busy or overloaded.
+TRANSIENT_STATUS = (429, 502, 503, 504)
+# Request fields passed to the runtime as Ollama's API defines them, per kind.
+FIELDS = {
+    "generate": ("prompt", "images", "system", "format", "suffix", "template", "raw", "context", "think",
+                 "logprobs", "top_logprobs", "truncate"),
+    "chat": ("messages", "tools", "format", "think", "logprobs", "top_logprobs", "truncate"),
+    "embed": ("dimensions", "truncate"),
+}
+ENDPOINTS = {"generate": ("/api/generate", ollama.GenerateResponse), "chat": ("/api/chat", ollama.ChatResponse),
+             "embed": ("/api/embed", ollama.EmbedResponse)}
+
+
 def is_transient(exc: Exception) -> bool:
-    """Connection trouble and 5xx answers (other than out-of-memory) are worth retrying."""
+    """Connection errors and 429/502/503/504 answers are worth retrying; nothing else is.
+
+    A 4xx is the runtime refusing this request and a 500 its failing on it: another attempt
+    gets the same answer. A call that timed out is not retried either: the runtime may still be
+    working on it, and a fresh attempt would start the whole job again.
+    """
     if isinstance(exc, ollama.ResponseError):
-        return exc.status_code in (429, 502, 503, 504) or (
-            exc.status_code >= 500 and "memory" not in str(exc.error).lower()
-        )
-    return isinstance(exc, (ConnectionError, httpx.TransportError, TimeoutError))
+        return exc.status_code in TRANSIENT_STATUS
+    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return True  # never reached the runtime
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        return False
+    return isinstance(exc, (ConnectionError, httpx.TransportError))
+
+
+def failure(exc: Exception, timeout_s: float) -> JobFailed:
+    """The :class:`JobFailed` a runtime error ends the job with, carrying the runtime's status."""
+    if isinstance(exc, ollama.ResponseError):
+        return JobFailed(f"runtime error: {exc.error}", status=exc.status_code if exc.status_code > 0 else None)
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)) and not is_transient(exc):
+        return JobFailed(f"runtime error: the call timed out after {timeout_s:g}s (MM_RUNTIME_TIMEOUT_S); "
+                         "not retried, as the runtime may still be running it", status=504)
+    return JobFailed(f"runtime error: {exc}")
 
 
 Publish = Callable[[dict[str, Any]], None]
 
 
+def request_body(request: dict[str, Any], load_options: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """The runtime request in Ollama's wire shape; keep_alive -1 so that only mm unloads."""
+    kind = request["kind"]
+    body: dict[str, Any] = {"model": request["model"], "keep_alive": -1, "stream": stream,
+                            "options": {**request.get("options", {}), **load_options}}
+    if kind == "embed":
+        body["input"] = request["prompt"]
+    for name in FIELDS[kind]:
+        if request.get(name) not in (None, [], ""):
+            body[name] = request[name]
+    return body
+
+
 def call_runtime(client: ollama.Client, request: dict[str, Any], load_options: dict[str, Any],
                  publish: Publish | None = None) -> dict[str, Any]:
-    """One Ollama call for ``request``; keep_alive -1 so that only mm unloads.
+    """One Ollama call for ``request``.
 
     With ``publish``, generate and chat stream: each chunk is published as it comes and the
     final object is returned with the whole text.
     """
-    options = {**request.get("options", {}), **load_options}
-    common = {"model": request["model"], "keep_alive": -1, "options": options}
     kind = request["kind"]
     stream = publish is not None and kind != "embed"
-    if kind == "generate":
-        response = client.generate(
-            prompt=request["prompt"], images=request.get("images") or None, system=request.get("system"),
-            format=request.get("format"), stream=stream, **common,
-        )
-    elif kind == "chat":
-        response = client.chat(messages=request["messages"], format=request.get("format"), stream=stream, **common)
-    else:
-        response = client.embed(input=request["prompt"], **common)
+    path, shape = ENDPOINTS[kind]
+    # Through the client's request method rather than generate()/chat()/embed(), which drop the
+    # fields their version does not know (truncate, and newer ones): the runtime gets them all.
+    response = client._request(shape, "POST", path, json=request_body(request, load_options, stream), stream=stream)
     if stream:
         return _relay(response, publish, kind)
     return response.model_dump(exclude_none=True)
 
 
 def _relay(chunks: Iterator[Any], publish: Publish, kind: str) -> dict[str, Any]:
-    parts, final = [], {}
+    parts, thinking, tool_calls, logprobs, final = [], [], [], [], {}
     for chunk in chunks:
         final = chunk.model_dump(exclude_none=True)
         publish(final)
-        parts.append(final.get("response") or final.get("message", {}).get("content") or "")
+        piece = final if kind == "generate" else final.get("message", {})
+        parts.append(piece.get("response" if kind == "generate" else "content") or "")
+        thinking.append(piece.get("thinking") or "")
+        tool_calls.extend(piece.get("tool_calls") or [])
+        logprobs.extend(final.get("logprobs") or [])
     if kind == "generate":
         final["response"] = "".join(parts)
+        whole = final
     else:
-        final["message"] = {"role": "assistant", "content": "".join(parts)}
+        whole = final["message"] = {"role": "assistant", "content": "".join(parts)}
+    if any(thinking):
+        whole["thinking"] = "".join(thinking)
+    if tool_calls:
+        whole["tool_calls"] = tool_calls
+    if logprobs:
+        final["logprobs"] = logprobs
     return final
 
 
@@ -89,8 +136,7 @@ def call_with_retries(client: ollama.Client, request: dict[str, Any], load_optio
             return call_runtime(client, request, load_options, tracking if publish else None)
         except Exception as exc:
             if not is_transient(exc) or streamed or attempt == settings.runtime_retries:
-                message = exc.error if isinstance(exc, ollama.ResponseError) else str(exc)
-                raise JobFailed(f"runtime error: {message}") from exc
+                raise failure(exc, settings.runtime_timeout_s) from exc
             log.warning("runtime error on %s (attempt %d): %s; retrying in %.1fs",
                         request["model"], attempt + 1, exc, delay)
             time.sleep(delay)
@@ -120,9 +166,14 @@ def build_result(response: dict[str, Any], request: dict[str, Any], *, job_id: s
     if request["kind"] == "generate":
         result["response"] = response.get("response", "")
         result["done_reason"] = response.get("done_reason")
+        result.update({k: response[k] for k in ("thinking", "context") if response.get(k)})
     elif request["kind"] == "chat":
         result["message"] = response.get("message", {})
         result["done_reason"] = response.get("done_reason")
     else:
         result["embeddings"] = response.get("embeddings", [])
+    if response.get("logprobs"):
+        result["logprobs"] = response["logprobs"]
+    if request.get("warnings"):
+        result["warnings"] = request["warnings"]
     return result

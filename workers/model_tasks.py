@@ -35,8 +35,12 @@ def _resident_entry(raw_state: bytes | None, model: str) -> dict[str, Any] | Non
     return next((m for m in json.loads(raw_state)["resident"] if m["model"] == model), None)
 
 
-def _fail(pipe, job_id: str, reason: str) -> None:
-    pipe.hset(keys.job(job_id), mapping={"status": "failed", "error": reason, "completed_at": time.time()})
+def _fail(pipe, job_id: str, reason: str, status: int | None = None) -> None:
+    """Close the job's record as failed; ``status`` is the runtime's HTTP answer, for the gateway to repeat."""
+    record = {"status": "failed", "error": reason, "completed_at": time.time()}
+    if status is not None:
+        record["error_status"] = status
+    pipe.hset(keys.job(job_id), mapping=record)
 
 
 def _write(pipe) -> None:
@@ -137,7 +141,7 @@ def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
             entry.load_options if entry else {}, settings, publish,
         )
     except JobFailed as exc:
-        _fail(done, job_id, str(exc))
+        _fail(done, job_id, str(exc), exc.status)
         metrics.queue_job(done, **metrics.job_sample(model, node, submitted_at, started,
                                                      digest=resident.get("digest"),
                                                      error=type(exc.__context__ or exc).__name__))

@@ -64,6 +64,7 @@ class NodeAgent:
         self.loaded: dict[str, dict[str, float]] = {}  # model -> {loaded_at, load_s}
         self.ops: dict[str, dict[str, Any]] = {}  # model -> the last operation on it
         self._last_sync = 0.0
+        self._shown: dict[tuple[str, str], dict[str, Any]] = {}  # (model, digest) -> facts from /api/show
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -104,11 +105,32 @@ class NodeAgent:
         self._last_sync = time.monotonic()
         tags = [
             {"name": m.model, "size": m.size, "digest": m.digest,
-             "details": m.details.model_dump() if m.details else {}}
+             "details": m.details.model_dump() if m.details else {}, **self.show(m.model or "", m.digest or "")}
             for m in self.runtime.list().models
         ]
         for name in registry.sync_node(self.r, self.node, tags, self.settings):
             log.info("REGISTRY model %s registered from %s", name, self.node)
+
+    def show(self, model: str, digest: str) -> dict[str, Any]:
+        """The model's capabilities and context length from ``/api/show``, once per version of it.
+
+        Empty when the runtime does not answer: the registry keeps what it knew and the next sync asks again.
+        """
+        key = (model, digest)
+        if key not in self._shown:
+            try:
+                shown = self.runtime.show(model)
+            except Exception as exc:  # a runtime without /api/show, or one restarting
+                log.warning("show %s on %s failed: %s", model, self.settings.runtime_url, exc)
+                return {}
+            info = getattr(shown, "modelinfo", None) or {}
+            lengths = [v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)]
+            facts: dict[str, Any] = {"context_length": lengths[0] if lengths else 0}
+            capabilities = getattr(shown, "capabilities", None)
+            if capabilities:  # an older runtime lists none: unknown, so validation does not refuse on them
+                facts["capabilities"] = list(capabilities)
+            self._shown[key] = facts
+        return self._shown[key]
 
     def start(self) -> None:
         """Publish state every heartbeat in a background thread."""

@@ -241,7 +241,7 @@ class InferHandler(BaseHandler):
         except JobFailed as exc:
             if isinstance(exc, JobLost):
                 raise
-            raise ApiError(502, "job_id", f"job {job.id} failed: {exc}") from None
+            raise ApiError(exc.status or 502, "job_id", f"job {job.id} failed: {exc}") from None
         if result is None:
             self.send_json({"job_id": job.id, "status": await self.run(job.status), "model": name}, 202)
             return

@@ -15,13 +15,15 @@ from mm.keys import PRIORITIES
 
 NS = 1_000_000_000
 PRIORITY_HEADER = "X-MM-Priority"
-# Request fields mm cannot honour: refused when set to anything but their "unset" value, rather
-# than silently ignored (e.g. raw=true would change what the model sees).
-UNSUPPORTED = {
-    "generate": ("suffix", "template", "raw", "context", "think", "logprobs", "top_logprobs", "tools"),
-    "chat": ("tools", "think", "logprobs", "top_logprobs"),
-    "embed": ("dimensions",),
+# Ollama's request fields passed on to the job (and so to the runtime) as given; mm.submit's
+# validation checks them. Any other field is ignored, as Ollama ignores it.
+OLLAMA_FIELDS = {
+    "generate": ("suffix", "template", "raw", "context", "think", "logprobs", "top_logprobs", "truncate"),
+    "chat": ("tools", "think", "logprobs", "top_logprobs", "truncate"),
+    "embed": ("dimensions", "truncate"),
 }
+# Answer fields the runtime may add (thinking models, logprobs, generate's context) and mm's warnings.
+EXTRA_ANSWER_FIELDS = ("thinking", "context", "logprobs", "warnings")
 
 
 def priority_from(header: str | None) -> str:
@@ -34,11 +36,13 @@ def priority_from(header: str | None) -> str:
     return value
 
 
-def check_unsupported(kind: str, body: dict[str, Any]) -> None:
-    for name in UNSUPPORTED[kind]:
-        value = body.get(name)
-        if value not in (None, "", False, [], {}, 0):
-            raise ApiError(400, name, f"is not supported through mm's gateway (got {value!r:.60})")
+def ollama_fields(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The request's Ollama fields for ``kind`` that are set (``null`` is unset, as in Ollama)."""
+    return {name: body[name] for name in OLLAMA_FIELDS[kind] if body.get(name) is not None}
+
+
+def _extras(result: dict[str, Any], fields: tuple[str, ...] = EXTRA_ANSWER_FIELDS) -> dict[str, Any]:
+    return {k: result[k] for k in fields if result.get(k)}
 
 
 def stream_flag(body: dict[str, Any], default: bool = True) -> bool:
@@ -97,7 +101,7 @@ def created_at(result: dict[str, Any], default: str) -> str:
 def generate_response(model: str, result: dict[str, Any], created_at: str) -> dict[str, Any]:
     """The non-streaming ``/api/generate`` answer."""
     return {"model": model, "created_at": created_at, "response": result.get("response", ""), "done": True,
-            "done_reason": result.get("done_reason") or "stop", **durations(result)}
+            "done_reason": result.get("done_reason") or "stop", **durations(result), **_extras(result)}
 
 
 def chat_response(model: str, result: dict[str, Any], created_at: str) -> dict[str, Any]:
@@ -106,14 +110,16 @@ def chat_response(model: str, result: dict[str, Any], created_at: str) -> dict[s
     message.setdefault("role", "assistant")
     message.setdefault("content", "")
     return {"model": model, "created_at": created_at, "message": message, "done": True,
-            "done_reason": result.get("done_reason") or "stop", **durations(result)}
+            "done_reason": result.get("done_reason") or "stop", **durations(result),
+            **_extras(result, ("logprobs", "warnings"))}
 
 
 def embed_response(model: str, result: dict[str, Any]) -> dict[str, Any]:
     """The ``/api/embed`` answer."""
     d = durations(result)
     return {"model": model, "embeddings": result.get("embeddings", []), "total_duration": d["total_duration"],
-            "load_duration": d["load_duration"], "prompt_eval_count": d["prompt_eval_count"]}
+            "load_duration": d["load_duration"], "prompt_eval_count": d["prompt_eval_count"],
+            **_extras(result, ("warnings",))}
 
 
 def final_chunks(kind: str, model: str, result: dict[str, Any], created_at: str) -> list[dict[str, Any]]:
@@ -125,8 +131,11 @@ def final_chunks(kind: str, model: str, result: dict[str, Any], created_at: str)
         final["message"] = {"role": final["message"]["role"], "content": ""}
     else:
         final = generate_response(model, result, created_at)
-        text = {"model": model, "created_at": created_at, "response": final["response"], "done": False}
+        text = {"model": model, "created_at": created_at, "response": final["response"], "done": False,
+                **_extras(final, ("thinking", "logprobs"))}
         final["response"] = ""
+        final.pop("thinking", None)
+        final.pop("logprobs", None)
     return [text, final]
 
 

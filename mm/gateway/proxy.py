@@ -8,8 +8,11 @@ Point an unmodified Ollama client at the gateway: ``POST /api/generate``, ``/api
 What differs from talking to Ollama directly: ``keep_alive`` is ignored (mm decides residency),
 except that an empty prompt with ``keep_alive: 0`` asks the leader to unload the model, and an
 empty prompt otherwise loads it (through a one-token warm-up job, so the policy decides where).
-Fields mm cannot honour (``raw``, ``template``, ``suffix``, ``context``, ``tools``, ``think``)
-are refused with a 400 naming them rather than ignored.
+Ollama's other request fields (``tools``, ``think``, ``raw``, ``template``, ``suffix``,
+``context``, ``logprobs``, ``top_logprobs``, ``dimensions``, ``truncate``) go to the runtime with
+the job. A job the runtime refused is answered with the runtime's status (400 stays 400); what
+validation accepted but will not do as asked (a ``num_ctx`` other than the model's) is said in
+``warnings`` and ``X-MM-Warning`` headers.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import requests
 
 from mm import client, keys, registry, store
+from mm.errors import JobFailed, JobLost
 from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler, Gateway
 from mm.gateway.models import warmup_kind
@@ -28,13 +32,13 @@ from mm.gateway.ollama_shape import (
     PRIORITY_HEADER,
     adjust_final_chunk,
     chat_response,
-    check_unsupported,
     created_at,
     embed_response,
     final_chunks,
     format_value,
     generate_response,
     model_name,
+    ollama_fields,
     priority_from,
     stream_flag,
 )
@@ -47,6 +51,13 @@ ZERO_KEEP_ALIVE = (0, 0.0, "0", "0s", "0m", "0h")
 
 def not_found(model: str) -> ApiError:
     return ApiError(404, "model", f'model "{model}" not found, try pulling it first')
+
+
+def runtime_failure(exc: JobFailed) -> ApiError | JobFailed:
+    """A failed job as the runtime answered it: its status (400 stays 400); 502 for mm's own failures."""
+    if isinstance(exc, JobLost) or exc.status is None:
+        return exc
+    return ApiError(exc.status, "", str(exc))
 
 
 def submit_job(model: str, kwargs: dict[str, Any], stream: bool) -> client.Job:
@@ -77,6 +88,7 @@ class ProxyHandler(BaseHandler):
     """Shared by generate, chat and embed: submit, then answer whole or streamed."""
 
     kind = "generate"
+    job_id: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {"via": "gateway", "endpoint": self.request.path,
@@ -86,10 +98,16 @@ class ProxyHandler(BaseHandler):
         live = stream and self.kind != "embed" and streaming_supported()
         job = await self.run(submit_job, model, kwargs | {"metadata": self.metadata()}, live)
         self.set_header("X-MM-Job-Id", job.id)
-        if live:
-            await self.relay(model, job)
-            return
-        result = await wait_result(self.run, job.id, self.gw.settings.gateway_wait_s, lambda: self.client_gone)
+        self.job_id = job.id
+        for warning in job.warnings:
+            self.add_header("X-MM-Warning", warning)
+        try:
+            if live:
+                await self.relay(model, job)
+                return
+            result = await wait_result(self.run, job.id, self.gw.settings.gateway_wait_s, lambda: self.client_gone)
+        except JobFailed as exc:
+            raise runtime_failure(exc) from None
         if result is None:
             if self.client_gone:
                 return
@@ -109,6 +127,11 @@ class ProxyHandler(BaseHandler):
     def embed_answer(self, model: str, result: dict[str, Any]) -> dict[str, Any]:
         return embed_response(model, result)
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if self.job_id:  # an error answer starts with cleared headers: keep the failed job findable
+            self.set_header("X-MM-Job-Id", self.job_id)
+        super().write_error(status_code, **kwargs)
+
     async def relay(self, model: str, job: client.Job) -> None:
         chunks = relay(job, self.gw.stream_executor, self.gw.settings.gateway_wait_s)
         try:
@@ -117,6 +140,8 @@ class ProxyHandler(BaseHandler):
                     break
                 if chunk.get("done"):
                     chunk = adjust_final_chunk(chunk, *await self.run(mm_waits, self.gw.r, job.id))
+                    if job.warnings:
+                        chunk["warnings"] = list(job.warnings)
                 await self.send_line(chunk)
         finally:
             await chunks.aclose()
@@ -187,7 +212,6 @@ class GenerateHandler(ProxyHandler):
     async def post(self) -> None:
         body = self.json_body()
         model = model_name(body)
-        check_unsupported("generate", body)
         stream = stream_flag(body)
         priority = priority_from(self.request.headers.get(PRIORITY_HEADER))
         prompt = body.get("prompt") or ""
@@ -196,7 +220,8 @@ class GenerateHandler(ProxyHandler):
             await self.load_or_unload(model, body, stream)
             return
         kwargs = {"prompt": prompt, "kind": "generate", "priority": priority, "options": body.get("options"),
-                  "images": images, "format": format_value(body), "system": body.get("system") or None}
+                  "images": images, "format": format_value(body), "system": body.get("system") or None,
+                  **ollama_fields("generate", body)}
         await self.answer(model, kwargs, stream)
 
 
@@ -206,7 +231,6 @@ class ChatHandler(ProxyHandler):
     async def post(self) -> None:
         body = self.json_body()
         model = model_name(body)
-        check_unsupported("chat", body)
         stream = stream_flag(body)
         priority = priority_from(self.request.headers.get(PRIORITY_HEADER))
         messages = body.get("messages")
@@ -214,7 +238,7 @@ class ChatHandler(ProxyHandler):
             await self.load_or_unload(model, body, stream)
             return
         kwargs = {"messages": messages, "kind": "chat", "priority": priority, "options": body.get("options"),
-                  "format": format_value(body)}
+                  "format": format_value(body), **ollama_fields("chat", body)}
         await self.answer(model, kwargs, stream)
 
 
@@ -225,14 +249,13 @@ class EmbedHandler(ProxyHandler):
     async def post(self) -> None:
         body = self.json_body()
         model = model_name(body)
-        check_unsupported("embed", body)
         text = body.get(self.field)
         if text is None or text == "" or text == []:
             await self.load_or_unload(model, body, False)
             return
         kwargs = {"prompt": text, "kind": "embed",
                   "priority": priority_from(self.request.headers.get(PRIORITY_HEADER)),
-                  "options": body.get("options")}
+                  "options": body.get("options"), **ollama_fields("embed", body)}
         await self.answer(model, kwargs, False)
 
 
@@ -293,7 +316,7 @@ def show(r, model: str) -> dict[str, Any]:
         except (requests.RequestException, ValueError):
             continue
     return {"modelfile": "", "parameters": f"num_ctx {entry.num_ctx}", "template": "", "details": entry.details,
-            "model_info": {}, "capabilities": []}
+            "model_info": {}, "capabilities": entry.capabilities or []}
 
 
 class TagsHandler(BaseHandler):

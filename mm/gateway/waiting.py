@@ -21,14 +21,18 @@ POLL_MAX_S = 0.25
 
 
 def result_state(job_id: str) -> tuple[str, Any]:
-    """One look at a job (blocking): ("ok", result), ("failed", reason), ("lost", None) or ("waiting", None)."""
+    """One look at a job (blocking): ("ok", result), ("failed", JobFailed), ("lost", None) or ("waiting", None).
+
+    A failure carries the runtime's HTTP status when the runtime refused the job (``JobFailed.status``).
+    """
     result = AsyncResult(job_id, app=app)
     state = result.state
     if state == states.SUCCESS:
         return "ok", result.result
     if state in states.EXCEPTION_STATES:
-        reason = store.connect().hget(keys.job(job_id), "error")
-        return "failed", reason.decode() if reason else f"{type(result.result).__name__}: {result.result}"
+        reason, status = store.connect().hmget(keys.job(job_id), "error", "error_status")
+        return "failed", JobFailed(reason.decode() if reason else f"{type(result.result).__name__}: {result.result}",
+                                   status=int(status) if status else None)
     if not store.connect().exists(keys.job(job_id)):
         return "lost", None
     return "waiting", None
@@ -39,7 +43,7 @@ async def wait_result(run: Callable[..., Any], job_id: str, timeout: float,
     """The job's result, polling with backoff; None if ``timeout`` passed or the client is ``gone``.
 
     Raises:
-        JobFailed: the job ended FAILED (the message is its reason).
+        JobFailed: the job ended FAILED (the message is its reason, ``status`` the runtime's HTTP status).
         JobLost: Redis no longer has the job.
     """
     deadline = time.monotonic() + timeout
@@ -49,7 +53,7 @@ async def wait_result(run: Callable[..., Any], job_id: str, timeout: float,
         if state == "ok":
             return value
         if state == "failed":
-            raise JobFailed(value)
+            raise value
         if state == "lost":
             raise JobLost(f"job {job_id} was lost: Redis no longer has it; submit it again")
         if gone() or time.monotonic() >= deadline:
