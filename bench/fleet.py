@@ -1,7 +1,6 @@
 """mm's policy on a fleet (hosts x GPUs, one mm node per GPU) against per-host Ollamas, clients round-robin.
 
     python -m bench.fleet [--smoke] [--hosts 8] [--gpus 4] [--gpu-gb 24] [--trace NAME] [--no-sweep]
-                          [--serial-loads]
 
 mm deploys one node per GPU (a runtime started with ``CUDA_VISIBLE_DEVICES``, ``MM_GPUS``
 limiting NVML), so the fleet is ``hosts x gpus`` mm nodes of ``--gpu-gb`` each, all placed by
@@ -10,15 +9,15 @@ at a time, so the fleet can load one per GPU at once).
 
 The baseline is what a team gets without mm: one independent Ollama per host owning the host's
 GPUs, clients spread round-robin over the hosts (job ``i`` goes to host ``i % hosts`` whatever
-its model). Each is :class:`~bench.sim_baselines.OllamaSim` with ``gpus``: FIFO, load on demand,
-keep_alive 5 min, evict the idle model expiring soonest; a model goes on the one GPU with the
-most free memory, split over the fewest GPUs only when no single one holds it; at most 3 models
-per GPU (``OLLAMA_MAX_LOADED_MODELS``' default); and, as Ollama does since 0.1.33, loads run
-concurrently on GPUs with no load under way, a request that fits only on a loading GPU is put
-back while the ones behind it go on, and only an eviction blocks the queue (``--serial-loads``:
-one load at a time per server and head-of-line blocking during it, as ``mm runtime --evict
-ollama`` and the single-node baseline of ``bench.schedule`` do). A second baseline runs one
-Ollama per GPU (job ``i`` to GPU ``i % (hosts x gpus)``).
+its model). Each is :class:`~bench.sim_baselines.OllamaSim` with ``gpus``, Ollama's scheduler as
+``server/sched.go`` has it: a request for a loaded model goes straight to it; the rest queue
+(``OLLAMA_MAX_QUEUE``, 512, past which a request is refused) for one loop that loads one model at
+a time, on the one GPU with the most free memory where the model takes at most 80% of it, else
+over all the host's GPUs; at most 3 models per GPU; eviction by keep_alive then blob path,
+draining a busy model when none is idle; keep_alive 5 min. Two settings per layout, as
+everywhere: ``-default`` (``OLLAMA_NUM_PARALLEL`` 1, the queue of 512) and ``-tuned`` (each model's
+``parallel``, mm's slots, and a queue that refuses nothing). A second layout runs one Ollama per
+GPU (job ``i`` to GPU ``i % (hosts x gpus)``).
 
 Traces (:func:`bench.traces.fleet_zipf`: 100 models of 1-20 GB, 785 GB in all, more than the
 default fleet's 768 GB; Zipf popularity s=1; 10% high, 70% normal, 20% low):
@@ -32,9 +31,10 @@ default fleet's 768 GB; Zipf popularity s=1; 10% high, 70% normal, 20% low):
 Per scheduler: jobs done, makespan, jobs/s (done / makespan), sustained jobs/s (jobs finished
 during the middle 80% of the arrival window / its length: what the fleet keeps up with while the
 load is offered), p50 and p99 latency overall and per priority, loads, the fraction of GPU time
-spent loading, failed jobs. Then one HEADLINE line with mm against the per-host Ollamas: throughput
-mm/baseline, p99 baseline/mm, loads baseline/mm per trace, and sustained mm/baseline at the sweep's
-highest rate.
+spent loading, failed jobs and, of those, the ones refused at once (HTTP 503; latencies are over
+the jobs answered). Then one HEADLINE line with mm against the per-host Ollamas, tuned and default:
+throughput mm/baseline, p99 baseline/mm, loads baseline/mm per trace, refusals, and sustained
+mm/baseline at the sweep's highest rate.
 """
 
 from __future__ import annotations
@@ -45,12 +45,11 @@ import time
 
 from bench import traces as tr
 from bench.common import GB, percentile, ratio, table
-from bench.sim_baselines import OllamaSim
+from bench.sim_baselines import OLLAMA_ROWS, OllamaSim
 from bench.sim_mm import MMConfig, MMSim
 from bench.simcore import Outcome, Trace
 from mm.snapshot import PRIORITY_CLASSES
 
-OLLAMA_MODELS_PER_GPU = 3  # Ollama's default OLLAMA_MAX_LOADED_MODELS: 3 x the GPUs it sees
 SWEEP_RATES = (10.0, 20.0, 40.0, 60.0, 80.0)
 SWEEP_SECONDS = 300.0
 
@@ -75,8 +74,9 @@ def sweep_traces(nodes: int, gpu_gb: float, smoke: bool = False) -> list[tuple[f
                               name=f"sweep-{r:g}")) for r in SWEEP_RATES]
 
 
-def round_robin(trace: Trace, servers: int, gpus: int, name: str, concurrent_loads: bool = True) -> Outcome:
-    """``servers`` independent Ollama-like servers of ``gpus`` GPUs each; job ``i`` goes to server ``i % servers``."""
+def round_robin(trace: Trace, servers: int, gpus: int, name: str, settings: dict) -> Outcome:
+    """``servers`` independent Ollama servers of ``gpus`` GPUs each, with ``settings`` (one of
+    :data:`~bench.sim_baselines.OLLAMA_ROWS`); job ``i`` goes to server ``i % servers``."""
     parts: list[list] = [[] for _ in range(servers)]
     for i, job in enumerate(trace.jobs):
         parts[i % servers].append(job)
@@ -85,8 +85,7 @@ def round_robin(trace: Trace, servers: int, gpus: int, name: str, concurrent_loa
         if not jobs:
             continue
         sub = Trace(f"{trace.name}@{k}", trace.models, jobs, trace.memory, nodes=1)
-        out = OllamaSim(sub, gpus=gpus, max_loaded=OLLAMA_MODELS_PER_GPU * gpus, name=name,
-                        concurrent_loads=concurrent_loads).run()
+        out = OllamaSim(sub, gpus=gpus, name=name, **settings).run()
         for cls in PRIORITY_CLASSES:
             merged.latencies[cls] += out.latencies[cls]
         merged.ends += out.ends
@@ -95,6 +94,7 @@ def round_robin(trace: Trace, servers: int, gpus: int, name: str, concurrent_loa
         merged.loads += out.loads
         merged.load_seconds += out.load_seconds
         merged.failed += out.failed
+        merged.refused += out.refused
         merged.failed_loads += out.failed_loads
     return merged
 
@@ -120,7 +120,7 @@ def p50(out: Outcome, cls: str | None = None) -> float:
 
 
 HEADERS = ["trace/scheduler", "done", "makespan_s", "jobs/s", "sustained", "p50", "p99", "high_p50", "high_p99",
-           "normal_p50", "normal_p99", "low_p50", "low_p99", "loads", "load_frac", "failed"]
+           "normal_p50", "normal_p99", "low_p50", "low_p99", "loads", "load_frac", "failed", "refused"]
 
 
 def row(trace: Trace, out: Outcome) -> list:
@@ -128,32 +128,37 @@ def row(trace: Trace, out: Outcome) -> list:
              p50(out), out.p99()]
     for cls in PRIORITY_CLASSES:
         cells += [p50(out, cls), out.p99(cls)]
-    return cells + [out.loads, out.gpu_load_fraction, out.failed]
+    return cells + [out.loads, out.gpu_load_fraction, out.failed, out.refused]
 
 
 class Fleet:
-    """The schedulers compared on one fleet."""
+    """The schedulers compared on one fleet: mm, and Ollama per host (and per GPU), default and tuned."""
 
-    def __init__(self, hosts: int, gpus: int, config: MMConfig, per_gpu: bool, serial_loads: bool):
+    def __init__(self, hosts: int, gpus: int, config: MMConfig, per_gpu: bool):
         self.hosts, self.gpus, self.config = hosts, gpus, config
         self.nodes = hosts * gpus
-        self.per_host = f"ollama-{hosts}x{gpus}-rr"
-        self.per_gpu = f"ollama-{self.nodes}x1-rr" if per_gpu else None
-        self.concurrent = not serial_loads
+        # name -> (servers, GPUs per server, settings)
+        self.baselines: dict[str, tuple[int, int, dict]] = {}
+        for layout, servers, per_server in ((f"{hosts}x{gpus}", hosts, gpus), (f"{self.nodes}x1", self.nodes, 1)):
+            if layout != f"{hosts}x{gpus}" and not per_gpu:
+                continue
+            for row, settings in OLLAMA_ROWS.items():
+                self.baselines[f"ollama-{layout}-rr-{row.removeprefix('ollama-')}"] = (servers, per_server, settings)
+        self.per_host = f"ollama-{hosts}x{gpus}-rr-tuned"  # the headline's first baseline
+        self.per_host_default = f"ollama-{hosts}x{gpus}-rr-default"
         self.plan_calls, self.plan_seconds = 0, 0.0
 
     @property
     def names(self) -> list[str]:
-        return ["mm", self.per_host] + ([self.per_gpu] if self.per_gpu else [])
+        return ["mm", *self.baselines]
 
     def run(self, trace: Trace) -> dict[str, Outcome]:
         sim = MMSim(trace, self.config)
         outs = {"mm": sim.run()}
         self.plan_calls += sim.ticks
         self.plan_seconds += sim.plan_seconds
-        outs[self.per_host] = round_robin(trace, self.hosts, self.gpus, self.per_host, self.concurrent)
-        if self.per_gpu:
-            outs[self.per_gpu] = round_robin(trace, self.nodes, 1, self.per_gpu, self.concurrent)
+        for name, (servers, per_server, settings) in self.baselines.items():
+            outs[name] = round_robin(trace, servers, per_server, name, settings)
         return outs
 
 
@@ -172,8 +177,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trace", action="append", help="only these traces (fleet-zipf, fleet-burst)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the arrival-rate sweep")
     parser.add_argument("--no-per-gpu", action="store_true", help="skip the one-Ollama-per-GPU baseline")
-    parser.add_argument("--serial-loads", action="store_true",
-                        help="Ollamas load one model at a time, head-of-line (as mm runtime --evict ollama)")
     parser.add_argument("--tick", type=float, default=MMConfig.tick_s, help="leader tick in seconds")
     parser.add_argument("--workers", type=int, default=MMConfig.workers, help="model-workers per mm node (GPU)")
     parser.add_argument("--slots", type=int, default=MMConfig.slots, help="slots per model-worker")
@@ -186,16 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.trace:
         traces = [t for t in traces if t.name in args.trace]
     config = MMConfig(tick_s=args.tick, workers=args.workers, slots=args.slots)
-    fleet = Fleet(args.hosts, args.gpus, config, per_gpu=not args.no_per_gpu, serial_loads=args.serial_loads)
+    fleet = Fleet(args.hosts, args.gpus, config, per_gpu=not args.no_per_gpu)
     print(f"fleet: {args.hosts} hosts x {args.gpus} GPUs of {args.gpu_gb:g} GB = {nodes} mm nodes "
           f"({nodes * args.gpu_gb:g} GB). mm: {config.workers} model-workers x {config.slots} slots per node, tick "
           f"{config.tick_s}s, min residency {config.min_residency_s}s, aging {config.aging_s}s, a replica at "
-          f"{config.replica_backlog} queued jobs per slot, {config.placement}. {fleet.per_host}: one Ollama per host "
-          f"(<= {OLLAMA_MODELS_PER_GPU * args.gpus} models, "
-          f"{'serial loads, head-of-line' if args.serial_loads else 'concurrent loads on idle GPUs'}), "
-          f"job i -> host i % {args.hosts}"
-          + (f"; {fleet.per_gpu}: one Ollama per GPU, job i -> GPU i % {nodes}" if fleet.per_gpu else "")
-          + ". Latencies in seconds.")
+          f"{config.replica_backlog} queued jobs per slot, {config.placement}. ollama-{args.hosts}x{args.gpus}-rr-*: "
+          f"one Ollama per host (3 models per GPU, one load at a time), job i -> host i % {args.hosts}"
+          + (f"; ollama-{nodes}x1-rr-*: one Ollama per GPU, job i -> GPU i % {nodes}" if not args.no_per_gpu else "")
+          + ". -default: NUM_PARALLEL 1, MAX_QUEUE 512; -tuned: NUM_PARALLEL = the model's parallel, no refusals. "
+          "Latencies in seconds, over the jobs answered.")
     started = time.perf_counter()
     results: list[tuple[Trace, dict[str, Outcome]]] = []
     rows = []
@@ -216,29 +218,31 @@ def main(argv: list[str] | None = None) -> None:
     top = ""
     if sweep:
         print(f"\nsweep: fleet-zipf, {SWEEP_SECONDS if not args.smoke else 10:g}s of arrivals per rate; "
-              "sustained jobs/s and p99 latency (s) per scheduler")
+              "sustained jobs/s, p99 latency (s) and refused jobs per scheduler")
         sweep_rows = []
         for rate, trace in sweep:
             outs = fleet.run(trace)
             cells: list = [f"{rate:g} jobs/s", len(trace.jobs)]
             for name in fleet.names:
-                cells += [sustained(trace, outs[name]), outs[name].p99()]
+                cells += [sustained(trace, outs[name]), outs[name].p99(), outs[name].refused]
             sweep_rows.append(cells)
             mm, base = sustained(trace, outs["mm"]), sustained(trace, outs[fleet.per_host])
             top = (f"; sweep at {rate:g} jobs/s: sustained mm {mm:.1f} vs {fleet.per_host} {base:.1f} jobs/s "
                    f"({ratio(mm, base):.2f}x)")
         headers = ["offered", "jobs"]
         for name in fleet.names:
-            headers += [f"{name} sust", f"{name} p99"]
+            headers += [f"{name} sust", f"{name} p99", f"{name} refused"]
         print(table(headers, sweep_rows))
 
     print(f"\nsimulated in {time.perf_counter() - started:.1f}s; {fleet.plan_calls} plan() calls at {nodes} nodes, "
           f"{1000 * fleet.plan_seconds / max(1, fleet.plan_calls):.2f} ms each on average")
-    parts = [headline_part(trace.name, trace, outs["mm"], outs[fleet.per_host], fleet.per_host)
-             for trace, outs in results]
+    parts = [headline_part(trace.name, trace, outs["mm"], outs[base], base)
+             for trace, outs in results for base in (fleet.per_host, fleet.per_host_default)]
     failed = ", ".join(f"{trace.name} " + "/".join(str(outs[n].failed) for n in fleet.names) for trace, outs in results)
+    refused = ", ".join(f"{trace.name} " + "/".join(str(outs[n].refused) for n in fleet.names)
+                        for trace, outs in results)
     print(f"HEADLINE fleet: {args.hosts}x{args.gpus} GPUs of {args.gpu_gb:g} GB: " + "; ".join(parts)
-          + top + f"; failed {'/'.join(fleet.names)}: {failed}")
+          + top + f"; failed {'/'.join(fleet.names)}: {failed}; refused: {refused}")
 
 
 if __name__ == "__main__":

@@ -1,28 +1,26 @@
 """What mm is compared with, on the same physics (see :mod:`bench.simcore`).
 
-- :func:`simulate_ollama`: Ollama's scheduler as ``mm runtime --evict ollama`` implements it
-  (``mm/runtime/scheduler.py``), with clients calling it directly: requests in FIFO order, a load
-  on demand, one load at a time, eviction of the idle model expiring soonest (then the shortest
-  keep_alive) when memory is short, a model with requests never evicted, and head-of-line
-  blocking: while the head request waits (for memory, or for its load), everything behind it
-  waits, even requests for resident models. Priorities are ignored (Ollama has none).
-  ``gpus`` > 1 models one Ollama server on a multi-GPU host (``trace.memory`` per GPU), as
-  Ollama's ``pickBestFullFitByLibrary`` places a model: on the one GPU with the most free memory
-  if it fits there, else split over the fewest GPUs (most free first) whose free memory together
-  holds it, layers in proportion to their free memory; if it fits nowhere, evict as above and
-  retry. ``max_loaded`` caps the loaded models (Ollama's ``OLLAMA_MAX_LOADED_MODELS``, by default
-  3 per GPU); ``None``, as in ``mm runtime --evict ollama``, sets no cap. ``concurrent_loads``
-  follows Ollama's scheduler on several GPUs (since 0.1.33, ``filterGPUsWithoutLoadingModels``):
-  a load may start on GPUs with no load under way while others load; a request whose model fits
-  only on GPUs that are loading is put back (Ollama re-queues it) and the requests behind it go
-  on; only when no load is under way does it evict (and, with nothing idle to evict, wait, and
-  everything behind it with it).
-- :func:`simulate_naive`: one job at a time in arrival order; load the job's model if needed,
-  evicting least recently used models until it fits.
+- :func:`simulate_ollama`: Ollama's scheduler as its ``server/sched.go`` is written (v0.33.0-rc2;
+  the behaviours below hold since v0.11.5), with clients calling it directly; ``mm runtime --evict
+  ollama`` follows the same rules live. The rules and defaults are in
+  :mod:`mm.runtime.ollama_rules`; how each works here is in :class:`OllamaSim`. Two settings are
+  compared everywhere (:data:`OLLAMA_ROWS`): ``ollama-default``, what ``ollama serve`` does out of
+  the box (``OLLAMA_NUM_PARALLEL`` 1, ``OLLAMA_MAX_QUEUE`` 512, ``OLLAMA_MAX_LOADED_MODELS`` 3 per
+  GPU), and ``ollama-tuned``, a server tuned for the trace (``NUM_PARALLEL`` = each model's own
+  ``parallel``, the slots mm gets; a queue large enough that nothing is refused).
+- :func:`simulate_naive`: one job at a time in arrival order, loading the job's model if needed
+  and evicting least recently used models until it fits. A floor no real server has (every
+  server runs more than one request at a time), kept to show what FIFO alone costs.
 - :func:`simulate_no_swap`: a reference, not a scheduler: every model resident from the start
   (unlimited memory, no loads), each serving ``min(max_parallel, parallel)`` jobs at once, high
   before normal before low. What latency looks like when swapping costs nothing.
 - :func:`lower_bound`: no scheduler can finish a trace sooner.
+
+The baseline these replace (until issue 17) matched no Ollama release: it queued requests for
+loaded models behind a pending load (as before v0.11.5), yet evicted the idle model expiring
+soonest (no release did: they sort by keep_alive and blob path), never evicted a busy one, set no
+cap on loaded models or on the queue, ran every model at its own ``parallel``, and on several
+GPUs loaded concurrently (``filterGPUsWithoutLoadingModels``, gone in v0.11.5).
 """
 
 from __future__ import annotations
@@ -34,61 +32,113 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bench.simcore import Outcome, Trace, TraceJob, duration, load_s
+from mm.runtime import ollama_rules as rules
 
-DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default, what a client that sets none gets
+DEFAULT_KEEP_ALIVE_S = rules.DEFAULT_KEEP_ALIVE_S  # OLLAMA_KEEP_ALIVE's default
+
+# The two Ollama settings every bench compares (keyword arguments of simulate_ollama).
+OLLAMA_ROWS: dict[str, dict] = {
+    "ollama-default": {"num_parallel": rules.DEFAULT_NUM_PARALLEL, "max_queue": rules.DEFAULT_MAX_QUEUE},
+    "ollama-tuned": {"num_parallel": None, "max_queue": None},
+}
 
 
 @dataclass(eq=False)
 class _Runner:
+    """A loaded (or loading) model: ``runnerRef``."""
+
     model: str
     size: int
+    parallel: int
+    session: float  # sessionDuration: keep_alive; set to 0 when chosen for eviction
+    alloc: dict[int, int] = field(default_factory=dict)  # GPU -> bytes of this model on it
     ready: bool = False
-    leases: int = 0
-    keep_alive: float = DEFAULT_KEEP_ALIVE_S
-    idle_since: float | None = None
-    expiry: int = 0  # generation of the armed expiry timer; a stale timer does nothing
+    refs: int = 0  # refCount: requests holding it (waiting for it to load, for a slot, or running)
+    timer: int = 0  # generation of the armed expiry timer; a stale timer does nothing
     executing: int = 0
     slot_queue: deque = field(default_factory=deque)
     ready_waiters: list = field(default_factory=list)
-    alloc: dict[int, int] = field(default_factory=dict)  # GPU -> bytes of this model on it
-
-    def expires_in(self, now: float) -> float:
-        if self.leases or self.idle_since is None:
-            return self.keep_alive
-        return max(0.0, self.keep_alive - (now - self.idle_since))
 
 
 class OllamaSim:
-    """One node running Ollama's scheduler; each trace job is one client request.
+    """One Ollama server with ``gpus`` GPUs of ``trace.memory`` bytes; each trace job is one request.
 
-    The node is one Ollama server with ``gpus`` GPUs of ``trace.memory`` bytes each (see the
-    module docstring for placement over several GPUs); with ``gpus=1`` and no ``max_loaded``, the
-    single-GPU server that ``mm runtime --evict ollama`` implements.
+    Each behaviour, with the function of ``server/sched.go`` it comes from:
+
+    - **A request for a loaded model goes straight to its runner** (``getRunner`` ->
+      ``useLoadedRunner``), whatever is pending; it joins a loading runner and waits for it.
+    - **Otherwise it is queued** in ``pendingReqCh``, which holds ``max_queue`` requests; past that
+      it is refused at once (``ErrMaxQueue``, HTTP 503): a failed job, counted in ``refused``.
+    - **One loop takes the queue in FIFO order** (``processPending``) and works on its head until
+      the head runs: if the head's model got loaded meanwhile it joins it; else it loads it if
+      fewer than ``max_loaded`` models are loaded and the model fits, else it evicts one and
+      waits for that unload, then tries again. **A load blocks the loop until the model runs**
+      (``load`` holds the runner's ``refMu`` until ``WaitUntilRunning``, and the next head's
+      ``updateFreeSpace`` / ``needsReload`` / ``findRunnerToUnload`` take that lock): one load at a
+      time, and the head holds up everything behind it.
+    - **Fits** (``load`` with ``requireFull``; placement by ``selectLlamaServerPlacement``): with
+      other models loaded, the model's size must be at most 80% of the free memory; on several
+      GPUs it goes on the single GPU with the most free memory where it fits so, else over all of
+      them in proportion to their free memory. With nothing loaded it loads (a model larger than
+      all the memory fails here: the sim engine cannot offload to the CPU).
+    - **Eviction** (``findRunnerToUnload``): runners sorted by ``ByDurationAndName`` (keep_alive,
+      then blob path), the first idle one; if none is idle the first anyway. Its keep_alive is
+      set to 0 and it unloads when its last request ends; requests for it keep joining it while
+      it drains (``getRunner`` still finds it), and a request that sets keep_alive gives it back
+      a keep_alive (``useLoadedRunner``), so it then unloads only when that expires.
+    - **Unloading waits for memory to show as free** (``waitForVRAMRecovery``, run by
+      ``processCompleted`` before it reports the unload): ``vram_recovery_s`` after each unload,
+      one unload at a time; the loop waits for that report. The default, 0.25 s, is the first
+      250 ms poll seeing the memory back, as with the sim engine; Ollama notes 0.5-1.5 s on real
+      GPUs and gives up after 5 s.
+    - **Keep_alive** (``processCompleted``): a runner whose last request ends unloads after its
+      keep_alive (at once when 0). ``keep_alive_s`` is ``OLLAMA_KEEP_ALIVE``, given to a model
+      when it loads; ``client_keep_alive`` is the keep_alive every request sets (None: requests
+      set none, as the official clients by default).
+
+    Args:
+        num_parallel: ``OLLAMA_NUM_PARALLEL`` (default 1); None: each model's own ``parallel``.
+        max_queue: ``OLLAMA_MAX_QUEUE`` (default 512); None: unbounded.
+        max_loaded_models: ``OLLAMA_MAX_LOADED_MODELS``; 0 (default): 3 per GPU.
+
+    Not modelled: requests cancelled by their client, reloads for other options (every request of
+    a trace has the same), layers offloaded to the CPU, KV-cache growth of the estimate with
+    ``num_parallel`` (the model's size stands for the whole estimate, which favours the tuned
+    row), and ``processCompleted`` holding back request ends while it waits for memory.
     """
 
-    def __init__(self, trace: Trace, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S, gpus: int = 1,
-                 max_loaded: int | None = None, name: str = "ollama-like", concurrent_loads: bool = False):
+    def __init__(self, trace: Trace, *, num_parallel: int | None = rules.DEFAULT_NUM_PARALLEL,
+                 max_queue: int | None = rules.DEFAULT_MAX_QUEUE, max_loaded_models: int = 0, gpus: int = 1,
+                 keep_alive_s: float = DEFAULT_KEEP_ALIVE_S, client_keep_alive: float | None = None,
+                 vram_recovery_s: float = rules.VRAM_POLL_S, name: str = "ollama-default"):
         if trace.nodes != 1:
-            raise ValueError("the Ollama-like baseline models one node (one Ollama server)")
+            raise ValueError("the Ollama baseline models one node (one Ollama server)")
         if gpus < 1:
             raise ValueError(f"gpus must be at least 1, not {gpus}")
+        if num_parallel is not None and num_parallel < 1:
+            raise ValueError(f"num_parallel must be at least 1, not {num_parallel}")
         self.trace = trace
-        self.keep_alive = keep_alive_s
-        self.gpus = gpus
-        self.max_loaded = max_loaded
-        self.concurrent_loads = concurrent_loads
-        self.loads_under_way: set[_Runner] = set()  # concurrent_loads: runners loading now
-        self.blocked = False  # concurrent_loads: a request waits for an eviction; those behind it wait too
         self.specs = trace.models
-        self.runners: dict[str, _Runner] = {}
-        self.pending: deque[list] = deque()  # [job, assigned]
-        self.loading: _Runner | None = None  # the placement loop waits for this load
+        self.gpus = gpus
+        self.num_parallel = num_parallel
+        self.max_queue = math.inf if max_queue is None else max_queue
+        self.max_loaded = rules.OllamaEnv(max_loaded_models=max_loaded_models).max_loaded(gpus)
+        self.keep_alive = keep_alive_s
+        self.client_keep_alive = client_keep_alive
+        self.recovery = min(vram_recovery_s, rules.VRAM_RECOVERY_TIMEOUT_S)
+        self.runners: dict[str, _Runner] = {}  # s.loaded
+        self.pending: deque[TraceJob] = deque()  # pendingReqCh
+        self.head: TraceJob | None = None  # the request processPending works on
+        self.waiting_for: str | None = None  # "load" or "unload": what processPending is blocked on
+        self.unloads_busy_until = 0.0  # processCompleted reports one unload at a time
         self.events: list[tuple[float, int, str, object]] = []
         self.seq = itertools.count()
         self.now = 0.0
         self.out = Outcome(name, trace.name, nodes=gpus)
+        self.log: list[tuple[float, str, str]] = []  # (time, "load" | "unload" | "refuse", model)
 
     def run(self) -> Outcome:
+        """Play the whole trace; the outcome counts every job (answered, failed or refused)."""
         jobs = self.trace.jobs
         if jobs:
             self.out.first_arrival = jobs[0].t
@@ -97,61 +147,38 @@ class OllamaSim:
         while self.events:
             self.now, _, kind, data = heapq.heappop(self.events)
             getattr(self, f"_on_{kind}")(data)
-        self.out.failed += len(jobs) - self.out.settled
+        self.out.failed += len(jobs) - self.out.settled  # stranded forever: none expected
         return self.out
 
     def _at(self, t: float, kind: str, data: object) -> None:
         heapq.heappush(self.events, (t, next(self.seq), kind, data))
 
-    def _free(self, gpu: int) -> int:
-        return self.trace.memory - sum(r.alloc.get(gpu, 0) for r in self.runners.values())
-
-    def _fit(self, size: int, gpus: list[int] | None = None) -> dict[int, int] | None:
-        """Where a model of ``size`` bytes goes now (GPU -> bytes), or None if it fits nowhere.
-
-        One GPU, the one with the most free memory, if it fits there; else the fewest GPUs, most
-        free first, that hold it together, each taking a share in proportion to its free memory.
-        Only ``gpus`` are considered when given.
-        """
-        candidates = range(self.gpus) if gpus is None else gpus
-        free = sorted(((self._free(g), g) for g in candidates), key=lambda fg: (-fg[0], fg[1]))
-        for k in range(1, len(free) + 1):
-            subset = free[:k]
-            room = sum(f for f, _ in subset)
-            if size <= room:
-                alloc = {g: size * f // room for f, g in subset}
-                alloc[subset[0][1]] += size - sum(alloc.values())
-                return alloc
-        return None
-
-    # --- requests --------------------------------------------------------------------------
+    # --- getRunner and the runners ---------------------------------------------------------
     def _on_arrive(self, job: TraceJob) -> None:
-        if self.concurrent_loads:
-            item = [job, False]
-            state = "blocked" if self.blocked else self._place_concurrent(item)
-            if state != "placed":
-                self.pending.append(item)
-                self.blocked = state == "blocked"
-            return
         runner = self.runners.get(job.model)
-        if not self.pending and runner is not None:
-            self._assign(runner, job)
+        if runner is not None:
+            self._use(runner, job)
+        elif len(self.pending) >= self.max_queue:
+            self.log.append((self.now, "refuse", job.model))
+            self.out.failed += 1
+            self.out.refused += 1
         else:
-            self.pending.append([job, False])
-            self._drain()
+            self.pending.append(job)
+            self._process_pending()
 
-    def _assign(self, runner: _Runner, job: TraceJob) -> None:
-        runner.leases += 1
-        runner.keep_alive = self.keep_alive
-        runner.idle_since = None
-        runner.expiry += 1  # cancels an armed timer
+    def _use(self, runner: _Runner, job: TraceJob) -> None:
+        """``useLoadedRunner``: hold the runner, stop its expiry timer, take its keep_alive if set."""
+        runner.refs += 1
+        runner.timer += 1
+        if self.client_keep_alive is not None:
+            runner.session = self.client_keep_alive
         if runner.ready:
             self._take_slot(runner, job)
         else:
             runner.ready_waiters.append(job)
 
     def _take_slot(self, runner: _Runner, job: TraceJob) -> None:
-        if runner.executing < self.specs[runner.model].parallel and not runner.slot_queue:
+        if runner.executing < runner.parallel:
             runner.executing += 1
             self._at(self.now + duration(self.specs[runner.model], job), "done", (runner, job))
         else:
@@ -165,145 +192,121 @@ class OllamaSim:
             self._at(self.now + duration(self.specs[runner.model], nxt), "done", (runner, nxt))
         else:
             runner.executing -= 1
-        runner.leases -= 1
-        if runner.leases == 0:
-            runner.idle_since = self.now
-            self._arm_expiry(runner)
-            self._drain()
+        runner.refs -= 1
+        if runner.refs == 0:
+            self._idle(runner)
 
-    def _arm_expiry(self, runner: _Runner) -> None:
-        runner.expiry += 1
-        if math.isfinite(runner.keep_alive):
-            self._at(self.now + runner.keep_alive, "expire", (runner, runner.expiry))
+    def _idle(self, runner: _Runner) -> None:
+        """``processCompleted`` on the last request's end: unload now if keep_alive is 0, else arm the timer."""
+        runner.timer += 1
+        if runner.session <= 0:
+            self._unload(runner)
+        elif math.isfinite(runner.session):
+            self._at(self.now + runner.session, "expire", (runner, runner.timer))
 
     def _on_expire(self, data: tuple[_Runner, int]) -> None:
         runner, generation = data
-        if generation == runner.expiry and runner.leases == 0 and runner.ready and self.runners.get(runner.model) is runner:
-            del self.runners[runner.model]
-            self._drain()
+        if generation == runner.timer and runner.refs == 0:
+            self._unload(runner)
 
-    # --- placement (one load at a time, head-of-line) --------------------------------------
-    def _drain(self) -> None:
-        if self.concurrent_loads:
-            self._drain_concurrent()
+    def _unload(self, runner: _Runner) -> None:
+        """Free the runner's memory now; report the unload once memory shows as free."""
+        if self.runners.get(runner.model) is not runner:
             return
-        while self.pending and self.loading is None:
-            head = self.pending[0]
-            if head[1]:
-                self.pending.popleft()
-                continue
-            if not self._place(head):
-                return  # the head waits, and everything behind it
+        del self.runners[runner.model]
+        self.log.append((self.now, "unload", runner.model))
+        self.unloads_busy_until = max(self.now, self.unloads_busy_until) + self.recovery
+        self._at(self.unloads_busy_until, "unloaded", runner)
 
-    def _place(self, head: list) -> bool:
-        job: TraceJob = head[0]
+    def _on_unloaded(self, _runner: _Runner) -> None:
+        if self.waiting_for == "unload":  # unloadedCh; with nothing waiting the report is dropped
+            self.waiting_for = None
+            self._process_pending()
+
+    # --- processPending ---------------------------------------------------------------------
+    def _process_pending(self) -> None:
+        while self.waiting_for is None:
+            if self.head is None:
+                if not self.pending:
+                    return
+                self.head = self.pending.popleft()
+            if self._schedule(self.head):
+                self.head = None
+
+    def _schedule(self, job: TraceJob) -> bool:
+        """One pass of processPending's inner loop on the head; True once the head is placed."""
         spec = self.specs[job.model]
-        while True:
-            if self._served_or_failed(head):
-                return True
-            alloc = self._fit(spec.size)
-            if alloc is None or (self.max_loaded is not None and len(self.runners) >= self.max_loaded):
-                if not self._evict_idle():
-                    return False
-                continue
-            self.loading = self._start_load(head, spec, alloc)
-            return False  # the loop waits for this load before placing anything else
-
-    def _served_or_failed(self, item: list) -> bool:
-        """Assign the request to its model's runner if there is one, or fail it if its model is
-        larger than the whole budget; True if it is settled either way."""
-        job: TraceJob = item[0]
         runner = self.runners.get(job.model)
         if runner is not None:
-            self._assign(runner, job)
-        elif self.specs[job.model].size > self.trace.memory * self.gpus:
-            self.out.failed += 1
-        else:
-            return False
-        item[1] = True
-        return True
+            self._use(runner, job)
+            return True
+        if len(self.runners) < self.max_loaded:
+            if not self.runners and spec.size > self.trace.memory * self.gpus:
+                self.out.failed += 1  # too large even with the server to itself
+                return True
+            alloc = self._place(spec.size)
+            if alloc is not None:
+                self._load(job, alloc)
+                self.waiting_for = "load"
+                return True
+        self._evict()
+        self.waiting_for = "unload"
+        return False
 
-    def _evict_idle(self) -> bool:
-        """Evict the idle runner expiring soonest (Ollama's choice); False if none is idle."""
-        idle = [r for r in self.runners.values() if r.ready and r.leases == 0]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda r: (r.expires_in(self.now), r.keep_alive))
-        del self.runners[victim.model]
-        return True
+    def _place(self, size: int) -> dict[int, int] | None:
+        """Where a model of ``size`` bytes loads now (GPU -> bytes), or None if it does not fit."""
+        free = {g: self.trace.memory - sum(r.alloc.get(g, 0) for r in self.runners.values()) for g in range(self.gpus)}
+        others = bool(self.runners)
+        if self.gpus == 1:  # selectLlamaServerPlacement passes one GPU through; load() tests the fit
+            return {0: size} if size <= free[0] and rules.fits(size, free[0], others) else None
+        # bestSingleGPUFit: the GPU with the most free memory among those where it takes <= 80%
+        singles = [g for g in free if size <= free[g] * rules.FIT_FRACTION]
+        if singles:
+            best = max(singles, key=lambda g: (free[g], -g))
+            return {best: size}
+        room = sum(free.values())  # else the whole group, and load()'s fit test over all of it
+        if size > room or not rules.fits(size, room, others):
+            return None
+        alloc = {g: size * f // room for g, f in free.items()}
+        alloc[max(free, key=lambda g: (free[g], -g))] += size - sum(alloc.values())
+        return alloc
 
-    def _start_load(self, item: list, spec, alloc) -> _Runner:
-        """Start loading the request's model on ``alloc`` and give the request to it."""
-        runner = _Runner(item[0].model, spec.size, alloc=alloc)
-        self.runners[item[0].model] = runner
-        self._assign(runner, item[0])
-        item[1] = True
+    def _evict(self) -> None:
+        """``findRunnerToUnload`` and the expiry that follows: the first idle runner by keep_alive
+        and blob path, else the first; its keep_alive becomes 0 and it unloads once drained."""
+        ordered = sorted(self.runners.values(), key=lambda r: rules.unload_order_key(r.session, r.model))
+        victim = next((r for r in ordered if r.refs == 0), ordered[0])
+        victim.session = 0.0
+        victim.timer += 1
+        if victim.refs == 0:
+            self._unload(victim)
+
+    def _load(self, job: TraceJob, alloc: dict[int, int]) -> None:
+        spec = self.specs[job.model]
+        parallel = spec.parallel if self.num_parallel is None else self.num_parallel
+        if spec.kind == "embed":
+            parallel = 1  # load(): embedding models always run one request at a time
+        runner = _Runner(job.model, spec.size, parallel, self.keep_alive, alloc=alloc)
+        self.runners[job.model] = runner
+        self.log.append((self.now, "load", job.model))
+        self._use(runner, job)
         self.out.loads += 1
         self.out.load_seconds += load_s(spec)
         self._at(self.now + load_s(spec), "loaded", runner)
-        return runner
 
     def _on_loaded(self, runner: _Runner) -> None:
         runner.ready = True
-        for job in runner.ready_waiters:
+        waiters, runner.ready_waiters = runner.ready_waiters, []
+        for job in waiters:
             self._take_slot(runner, job)
-        runner.ready_waiters.clear()
-        if runner.leases == 0:
-            runner.idle_since = self.now
-            self._arm_expiry(runner)
-        self.loading = None
-        self.loads_under_way.discard(runner)
-        self._drain()
-
-    # --- placement with concurrent loads on several GPUs -----------------------------------
-    def _drain_concurrent(self) -> None:
-        """Place waiting requests in order; those waiting for a GPU that is loading are skipped,
-        and the first that waits for an eviction stops the pass (everything behind it waits)."""
-        self.blocked = False
-        kept: deque[list] = deque()
-        no_room: set[str] = set()  # models found to fit on no idle GPU in this pass
-        while self.pending:
-            item = self.pending.popleft()
-            if item[0].model in no_room and item[0].model not in self.runners:
-                kept.append(item)
-                continue
-            state = self._place_concurrent(item)
-            if state == "placed":
-                continue
-            kept.append(item)
-            if state == "blocked":
-                self.blocked = True
-                kept.extend(self.pending)
-                self.pending.clear()
-            else:
-                no_room.add(item[0].model)
-        self.pending = kept
-
-    def _place_concurrent(self, item: list) -> str:
-        """``placed`` (assigned, loading, or failed), ``skipped`` (fits only where loads are under
-        way: retried when one ends) or ``blocked`` (needs an eviction and nothing is idle)."""
-        spec = self.specs[item[0].model]
-        while True:
-            if self._served_or_failed(item):
-                return "placed"
-            busy = {g for r in self.loads_under_way for g in r.alloc}
-            full = self.max_loaded is not None and len(self.runners) >= self.max_loaded
-            alloc = None if full else self._fit(spec.size, [g for g in range(self.gpus) if g not in busy])
-            if alloc is None:
-                if busy and not full:
-                    return "skipped"  # Ollama re-queues it while other models finish loading
-                if not self._evict_idle():
-                    return "blocked"
-                continue
-            self.loads_under_way.add(self._start_load(item, spec, alloc))
-            return "placed"
+        if self.waiting_for == "load":
+            self.waiting_for = None
+            self._process_pending()
 
 
-def simulate_ollama(trace: Trace, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S, gpus: int = 1,
-                    max_loaded: int | None = None, name: str = "ollama-like",
-                    concurrent_loads: bool = False) -> Outcome:
-    """Run ``trace`` as direct client requests against an Ollama-like server (``gpus`` GPUs of ``trace.memory``)."""
-    return OllamaSim(trace, keep_alive_s, gpus, max_loaded, name, concurrent_loads).run()
+def simulate_ollama(trace: Trace, *, name: str = "ollama-default", **settings) -> Outcome:
+    """Run ``trace`` as direct client requests against one Ollama server (see :class:`OllamaSim`)."""
+    return OllamaSim(trace, name=name, **settings).run()
 
 
 def simulate_naive(trace: Trace) -> Outcome:

@@ -128,7 +128,8 @@ class Outcome:
     last_end: float = 0.0
     loads: int = 0
     load_seconds: float = 0.0
-    failed: int = 0
+    failed: int = 0  # jobs that got no answer, refused ones included
+    refused: int = 0  # of those, refused at once (Ollama's OLLAMA_MAX_QUEUE: HTTP 503 "server busy")
     failed_loads: int = 0
     nodes: int = 1
     ends: list[float] = field(default_factory=list)  # when each finished job ended, in finishing order

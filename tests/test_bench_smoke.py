@@ -62,7 +62,8 @@ def test_schedule_compares_mm_with_the_baselines_on_every_trace(smoke_runs):
     line = headline(output, "schedule")
     for trace in ("alt-ab", "zipf", "bursts", "replay"):
         assert re.search(rf"{trace} {NUMBER}x", line), line
-        for scheduler in ("mm", "ollama-like", "naive-fifo", "lower-bound"):
+        assert re.search(rf"refused ollama-default/ollama-tuned/mm .*{trace} \d+/\d+/\d+", line), line
+        for scheduler in ("mm", "ollama-default", "ollama-tuned", "naive-fifo", "lower-bound"):
             assert f"{trace}/{scheduler}" in output
 
 
@@ -89,7 +90,7 @@ def test_live_runs_a_trace_through_the_stack_and_the_ollama_baseline(smoke_runs)
 
     line = headline(output, "live")
     assert re.search(rf"mm live/simulated makespan {NUMBER}", line), line
-    assert "ollama-like live/mm live" in line
+    assert "ollama-default live/mm live" in line and "ollama-tuned live/mm live" in line
     assert "logs kept" not in output  # it stopped everything it started and cleaned up
 
 
@@ -98,9 +99,12 @@ def test_fleet_compares_mm_on_many_gpus_with_round_robin_ollamas(smoke_runs):
 
     line = headline(output, "fleet")
     for trace in ("fleet-zipf", "fleet-burst"):
-        assert re.search(rf"{trace} throughput mm/ollama-8x4-rr {NUMBER}x", line), line
-        assert re.search(rf"{trace} .*p99 ollama-8x4-rr/mm {NUMBER}x, loads ollama-8x4-rr/mm {NUMBER}x", line), line
-        for scheduler in ("mm", "ollama-8x4-rr", "ollama-32x1-rr"):
+        for row in ("tuned", "default"):
+            assert re.search(rf"{trace} throughput mm/ollama-8x4-rr-{row} {NUMBER}x", line), line
+            assert re.search(rf"{trace} .*p99 ollama-8x4-rr-{row}/mm {NUMBER}x, loads ollama-8x4-rr-{row}/mm {NUMBER}x",
+                             line), line
+        assert re.search(rf"refused: .*{trace} \d+/\d+/\d+/\d+/\d+", line), line
+        for scheduler in ("mm", "ollama-8x4-rr-default", "ollama-8x4-rr-tuned", "ollama-32x1-rr-tuned"):
             assert f"{trace}/{scheduler}" in output
     assert re.search(rf"sweep at {NUMBER} jobs/s: sustained mm {NUMBER}", line), line
     assert "32 mm nodes" in output
