@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from mm import keys
+from mm.runtime.catalog import normalize_name
 
 OPS = ("pull", "delete")
 STREAM_TTL_S = 3600
@@ -50,13 +51,14 @@ class Request:
 
 
 def request(r: redis.Redis, op: str, model: str) -> str:
-    """File a pull or delete of ``model`` for the leader and wake it; return the request's id.
+    """File a pull or delete of ``model`` (no tag: ``:latest``) for the leader and wake it; return its id.
 
     Raises:
         ModelOpError: 404 for a delete of a model no runtime lists, 503 while no leader holds the lease.
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {', '.join(OPS)}, not {op!r}")
+    model = normalize_name(model)
     if op == "delete" and not r.hexists(keys.MODELS, model):
         raise ModelOpError(404, f"model '{model}' not found")
     if not r.exists(keys.BROKER_LEASE):
