@@ -78,18 +78,21 @@ class Job:
         """
         result = self._celery_result()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = LOST_CHECK_S if deadline is None else min(LOST_CHECK_S, deadline - time.monotonic())
-            try:
-                value = result.get(timeout=max(left, 0.001), propagate=False, interval=0.05)
-                break
-            except CeleryTimeout:
-                pass
-            except redis.ConnectionError:  # Redis restarting: keep waiting until the deadline
-                time.sleep(min(0.5, max(left, 0.001)))
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {self.id} did not end within {timeout}s (status {self.status()})")
-            self._check_not_lost(result)
+        try:
+            while True:
+                left = LOST_CHECK_S if deadline is None else min(LOST_CHECK_S, deadline - time.monotonic())
+                try:
+                    value = result.get(timeout=max(left, 0.001), propagate=False, interval=0.05)
+                    break
+                except CeleryTimeout:
+                    pass
+                except redis.ConnectionError:  # Redis restarting: keep waiting until the deadline
+                    time.sleep(min(0.5, max(left, 0.001)))
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(self._not_ended(timeout))
+                self._check_not_lost(result)
+        finally:
+            _unsubscribe(result)
         if result.successful():
             return value
         raise self._failure(f"{type(value).__name__}: {value}")
@@ -110,26 +113,32 @@ class Job:
         result = self._celery_result()
         deadline = None if timeout is None else time.monotonic() + timeout
         after = "0-0"
-        while True:
-            block_ms = int(1000 * (LOST_CHECK_S if deadline is None else
-                                   max(0.001, min(LOST_CHECK_S, deadline - time.monotonic()))))
-            got = False
-            for after, entry in streams.read(r, self.id, after, block_ms):
-                got = True
-                if "error" in entry:
-                    raise self._failure(entry["error"])
-                yield entry["chunk"]
-                if entry["chunk"].get("done"):
-                    return
-            if got:
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {self.id} did not end within {timeout}s (status {self.status()})")
-            if result.state == "FAILURE" or self.status() == "failed":
-                raise self._failure("failed")
-            if result.state == "SUCCESS":
-                return  # it ended without streaming (submitted with stream=False)
-            self._check_not_lost(result)
+        try:
+            while True:
+                block_ms = int(1000 * (LOST_CHECK_S if deadline is None else
+                                       max(0.001, min(LOST_CHECK_S, deadline - time.monotonic()))))
+                got = False
+                for after, entry in streams.read(r, self.id, after, block_ms):
+                    got = True
+                    if "error" in entry:
+                        raise self._failure(entry["error"])
+                    yield entry["chunk"]
+                    if entry["chunk"].get("done"):
+                        return
+                if got:
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(self._not_ended(timeout))
+                if result.state == "FAILURE" or self.status() == "failed":
+                    raise self._failure("failed")
+                if result.state == "SUCCESS":
+                    return  # it ended without streaming (submitted with stream=False)
+                self._check_not_lost(result)
+        finally:
+            _unsubscribe(result)
+
+    def _not_ended(self, timeout: float) -> str:
+        return f"job {self.id} did not end within {timeout:.1f} s (status {self.status()})"
 
     def _check_not_lost(self, result: AsyncResult) -> None:
         try:
@@ -139,6 +148,20 @@ class Job:
             return
         raise JobLost(f"job {self.id} was lost: Redis no longer has it (restarted without persistence?); "
                       "submit it again")
+
+
+def _unsubscribe(result: AsyncResult) -> None:
+    """Stop listening for ``result``'s outcome once nothing waits for it any more.
+
+    Celery subscribes to a result's channel on send and on ``get``, and unsubscribes only when
+    the outcome arrives or the AsyncResult is collected; collected at interpreter exit, the
+    unsubscribe may need a new connection and fails there ("Exception ignored in
+    AsyncResult.__del__"). A later ``get`` subscribes again.
+    """
+    try:
+        result.backend.remove_pending_result(result)
+    except redis.ConnectionError:
+        pass  # the subscription went with the connection
 
 
 _known: tuple[float, frozenset[str]] = (0.0, frozenset())

@@ -12,7 +12,7 @@ import os
 
 from celery import bootsteps
 
-from mm import keys, store
+from mm import keys, logs, store
 from mm.memory import monitor_for
 from mm.settings import get as get_settings
 from mm.workers import node_agent_current, worker_state
@@ -40,6 +40,7 @@ class MMRole(bootsteps.StartStopStep):
         if self.started:
             return
         self.started = True
+        logs.quiet_http_polls()
         settings = get_settings()
         r = store.connect()
         if _is_broker(c):

@@ -11,7 +11,12 @@ import time
 import click
 
 from mm import events, registry, store
+from mm.cli.follow import Follower, seconds
 from mm.errors import JobFailed, ValidationError
+
+DEFAULT_NUM_PREDICT = 64  # the README's examples finish in seconds on a 2-core CPU
+EXIT_FAILED = 1
+EXIT_STILL_RUNNING = 3  # the CLI stopped waiting, the job goes on (click exits 2 on usage errors)
 
 BATCH_PROMPTS = [
     "Explain what a GPU does in one sentence.",
@@ -39,25 +44,51 @@ def _plan_jobs(model, prompt, batch, random_n, spam_n, priority, known, rng):
     return [(model, prompt, priority)]
 
 
+def _submit(model, prompt, kind, priority, num_predict, stream):
+    import mm
+
+    if kind == "embed":
+        return mm.submit(model, prompt, kind="embed", priority=priority)
+    options = {"num_predict": num_predict}
+    if kind == "chat":
+        return mm.submit(model, kind="chat", messages=[{"role": "user", "content": prompt}], priority=priority,
+                         options=options, stream=stream)
+    return mm.submit(model, prompt, priority=priority, options=options, stream=stream)
+
+
+def _still_running(job_id: str, status: str, timeout: float) -> str:
+    state = "still queued" if status in ("queued", "pending") else "still running"
+    return (f"{state} {job_id}: stopped waiting after {seconds(timeout)}; the job goes on. "
+            f"Follow it with: mm jobs status {job_id}")
+
+
 @click.command()
 @click.argument("model", required=False)
 @click.argument("prompt", required=False)
 @click.option("--priority", "-p", type=click.Choice(["high", "normal", "low"]), default="normal", show_default=True)
-@click.option("--kind", type=click.Choice(["generate", "embed"]), default="generate", show_default=True)
-@click.option("--num-predict", type=int, default=None, help="Most tokens to generate.")
-@click.option("--wait", is_flag=True, help="Wait for the job and print its output and timings.")
+@click.option("--kind", type=click.Choice(["generate", "chat", "embed"]), default="generate", show_default=True)
+@click.option("--num-predict", type=int, default=DEFAULT_NUM_PREDICT, show_default=True,
+              help="Most tokens each generate or chat job may produce.")
+@click.option("--wait", is_flag=True,
+              help="Wait for the job: its state and tokens as they come on stderr/stdout, then its timings.")
+@click.option("--stream/--no-stream", default=True, show_default=True,
+              help="With --wait, print a generate or chat job's tokens as they are generated.")
 @click.option("--batch", is_flag=True, help="Submit the predefined batch of 4 prompts to MODEL.")
 @click.option("--random", "random_n", type=int, default=0, metavar="N",
               help="Submit N jobs with random prompts, priorities and (without MODEL) models.")
 @click.option("--spam", "spam_n", type=int, default=0, metavar="N", help="Like --random N, without checking results.")
 @click.option("--delay", type=float, default=0.0, metavar="S", help="Seconds between submissions.")
 @click.option("--no-check", is_flag=True, help="Do not wait for results.")
-@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait for results.")
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help=f"Seconds to wait for results; jobs still running then go on (exit code {EXIT_STILL_RUNNING}).")
 @click.option("--seed", type=int, default=None, help="Random seed for --random/--spam.")
-def enqueue(model, prompt, priority, kind, num_predict, wait, batch, random_n, spam_n, delay, no_check, timeout, seed):
-    """Submit PROMPT to MODEL (or a test load) and, with --wait or a test load, report the results."""
-    import mm
+def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, random_n, spam_n, delay, no_check,
+            timeout, seed):
+    """Submit PROMPT to MODEL (or a test load) and, with --wait or a test load, report the results.
 
+    Exit status: 0 when every job completed, 1 when one failed, 3 when one was still queued or
+    running when the CLI stopped waiting (--timeout); such a job goes on.
+    """
     r = store.connect()
     known = registry.names(r)
     if not (random_n or spam_n) and not model:
@@ -66,17 +97,17 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, batch, random_n, s
         raise click.UsageError("PROMPT is required for a single job")
     if not known and (random_n or spam_n) and not model:
         raise click.ClickException("no models registered yet: is a gpu-broker running?")
-    options = {"num_predict": num_predict} if num_predict is not None else None
     planned = _plan_jobs(model, prompt, batch, random_n, spam_n, priority, known, random.Random(seed))
     single = len(planned) == 1 and not batch
     check = not (no_check or spam_n) and (wait or not single)
+    streaming = single and check and stream and kind != "embed"
     started = time.time()
 
     jobs = []
     try:
         with click.progressbar(planned, label="submitting", file=sys.stderr, hidden=single) as bar:
             for job_model, job_prompt, job_priority in bar:
-                jobs.append(mm.submit(job_model, job_prompt, kind=kind, priority=job_priority, options=options))
+                jobs.append(_submit(job_model, job_prompt, kind, job_priority, num_predict, streaming))
                 if delay:
                     time.sleep(delay)
     except ValidationError as exc:
@@ -86,29 +117,37 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, batch, random_n, s
             click.echo(job.id)
         return
 
-    latencies, failures, outputs = [], [], []
-    deadline = time.time() + timeout
+    latencies, failures, unfinished, outputs = [], [], [], []
+    deadline = time.monotonic() + timeout
     with click.progressbar(jobs, label="waiting", file=sys.stderr, hidden=single) as bar:
         for job in bar:
             try:
-                result = job.get(timeout=max(0.1, deadline - time.time()))
+                if single:
+                    result = Follower(job, deadline).wait(stream=streaming)
+                else:
+                    result = job.get(timeout=max(0.1, deadline - time.monotonic()))
                 outputs.append(result)
                 record = job.record()
                 latencies.append(float(record["completed_at"]) - float(record["submitted_at"]))
-            except (JobFailed, TimeoutError) as exc:
+            except JobFailed as exc:
                 failures.append((job.id, str(exc)))
+            except TimeoutError:
+                unfinished.append((job.id, job.status()))
     if single and outputs:
-        result = outputs[0]
-        click.echo(result.get("response") or json.dumps(result.get("embeddings", result.get("message"))))
-        click.echo(json.dumps(result["timings"]), err=True)
+        click.echo(json.dumps(outputs[0]["timings"]), err=True)
     loads = sum(1 for e in events.recent(r, 10_000) if e["kind"] == "load" and e["at"] >= started)
     click.echo(
         f"completed {len(outputs)}, failed {len(failures)}, "
         f"p50 {_percentile(latencies, 0.5):.2f}s, p95 {_percentile(latencies, 0.95):.2f}s, "
-        f"mean {statistics.fmean(latencies) if latencies else 0:.2f}s, loads {loads}",
+        f"mean {statistics.fmean(latencies) if latencies else 0:.2f}s, loads {loads}"
+        + (f", still running {len(unfinished)}" if unfinished else ""),
         err=single,
     )
     for job_id, reason in failures:
         click.echo(f"failed {job_id}: {reason}", err=True)
+    for job_id, status in unfinished:
+        click.echo(_still_running(job_id, status, timeout), err=True)
     if failures:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
+    if unfinished:
+        sys.exit(EXIT_STILL_RUNNING)

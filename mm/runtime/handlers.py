@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import tornado.iostream
 import tornado.web
 
+from mm import logs
 from mm.runtime.catalog import Catalog, ModelSpec
 from mm.runtime.errors import ModelNotFound, RuntimeAPIError
 from mm.runtime.scheduler import Scheduler
@@ -115,8 +116,8 @@ def api_call(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's ``log_function``: one line per request, with the handler's details."""
+    """Tornado's ``log_function``: one line per request, with the handler's details; polls at DEBUG."""
     request = handler.request
-    detail = getattr(handler, "log_detail", "")
-    log.info("%s %s %d %.1fms%s", request.method, request.path, handler.get_status(),
-             1000.0 * request.request_time(), detail)
+    level = logs.poll_level(request.method or "", request.path, handler.get_status())
+    log.log(level, "%s %s %d %.1fms%s", request.method, request.path, handler.get_status(),
+            1000.0 * request.request_time(), getattr(handler, "log_detail", ""))
