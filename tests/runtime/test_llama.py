@@ -65,3 +65,29 @@ def test_json_format_constrains_the_output(rt: RuntimeProc) -> None:
                             format=schema, options={"temperature": 0, "num_predict": 40})
 
     assert "colour" in json.loads(reply.message.content)
+
+
+def test_a_prompt_over_the_context_keeps_its_end_unless_truncate_is_false(rt: RuntimeProc) -> None:
+    # Given a prompt far over gemma3:270m's num_ctx of 2048 tokens
+    prompt = "Remember this. " * 1500 + "Say hi."
+    opts = {"seed": 1, "temperature": 0, "num_predict": 4}
+    # When it is sent as is, and with truncate false, expect its end kept, or Ollama's 400
+    cut = client(rt).generate(MODEL, prompt, options=opts)
+    chat = client(rt).chat(MODEL, [{"role": "user", "content": prompt}], options=opts)
+    with pytest.raises(ollama.ResponseError) as refused:
+        client(rt)._request(ollama.GenerateResponse, "POST", "/api/generate",
+                            json={"model": MODEL, "prompt": prompt, "truncate": False, "stream": False})
+    assert cut.done and 1000 < cut.prompt_eval_count < 2048
+    assert chat.done and 1000 < chat.prompt_eval_count < 2048
+    assert refused.value.status_code == 400 and refused.value.error == "the input length exceeds the context length"
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "gemma3:270m does not support tools"),
+    ({"think": True}, '"gemma3:270m" does not support thinking'),
+    ({"logprobs": True}, "gemma3:270m does not support logprobs"),
+])
+def test_what_the_llama_engine_cannot_do_is_a_400(rt: RuntimeProc, kwargs: dict, error: str) -> None:
+    with pytest.raises(ollama.ResponseError) as refused:
+        client(rt).chat(MODEL, [{"role": "user", "content": "hi"}], **kwargs)
+    assert refused.value.status_code == 400 and refused.value.error.startswith(error)

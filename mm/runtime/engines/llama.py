@@ -32,7 +32,8 @@ from typing import Any
 from collections.abc import AsyncIterator, Callable
 
 from mm.runtime.catalog import ModelSpec
-from mm.runtime.engines.base import Embedding, GenerationJob, Options, Stats
+from mm.runtime.engines.base import CONTEXT_EXCEEDED, Embedding, GenerationJob, Options, Stats
+from mm.runtime.engines.text import render_template
 from mm.runtime.errors import BadRequest, EngineError
 
 log = logging.getLogger("mm.runtime")
@@ -240,16 +241,23 @@ class LlamaEngine:
                                   for name, default in _DEFAULTS.items()}
         kwargs.update(stream=True, seed=opts.seed, stop=opts.stop or None, grammar=_grammar(job.format),
                       max_tokens=opts.num_predict if opts.num_predict and opts.num_predict > 0 else None)
+        limit = _prompt_limit(llm.n_ctx(), opts.num_predict)
+        prefix = llm.detokenize(job.context).decode("utf-8", "replace") if job.context else ""
         # A base model (its GGUF carries no chat template) is prompted as-is, as Ollama's
-        # `{{ .Prompt }}` template for such a model does.
-        if not job.is_chat and (job.raw or not llm.metadata.get("tokenizer.chat_template")):
-            prompt = f"{job.system}\n\n{job.prompt}" if job.system and not job.raw else job.prompt
-            return llm.create_completion(prompt, **kwargs)
+        # `{{ .Prompt }}` template for such a model does; so is a request's own template.
+        if not job.is_chat and (job.raw or job.template or not llm.metadata.get("tokenizer.chat_template")):
+            if job.template:
+                prompt = render_template(job)
+            else:
+                prompt = f"{job.system}\n\n{job.prompt}" if job.system and not job.raw else job.prompt
+            tokens = llm.tokenize((prefix + prompt).encode("utf-8"), add_bos=True, special=True)
+            return llm.create_completion(_fit_tokens(tokens, llm.n_ctx(), limit, job.truncate), **kwargs)
         messages = [{"role": m.role, "content": m.content} for m in job.messages or []]
         if not job.is_chat:
-            messages = [{"role": "user", "content": job.prompt}]
+            messages = [{"role": "user", "content": prefix + job.prompt}]
         if job.system:
             messages.insert(0, {"role": "system", "content": job.system})
+        messages = _fit_messages(llm, messages, limit, job.truncate)
         return llm.create_chat_completion(messages=messages, **kwargs)
 
     # -- embeddings -------------------------------------------------------------------------
@@ -276,7 +284,7 @@ class LlamaEngine:
             tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
             if len(tokens) > loaded.num_ctx:
                 if not truncate:
-                    raise BadRequest("input exceeds maximum context length")
+                    raise BadRequest(CONTEXT_EXCEEDED)
                 tokens = tokens[: loaded.num_ctx]
             ctx.kv_cache_clear()
             acc = np.zeros(n_embd, dtype=np.float64)
@@ -308,6 +316,60 @@ class LlamaEngine:
     async def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+MESSAGE_OVERHEAD = 8  # tokens a chat template adds around one message (role markers, separators)
+
+
+def _prompt_limit(n_ctx: int, num_predict: int | None) -> int:
+    """Prompt tokens that leave room to generate: llama.cpp refuses a prompt that fills the context."""
+    room = min(num_predict, n_ctx // 2) if num_predict and num_predict > 0 else min(256, n_ctx // 4)
+    return max(1, n_ctx - room)
+
+
+def _fit_tokens(tokens: list[int], n_ctx: int, limit: int, truncate: bool) -> list[int]:
+    """The prompt's tokens within ``limit``: its first token (BOS) and its end, as Ollama keeps them.
+
+    Raises:
+        BadRequest: over the whole context with ``truncate`` false (Ollama's message).
+    """
+    if len(tokens) <= limit:
+        return tokens
+    if not truncate:
+        if len(tokens) >= n_ctx:
+            raise BadRequest(CONTEXT_EXCEEDED)
+        return tokens
+    return tokens[:1] + tokens[len(tokens) - (limit - 1):]
+
+
+def _fit_messages(llm: Any, messages: list[dict[str, str]], limit: int, truncate: bool) -> list[dict[str, str]]:
+    """Drop the oldest messages (keeping system ones and always the last) until the chat fits, as
+    Ollama's ``chatPrompt`` does; the last message alone keeps its end.
+
+    Raises:
+        BadRequest: over the whole context with ``truncate`` false (Ollama's message).
+    """
+    def size(msgs: list[dict[str, str]]) -> int:
+        return sum(len(llm.tokenize(m["content"].encode("utf-8"), add_bos=False, special=False)) + MESSAGE_OVERHEAD
+                   for m in msgs)
+
+    if size(messages) <= limit:
+        return messages
+    if not truncate:
+        if size(messages) >= llm.n_ctx():
+            raise BadRequest(CONTEXT_EXCEEDED)
+        return messages
+    first = 0
+    kept = messages
+    while size(kept) > limit and first < len(messages) - 1:
+        first += 1
+        kept = [m for m in messages[:first] if m["role"] == "system"] + messages[first:]
+    if size(kept) > limit:
+        last = kept[-1]
+        room = max(1, limit - size(kept[:-1]) - MESSAGE_OVERHEAD)
+        tokens = llm.tokenize(last["content"].encode("utf-8"), add_bos=False, special=False)[-room:]
+        kept = kept[:-1] + [{**last, "content": llm.detokenize(tokens).decode("utf-8", "replace")}]
+    return kept
 
 
 def _grammar(fmt: Any) -> Any:

@@ -30,6 +30,12 @@ def _message(m: Message) -> str:
     return text
 
 
+def render_template(job: GenerationJob) -> str:
+    """The request's own ``template`` with its ``{{ .Prompt }}``, ``{{ .System }}`` and ``{{ .Suffix }}`` filled in."""
+    values = {"Prompt": job.prompt, "System": job.system, "Suffix": job.suffix}
+    return _TEMPLATE_FIELD.sub(lambda m: values[m.group(1)], job.template)
+
+
 def render_prompt(job: GenerationJob) -> str:
     """The whole prompt a model would see, in a neutral chat template (or the request's ``template``,
     whose ``{{ .Prompt }}``, ``{{ .System }}`` and ``{{ .Suffix }}`` are filled in)."""
@@ -43,8 +49,7 @@ def render_prompt(job: GenerationJob) -> str:
     if job.raw:
         return job.prompt
     if job.template:
-        values = {"Prompt": job.prompt, "System": job.system, "Suffix": job.suffix}
-        return _TEMPLATE_FIELD.sub(lambda m: values[m.group(1)], job.template)
+        return render_template(job)
     if job.suffix:
         return f"<|fim_prefix|>{job.prompt}<|fim_suffix|>{job.suffix}<|fim_middle|>"
     head = f"<|system|>{job.system}\n" if job.system else ""
