@@ -34,6 +34,12 @@ def unload(self, model: str, token: int, reason: str = "") -> dict[str, Any]:
     return _agent().unload(model, token, reason, decided_at=self.request.get("mm_decided"))
 
 
+def op_status(exc: BaseException) -> int:
+    """The HTTP status a failed pull or delete is answered with: the runtime's 4xx, else 502."""
+    code = getattr(exc, "status_code", 0)
+    return code if isinstance(exc, ollama.ResponseError) and 400 <= code < 500 else 502
+
+
 @app.task(name=PULL_TASK, bind=True, acks_late=False)
 def pull(self, model: str, token: int, op_id: str) -> dict[str, Any]:
     """Start pulling ``model`` into this node's runtime; progress goes to the stream of ``op_id``.
