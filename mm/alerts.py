@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 import redis
-import requests
 
 from mm import events, keys, metrics, quality, registry
 from mm.alert_rules import JOB_METRICS, Rule, advance, parse_rules
@@ -31,7 +30,7 @@ def rules(settings: Settings) -> list[Rule]:
 
 def _job_figures(r: redis.Redis, settings: Settings, at: float) -> dict[str, dict[str, Any]]:
     """Per model: every job metric over the window (only models with samples, loads or a queue)."""
-    from workers.snapshot_reader import read_demand
+    from mm.workers.snapshot_reader import read_demand
 
     start = at - settings.alert_window_s
     by_model: dict[str, list[dict[str, Any]]] = {}
@@ -142,11 +141,13 @@ def _tell(r: redis.Redis, settings: Settings, change: str, rule_id: str, text: s
 
 def post_webhook(url: str, payload: dict[str, Any], timeout: float) -> bool:
     """POST ``payload`` as JSON; a failure is logged, never raised. Returns whether it was accepted."""
+    import httpx  # the [server] extra's: `mm alerts` reads alerts on a client install without it
+
     try:
-        response = requests.post(url, json=payload, timeout=timeout)
+        response = httpx.post(url, json=payload, timeout=timeout)
         response.raise_for_status()
         return True
-    except requests.RequestException as exc:
+    except httpx.HTTPError as exc:
         log.warning("alert webhook %s failed: %s", url, exc)
         return False
 

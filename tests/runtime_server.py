@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
+import httpx
 
 from tests.procs import Proc, free_port, wait_for
 
@@ -38,7 +38,7 @@ class RuntimeProc:
 
 
 def _answers(url: str) -> bool:
-    return requests.get(f"{url}/api/version", timeout=2).status_code == 200
+    return httpx.get(f"{url}/api/version", timeout=2).status_code == 200
 
 
 def start_runtime(

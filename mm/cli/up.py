@@ -13,8 +13,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import click
+import httpx
 import redis
-import requests
 
 from mm import keys, registry, store
 from mm.settings import get as get_settings
@@ -43,8 +43,8 @@ def _free_port() -> int:
 
 def _answers(url: str) -> bool:
     try:
-        return requests.get(f"{url}/api/version", timeout=1).ok
-    except requests.RequestException:
+        return httpx.get(f"{url}/api/version", timeout=1).is_success
+    except httpx.HTTPError:
         return False
 
 

@@ -17,7 +17,7 @@ import json
 import time
 from typing import Any
 
-import requests
+import httpx
 
 from mm import activity, client, events, keys, registry
 from mm.errors import JobFailed, JobLost
@@ -27,7 +27,7 @@ from mm.gateway.jobs import _result_text, submit, submit_kwargs
 from mm.gateway.ollama_shape import PRIORITY_HEADER, priority_from
 from mm.gateway.waiting import wait_result
 from mm.settings import Settings
-from workers.snapshot_reader import read_raw
+from mm.workers.snapshot_reader import read_raw
 
 INFER_FIELDS = ("prompt", "messages", "kind", "priority", "options", "images", "metadata", "format", "system",
                 "timeout")
@@ -96,9 +96,9 @@ def warmup_kind(r, name: str) -> str:
         if not url:
             continue
         try:
-            reply = requests.post(f"{url}/api/show", json={"model": name}, timeout=SHOW_TIMEOUT_S)
+            reply = httpx.post(f"{url}/api/show", json={"model": name}, timeout=SHOW_TIMEOUT_S)
             capabilities = reply.json().get("capabilities") or []
-        except (requests.RequestException, ValueError, AttributeError):
+        except (httpx.HTTPError, ValueError, AttributeError):
             continue
         if "embedding" in capabilities and "completion" not in capabilities:
             return "embed"

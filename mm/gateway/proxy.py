@@ -21,7 +21,7 @@ import json
 import time
 from typing import Any
 
-import requests
+import httpx
 
 from mm import client, keys, registry, store
 from mm.errors import JobFailed, JobLost
@@ -310,10 +310,10 @@ def show(r, model: str) -> dict[str, Any]:
         if not url:
             continue
         try:
-            reply = requests.post(f"{url}/api/show", json={"model": model}, timeout=SHOW_TIMEOUT_S)
+            reply = httpx.post(f"{url}/api/show", json={"model": model}, timeout=SHOW_TIMEOUT_S)
             if reply.status_code == 200:
                 return reply.json()
-        except (requests.RequestException, ValueError):
+        except (httpx.HTTPError, ValueError):
             continue
     return {"modelfile": "", "parameters": f"num_ctx {entry.num_ctx}", "template": "", "details": entry.details,
             "model_info": {}, "capabilities": entry.capabilities or []}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-import requests
+import httpx
 
 from tests.procs import Proc, free_port, wait_for
 from tests.runtime_server import start_runtime
@@ -26,12 +26,12 @@ def test_flower_refuses_without_credentials_and_lists_mm_workers_with_them(tmp_p
         stack.start_worker("model-1")
         stack.wait_ready(["fl:1b"], ["model-1"])
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: requests.get(f"{url}/healthcheck", timeout=2).ok, 60, what="flower")
+        wait_for(lambda: httpx.get(f"{url}/healthcheck", timeout=2).is_success, 60, what="flower")
 
-        assert requests.get(f"{url}/api/workers", timeout=5).status_code == 401
-        assert requests.get(f"{url}/api/workers", auth=("admin", "wrong"), timeout=5).status_code == 401
+        assert httpx.get(f"{url}/api/workers", timeout=5).status_code == 401
+        assert httpx.get(f"{url}/api/workers", auth=("admin", "wrong"), timeout=5).status_code == 401
         def listed() -> set[str]:
-            return set(requests.get(f"{url}/api/workers?refresh=1", auth=("admin", "flower-pass"), timeout=10).json())
+            return set(httpx.get(f"{url}/api/workers?refresh=1", auth=("admin", "flower-pass"), timeout=10).json())
 
         wait_for(lambda: {"broker@n1", "model-1@n1"} <= listed(), 60, what="both workers in flower")
     finally:

@@ -16,10 +16,10 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import ollama
 import pytest
 import redis
-import requests
 import schemathesis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -58,7 +58,7 @@ def start_gateway(tmp: Path, env: dict[str, str], name: str, **settings: object)
                 log=tmp / f"{name}.log", env=env, cwd=str(REPO))
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: not proc.alive() or requests.get(f"{url}/api/health", timeout=2).status_code == 200, 30,
+        wait_for(lambda: not proc.alive() or httpx.get(f"{url}/api/health", timeout=2).status_code == 200, 30,
                  what=f"gateway {name}")
         assert proc.alive(), proc.output()
     except BaseException:
@@ -103,12 +103,12 @@ def cluster(redis_server, tmp_path_factory):
     c.stop()
 
 
-def get(url: str, path: str, **kwargs) -> requests.Response:
-    return requests.get(url + path, timeout=30, **kwargs)
+def get(url: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.get(url + path, timeout=30, **kwargs)
 
 
-def post(url: str, path: str, **kwargs) -> requests.Response:
-    return requests.post(url + path, timeout=60, **kwargs)
+def post(url: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.post(url + path, timeout=60, **kwargs)
 
 
 def wait_job(url: str, job_id: str, timeout: float = 60) -> dict:
@@ -231,7 +231,7 @@ def test_start_pins_and_loads_stop_unpins_and_unloads_and_history_records_it(clu
     schema_of(cluster.url)["/api/models/{name}/history"]["GET"].validate_response(
         get(cluster.url, f"/api/models/{model}/history"))
 
-    cleared = requests.delete(f"{cluster.url}/api/models/{model}/history", timeout=10)
+    cleared = httpx.delete(f"{cluster.url}/api/models/{model}/history", timeout=10)
     assert cleared.status_code == 200 and cleared.json()["cleared"] >= 3
     assert get(cluster.url, f"/api/models/{model}/history").json()["history"] == []
 
@@ -243,17 +243,17 @@ def test_infer_waits_for_the_result_and_patch_sets_flags(cluster):
     assert result.json()["result"] and result.json()["timings"]["eval_tokens"] == 8
     assert get(cluster.url, f"/api/job/{result.json()['job_id']}").json()["priority"] == "low"
 
-    patched = requests.patch(f"{cluster.url}/api/models/sim-a:1b", json={"max_parallel": 3, "pinned": True},
-                             timeout=10)
+    patched = httpx.patch(f"{cluster.url}/api/models/sim-a:1b", json={"max_parallel": 3, "pinned": True},
+                          timeout=10)
     assert patched.status_code == 200 and patched.json()["max_parallel"] == 3 and patched.json()["pinned"]
     listed = {m["name"]: m for m in get(cluster.url, "/api/models").json()["models"]}
     assert listed["sim-a:1b"]["pinned"] and listed["sim-a:1b"]["status"] == "running"
-    unpinned = requests.patch(f"{cluster.url}/api/models/sim-a:1b", json={"pinned": False}, timeout=10)
+    unpinned = httpx.patch(f"{cluster.url}/api/models/sim-a:1b", json={"pinned": False}, timeout=10)
     assert not unpinned.json()["pinned"]
     for body, field in (({"warm": True}, "warm"), ({"max_parallel": 0}, "max_parallel"), ({"colour": 1}, "colour")):
-        refused = requests.patch(f"{cluster.url}/api/models/sim-a:1b", json=body, timeout=10)
+        refused = httpx.patch(f"{cluster.url}/api/models/sim-a:1b", json=body, timeout=10)
         assert refused.status_code == 400 and refused.json()["field"] == field
-    assert requests.patch(f"{cluster.url}/api/models/nope:1b", json={"pinned": True}, timeout=10).status_code == 404
+    assert httpx.patch(f"{cluster.url}/api/models/nope:1b", json={"pinned": True}, timeout=10).status_code == 404
     schema_of(cluster.url)["/api/models"]["GET"].validate_response(get(cluster.url, "/api/models"))
 
 
@@ -455,7 +455,7 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_enqueues_nothing(cluster, pat
     before = _enqueued(cluster.r)
     headers = headers | {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
-    reply = requests.post(cluster.secure_url + path, data=body, headers=headers, timeout=30)
+    reply = httpx.post(cluster.secure_url + path, content=body, headers=headers, timeout=30)
 
     assert reply.status_code == status, reply.text
     assert reply.json()["field"] == field and reply.json()["error"]
@@ -464,15 +464,15 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_enqueues_nothing(cluster, pat
 
 def test_a_body_far_over_the_limit_is_refused_before_it_is_read(cluster):
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    reply = requests.post(cluster.secure_url + "/api/submit", data=b"x" * (500 * SMALL_BODY), headers=headers,
-                          timeout=30)
+    reply = httpx.post(cluster.secure_url + "/api/submit", content=b"x" * (500 * SMALL_BODY), headers=headers,
+                       timeout=30)
     assert reply.status_code == 413 and reply.json()["field"] == "body"
     assert get(cluster.secure_url, "/api/health").status_code == 200
 
 
 def test_unknown_paths_and_methods_answer_json_4xx(cluster):
     missing = get(cluster.url, "/api/nothing-here")
-    wrong = requests.put(f"{cluster.url}/api/submit", timeout=10)
+    wrong = httpx.put(f"{cluster.url}/api/submit", timeout=10)
     assert missing.status_code == 404 and missing.json()["field"] == "path"
     assert wrong.status_code == 405 and wrong.headers["Allow"] == "POST"
     assert get(cluster.url, "/api/job/not-a-job").status_code == 404

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+import httpx
 import ollama
 import pytest
-import requests
 
 from tests.procs import wait_for
 from tests.runtime_server import REPO, RuntimeProc, start_runtime
@@ -67,7 +67,8 @@ def test_pull_of_an_unknown_model_is_a_clear_error(rt: RuntimeProc) -> None:
     ({"num_ctx": 0}, 'option "num_ctx" must be a positive integer'),
 ])
 def test_wrong_option_types_are_400_with_the_option_named(rt: RuntimeProc, options: dict, message: str) -> None:
-    response = requests.post(rt.url + "/api/generate", json={"model": "sim-a:1b", "prompt": "x", "options": options})
+    response = httpx.post(rt.url + "/api/generate", json={"model": "sim-a:1b", "prompt": "x", "options": options},
+                          timeout=30)
 
     assert response.status_code == 400 and response.json() == {"error": message}
 
@@ -79,7 +80,7 @@ def test_keep_alive_accepts_every_ollama_form(rt: RuntimeProc) -> None:
 
 
 def test_unknown_paths_are_plain_404(rt: RuntimeProc) -> None:
-    response = requests.get(rt.url + "/api/nothing")
+    response = httpx.get(rt.url + "/api/nothing", timeout=30)
 
     assert response.status_code == 404 and response.text == "404 page not found"
 
@@ -93,7 +94,7 @@ def test_an_embedding_model_refuses_to_generate(rt: RuntimeProc) -> None:
 
 
 def test_legacy_embeddings_endpoint_answers_one_vector(rt: RuntimeProc) -> None:
-    reply = requests.post(rt.url + "/api/embeddings", json={"model": "sim-embed:335m", "prompt": "hi"}).json()
+    reply = httpx.post(rt.url + "/api/embeddings", json={"model": "sim-embed:335m", "prompt": "hi"}, timeout=30).json()
     modern = client(rt).embed("sim-embed:335m", "hi").embeddings[0]
 
     assert reply["embedding"] == pytest.approx(modern)
@@ -116,7 +117,8 @@ def test_an_error_mid_stream_arrives_as_an_ndjson_error_line(rt: RuntimeProc) ->
             received.append(part.response)
 
     assert len(received) == 3 and "simulated failure" in caught.value.error
-    raw = requests.post(rt.url + "/api/generate", json={"model": "sim-faulty:1b", "prompt": "go"}).text.splitlines()
+    raw = httpx.post(rt.url + "/api/generate", json={"model": "sim-faulty:1b", "prompt": "go"},
+                     timeout=30).text.splitlines()
     assert json.loads(raw[-1]) == {"error": "simulated failure after 3 tokens (fail_after)"}
     with pytest.raises(ollama.ResponseError) as whole:
         client(rt).generate("sim-faulty:1b", "go", options={"num_predict": 10})

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, UTC
 from collections.abc import Iterator
 
+import httpx
 import ollama
 import pytest
-import requests
 
 from tests.procs import wait_for
 from tests.runtime_server import RuntimeProc, start_runtime
@@ -78,9 +78,9 @@ def _norm(vector: list[float]) -> float:
 # -- discovery ---------------------------------------------------------------------------------
 
 def test_root_and_version_answer_like_ollama(target: Target) -> None:
-    root = requests.get(target.url + "/", timeout=10)
-    head = requests.head(target.url + "/", timeout=10)
-    version = requests.get(target.url + "/api/version", timeout=10)
+    root = httpx.get(target.url + "/", timeout=10)
+    head = httpx.head(target.url + "/", timeout=10)
+    version = httpx.get(target.url + "/api/version", timeout=10)
 
     assert root.status_code == 200 and root.text == "Ollama is running"
     assert head.status_code == 200
@@ -255,11 +255,11 @@ def test_unknown_models_are_404(target: Target, call: str) -> None:
 def test_malformed_bodies_are_400_and_the_server_keeps_serving(target: Target, path: str, body: object) -> None:
     if isinstance(body, dict):
         body = {k: target.model if v == "MODEL" else v for k, v in body.items()}
-        response = requests.post(target.url + path, json=body, timeout=30)
+        response = httpx.post(target.url + path, json=body, timeout=30)
     else:
-        response = requests.post(target.url + path, data=body, timeout=30)
+        response = httpx.post(target.url + path, content=body, timeout=30)
 
     assert response.status_code == 400
     assert isinstance(response.json()["error"], str) and response.json()["error"]
-    assert requests.get(target.url + "/api/version", timeout=10).status_code == 200
+    assert httpx.get(target.url + "/api/version", timeout=10).status_code == 200
     assert target.client.generate(target.model, "Say hi.", options=OPTS).done

@@ -60,3 +60,18 @@ def test_docker_compose_config_accepts_the_file():
     done = subprocess.run([binary, "config", "-q"], cwd=Path(__file__).resolve().parents[2], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_image_installs_mm_with_its_server_extra_and_no_top_level_celeryconfig():
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    install = next(line for line in dockerfile.splitlines() if "pip install" in line)
+    copied = " ".join(line for line in dockerfile.splitlines() if line.startswith("COPY"))
+
+    assert "'.[server]'" in install
+    assert all(f" {d} " in copied for d in ("mm", "workers", "beat"))
+    assert "celeryconfig.py" not in copied  # mm reads mm.celeryconfig; the top-level one is for clients
+
+
+def test_every_mm_service_runs_the_mm_celery_app():
+    for name in ("gpu-broker", "model-worker", "beat", "flower"):
+        assert SERVICES[name]["command"].startswith("celery -A mm.app "), name
