@@ -12,16 +12,23 @@
    live loads (the leader's decision -> the node starting the load). The load count is chaotic:
    20 ms of arrival jitter moves it by up to 20%, so the prediction is for the trace as it ran.
    The uncalibrated prediction (nominal arrivals, no delay) is printed too.
-3. Ollama-like live: a fresh runtime with ``--evict ollama``, one client thread per job calling
-   it directly with the official ``ollama`` client at the job's arrival time (keep_alive 5 min,
-   scaled); loads counted from the runtime's log. 4. Its simulated prediction.
+3. Ollama live, twice: a fresh runtime with ``--evict ollama`` (Ollama's scheduler, see
+   :mod:`mm.runtime.scheduler`), one client thread per job calling it directly with the official
+   ``ollama`` client at the job's arrival time, setting no keep_alive (the server's
+   ``OLLAMA_KEEP_ALIVE``: 5 min, scaled). ``ollama-default``: ``OLLAMA_NUM_PARALLEL`` 1 and
+   ``OLLAMA_MAX_QUEUE`` 512, as ``ollama serve`` out of the box; ``ollama-tuned``: NUM_PARALLEL =
+   the models' ``parallel`` (the slots mm gets) and a queue that refuses nothing. A refused
+   request (503) is a failed job, counted in ``refused``. Loads are counted from the runtime's
+   log. 4. Each one's simulated prediction (:class:`bench.sim_baselines.OllamaSim`, same settings).
 
-Agreement: mm live vs simulated within 15% on makespan and on loads.
+Agreement: mm live vs simulated within 15% on makespan and on loads; each Ollama run vs its
+simulation within 5%.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -33,12 +40,13 @@ from dataclasses import dataclass, replace
 
 from bench import traces as tr
 from bench.common import Services, percentile, table
-from bench.sim_baselines import DEFAULT_KEEP_ALIVE_S, simulate_ollama
+from bench.sim_baselines import DEFAULT_KEEP_ALIVE_S, OLLAMA_ROWS, simulate_ollama
 from bench.sim_mm import MMConfig, simulate_mm
 from bench.simcore import Outcome, Trace, TraceJob
 from mm.snapshot import PRIORITY_CLASSES
 
 AGREEMENT = 0.15
+OLLAMA_AGREEMENT = 0.05
 TEMPLATE_TOKENS = 10  # "<|user|>" and "\n<|assistant|>" around a prompt count 10 tokens in the sim runtime
 
 
@@ -120,27 +128,63 @@ def run_mm_live(services: Services, trace: Trace, cfg: MMConfig) -> tuple[Outcom
     return out, Observed(replace(trace, jobs=as_ran), statistics.median(waits) if waits else 0.0)
 
 
-def run_ollama_live(services: Services, trace: Trace, keep_alive_s: float) -> Outcome:
+def ollama_settings(trace: Trace, row: str) -> dict:
+    """The simulator's settings for ``row`` of :data:`OLLAMA_ROWS` on ``trace``, as one server can
+    have them: one NUM_PARALLEL for all models, so the tuned row needs them to agree."""
+    settings = dict(OLLAMA_ROWS[row])
+    if settings["num_parallel"] is None:
+        parallel = {trace.models[m].parallel for m in trace.used_models}
+        if len(parallel) != 1:
+            raise SystemExit(f"{row}: the models' parallel differ ({sorted(parallel)}); one OLLAMA_NUM_PARALLEL cannot")
+        settings["num_parallel"] = parallel.pop()
+    return settings
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Set environment variables for the processes started inside, and restore them after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_ollama_live(services: Services, trace: Trace, keep_alive_s: float, row: str, settings: dict) -> Outcome:
+    """``trace`` as direct client calls on ``mm runtime --evict ollama`` with ``settings`` as ``OLLAMA_*``."""
     import httpx
     import ollama
 
-    runtime = services.runtime(trace.runtime_models(), memory=trace.memory, evict="ollama")
-    out = Outcome("ollama-like live", trace.name)
+    max_queue = settings["max_queue"] if settings["max_queue"] is not None else len(trace.jobs) + 1
+    with _environ(OLLAMA_NUM_PARALLEL=str(settings["num_parallel"]), OLLAMA_MAX_QUEUE=str(max_queue),
+                  OLLAMA_MAX_LOADED_MODELS="0", OLLAMA_KEEP_ALIVE=f"{keep_alive_s}s"):
+        runtime = services.runtime(trace.runtime_models(), memory=trace.memory, evict="ollama")
+    out = Outcome(f"{row} live", trace.name)
     lock = threading.Lock()
     threads = []
 
     def call(job: TraceJob) -> None:
         sent = time.time()
+        with lock:
+            out.first_arrival = min(out.first_arrival, sent)
         try:
-            ollama.Client(host=runtime.url).generate(model=job.model, prompt=prompt_for(job), options=_options(job),
-                                                     keep_alive=f"{keep_alive_s}s")
-        except (ollama.ResponseError, httpx.HTTPError):  # e.g. a model larger than the whole budget
+            ollama.Client(host=runtime.url).generate(model=job.model, prompt=prompt_for(job), options=_options(job))
+        except ollama.ResponseError as exc:
+            with lock:
+                out.failed += 1
+                out.refused += exc.status_code == 503  # "server busy": OLLAMA_MAX_QUEUE
+            return
+        except httpx.HTTPError:
             with lock:
                 out.failed += 1
             return
         done = time.time()
         with lock:
-            out.first_arrival = min(out.first_arrival, sent)
             out.latencies[job.priority].append(done - sent)
             out.last_end = max(out.last_end, done)
 
@@ -170,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=200, help="the first N jobs of the trace")
     parser.add_argument("--scale", type=float, default=0.2, help="multiply every time in the trace by this")
     parser.add_argument("--skip-ollama", action="store_true", help="only the mm run and its prediction")
+    parser.add_argument("--ollama", action="append", choices=list(OLLAMA_ROWS),
+                        help="only these Ollama settings (default: both)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.trace, args.jobs, args.scale = "alt-ab", 12, 0.05
@@ -188,15 +234,17 @@ def main(argv: list[str] | None = None) -> None:
         nominal = simulate_mm(trace, cfg)
         nominal.scheduler = "mm simulated, nominal"
         outcomes = [live, predicted, nominal]
-        if not args.skip_ollama:
-            outcomes.append(run_ollama_live(services, trace, keep_alive))
-            ollama_predicted = simulate_ollama(trace, keep_alive)
-            ollama_predicted.scheduler = "ollama-like simulated"
-            outcomes.append(ollama_predicted)
+        ollama_runs: list[tuple[str, Outcome, Outcome]] = []
+        for row in ([] if args.skip_ollama else args.ollama or list(OLLAMA_ROWS)):
+            settings = ollama_settings(trace, row)
+            ol_live = run_ollama_live(services, trace, keep_alive, row, settings)
+            ol_sim = simulate_ollama(trace, name=f"{row} simulated", keep_alive_s=keep_alive, **settings)
+            ollama_runs.append((row, ol_live, ol_sim))
+            outcomes += [ol_live, ol_sim]
 
-    headers = ["run", "makespan_s", "loads", "load_s", "failed", "all_mean", "all_p99",
+    headers = ["run", "makespan_s", "loads", "load_s", "failed", "refused", "all_mean", "all_p99",
                *(f"{c}_p99" for c in PRIORITY_CLASSES)]
-    rows = [[o.scheduler, o.makespan, o.loads, o.load_seconds, o.failed, o.mean(), o.p99(),
+    rows = [[o.scheduler, o.makespan, o.loads, o.load_seconds, o.failed, o.refused, o.mean(), o.p99(),
              *(percentile(o.latencies[c], 99) for c in PRIORITY_CLASSES)] for o in outcomes]
     print(table(headers, rows))
     print(f"mm simulated: the live arrival times and command delay {observed.command_s:.3f}s (median of the live "
@@ -207,10 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     agree = span_err <= AGREEMENT and loads_err <= AGREEMENT
     line = (f"HEADLINE live: mm live/simulated makespan {live.makespan / sim.makespan:.2f} loads "
             f"{live.loads}/{sim.loads}; within {AGREEMENT:.0%}: {'yes' if agree else 'NO'}")
-    if not args.skip_ollama:
-        ol = outcomes[3]
-        line += (f"; ollama-like live/mm live p99 {ol.p99() / live.p99():.1f}x, makespan "
-                 f"{ol.makespan / live.makespan:.2f}x, loads {ol.loads}/{live.loads}")
+    for row, ol, ol_sim in ollama_runs:
+        ol_span = abs(ol.makespan / ol_sim.makespan - 1) if ol_sim.makespan else math.inf
+        ol_loads = abs(ol.loads / ol_sim.loads - 1) if ol_sim.loads else (0.0 if ol.loads == 0 else math.inf)
+        ol_agree = ol_span <= OLLAMA_AGREEMENT and ol_loads <= OLLAMA_AGREEMENT
+        line += (f"; {row} live/mm live p99 {ol.p99() / live.p99():.1f}x, makespan "
+                 f"{ol.makespan / live.makespan:.2f}x, loads {ol.loads}/{live.loads}, refused {ol.refused}/"
+                 f"{live.refused}; {row} live/simulated makespan {ol.makespan / ol_sim.makespan:.2f} loads "
+                 f"{ol.loads}/{ol_sim.loads}, within {OLLAMA_AGREEMENT:.0%}: {'yes' if ol_agree else 'NO'}")
     print(line)
 
 

@@ -50,6 +50,12 @@ class OutOfMemory(RuntimeAPIError):
         self.available = available
 
 
+class ServerBusy(RuntimeAPIError):
+    """``--evict ollama`` with ``OLLAMA_MAX_QUEUE`` requests already waiting (503, Ollama's ``ErrMaxQueue``)."""
+
+    status = 503
+
+
 class EngineError(RuntimeAPIError):
     """An engine failed to load, run or unload a model (500)."""
 

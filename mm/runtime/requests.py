@@ -92,7 +92,10 @@ class _Fields:
             raise BadRequest("model is required")
         return name
 
-    def keep_alive(self) -> float:
+    def keep_alive(self) -> float | None:
+        """Seconds, or None when the request sets none (a loaded model then keeps its own)."""
+        if self.data.get("keep_alive") is None:
+            return None
         try:
             return parse_keep_alive(self.data.get("keep_alive"))
         except ValueError as exc:
@@ -193,7 +196,7 @@ class InferenceRequest:
     model: str
     job: GenerationJob
     stream: bool
-    keep_alive: float
+    keep_alive: float | None  # None: the request set none
     nothing_to_do: bool  # empty prompt / no messages: just load (or unload with keep_alive 0)
 
 
@@ -243,7 +246,7 @@ class EmbedRequest:
 
     model: str
     inputs: list[str]
-    keep_alive: float
+    keep_alive: float | None  # None: the request set none
     options: Options = field(default_factory=Options)
     truncate: bool = True
     dimensions: int = 0  # cut each vector to this many dimensions (then renormalised); 0: all

@@ -9,9 +9,19 @@ FIFO order and are placed by one loop task:
 
 * ``evict="none"``: a load that does not fit the free memory fails with :class:`OutOfMemory`;
   nothing is ever evicted to make room. Loads of different models may run concurrently.
-* ``evict="ollama"``: Ollama's scheduler. One load at a time; when memory is short the idle model
-  expiring soonest (then the one with the shortest keep_alive) is unloaded; with no idle model
-  the head of the queue waits, and everything behind it waits too (head-of-line).
+* ``evict="ollama"``: Ollama's scheduler as its ``server/sched.go`` has it (the rules and the
+  ``OLLAMA_*`` settings are in :mod:`mm.runtime.ollama_rules`; ``bench.sim_baselines.OllamaSim``
+  simulates the same): a request for a loaded (or loading) model goes straight to it
+  (``getRunner``); the others queue, at most ``OLLAMA_MAX_QUEUE``, past which they are refused
+  with :class:`ServerBusy` (503). One loop takes the queue in order (``processPending``): it loads
+  the head's model if fewer than ``OLLAMA_MAX_LOADED_MODELS`` are loaded and it fits in 80% of
+  the free memory (with nothing loaded, in the budget), and waits until it is ready before it
+  looks at the next; else it picks a victim (``findRunnerToUnload``: by keep_alive then blob path,
+  the first idle one, else the first), sets its keep_alive to 0 (it unloads once its requests,
+  and those that keep joining it, end) and waits for an unload, which is reported once the
+  freed memory shows (``waitForVRAMRecovery``: polled every 250 ms, at most 5 s). Each model
+  runs ``OLLAMA_NUM_PARALLEL`` requests at once (default 1; embedding models 1); a request that
+  sets no keep_alive leaves a loaded model's as it is, and a new one gets ``OLLAMA_KEEP_ALIVE``.
 """
 
 from __future__ import annotations
@@ -25,10 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Coroutine
 
+from mm.runtime import ollama_rules
 from mm.runtime.catalog import ModelSpec
 from mm.runtime.durations import DEFAULT_KEEP_ALIVE, format_duration
 from mm.runtime.engines.base import Engine
-from mm.runtime.errors import EngineError, OutOfMemory, RuntimeAPIError, human_bytes
+from mm.runtime.errors import EngineError, OutOfMemory, RuntimeAPIError, ServerBusy, human_bytes
 from mm.runtime.slots import FifoSlots
 
 log = logging.getLogger("mm.runtime")
@@ -67,7 +78,7 @@ class Runner:
 class _Pending:
     spec: ModelSpec
     num_ctx: int
-    keep_alive: float
+    keep_alive: float | None
     fut: asyncio.Future[Runner]
 
 
@@ -77,12 +88,19 @@ _DONE, _WAIT = "done", "wait"
 class Scheduler:
     """Residency of models within ``budget`` bytes; see the module docstring."""
 
-    def __init__(self, engines: dict[str, Engine], budget: int, evict: str = "none"):
+    def __init__(self, engines: dict[str, Engine], budget: int, evict: str = "none",
+                 ollama: ollama_rules.OllamaEnv | None = None):
+        """``ollama``: the ``OLLAMA_*`` settings of ``evict="ollama"`` (default: read from the environment)."""
         if evict not in EVICT_MODES:
             raise ValueError(f"evict must be one of {EVICT_MODES}, got {evict!r}")
         self.engines = engines
         self.budget = budget
         self.evict = evict
+        self.ollama = (ollama or ollama_rules.OllamaEnv.from_env()) if evict == "ollama" else None
+        self.default_keep_alive = self.ollama.keep_alive_s if self.ollama else DEFAULT_KEEP_ALIVE
+        self._head: _Pending | None = None  # ollama: the request the placement loop works on
+        self._unloaded = asyncio.Event()  # ollama: an unload finished and its memory shows free
+        self._unload_lock = asyncio.Lock()  # ollama: unloads are reported one at a time
         self._runners: dict[str, Runner] = {}
         self._pending: deque[_Pending] = deque()
         self._wake = asyncio.Event()
@@ -103,17 +121,22 @@ class Scheduler:
         """Models loading or loaded (what ``/api/ps`` lists)."""
         return [r for r in self._runners.values() if r.state in (LOADING, READY)]
 
-    async def acquire(self, spec: ModelSpec, num_ctx: int, keep_alive: float) -> Runner:
+    async def acquire(self, spec: ModelSpec, num_ctx: int, keep_alive: float | None) -> Runner:
         """Lease a ready runner for ``spec`` with ``num_ctx``, loading (or reloading) it if needed.
+
+        ``keep_alive`` None (the request set none) keeps a loaded model's keep_alive as it is.
 
         Raises:
             OutOfMemory: the load does not fit (and, with ``evict="none"``, nothing is evicted).
             EngineError: the engine failed to load the model.
+            ServerBusy: ``evict="ollama"`` and ``OLLAMA_MAX_QUEUE`` requests already wait.
         """
         runner = self._runners.get(spec.name)
-        if not self._pending and runner and self._usable(runner, num_ctx):
+        if runner and self._usable(runner, num_ctx) and (self.ollama or not self._pending):
             self._lease(runner, keep_alive)
         else:
+            if self.ollama and len(self._pending) - (self._head is not None) >= self.ollama.max_queue:
+                raise ServerBusy(ollama_rules.SERVER_BUSY)
             pending = _Pending(spec, num_ctx, keep_alive, asyncio.get_running_loop().create_future())
             self._pending.append(pending)
             self._wake.set()
@@ -160,7 +183,7 @@ class Scheduler:
                 pending.fut.set_exception(EngineError("runtime is shutting down"))
         self._pending.clear()
         for runner in list(self._runners.values()):
-            await self._unload(runner, "shutdown")
+            await self._unload_now(runner, "shutdown")
         for task in list(self._tasks):
             task.cancel()
 
@@ -170,9 +193,10 @@ class Scheduler:
     def _usable(runner: Runner, num_ctx: int) -> bool:
         return runner.state in (LOADING, READY) and not runner.draining and runner.num_ctx == num_ctx
 
-    def _lease(self, runner: Runner, keep_alive: float) -> None:
+    def _lease(self, runner: Runner, keep_alive: float | None) -> None:
         runner.leases += 1
-        runner.keep_alive = keep_alive
+        if keep_alive is not None:
+            runner.keep_alive = keep_alive
         runner.idle_since = None
         if runner.timer:
             runner.timer.cancel()
@@ -211,6 +235,9 @@ class Scheduler:
                 log.exception("scheduler placement failed")
 
     async def _drain(self) -> None:
+        if self.ollama:
+            await self._process_pending()
+            return
         blocked: set[str] = set()  # models with an earlier request still waiting: keep their order
         i = 0
         while i < len(self._pending):
@@ -222,8 +249,6 @@ class Scheduler:
             if verdict == _DONE:
                 del self._pending[i]
                 continue
-            if self.evict == "ollama":
-                return  # head-of-line: nothing behind the head moves
             blocked.add(pending.spec.name)
             i += 1
 
@@ -244,32 +269,97 @@ class Scheduler:
                 continue
             size = self.engines[spec.engine].estimate_size(spec, pending.num_ctx)
             free = self.budget - self.used()
-            if size > self.budget or (size > free and self.evict == "none"):
-                available = self.budget if self.evict == "ollama" else free
-                log.debug("oom model=%s needs=%s free=%s", spec.name, human_bytes(size), human_bytes(free))
-                pending.fut.set_exception(OutOfMemory(size, available))
-                return _DONE
             if size > free:
-                victim = self._victim()
-                if victim is None:
-                    return _WAIT
-                await self._unload(victim, f"evicted for {spec.name}")
-                continue
-            runner = self._new_runner(spec, pending.num_ctx, size)
-            self._assign(runner, pending)
-            if self.evict == "ollama":
-                await asyncio.wait({runner.ready})  # one load at a time
+                log.debug("oom model=%s needs=%s free=%s", spec.name, human_bytes(size), human_bytes(free))
+                pending.fut.set_exception(OutOfMemory(size, free))
+                return _DONE
+            self._assign(self._new_runner(spec, pending.num_ctx, size), pending)
             return _DONE
         return _DONE
+
+    # -- evict="ollama": processPending -----------------------------------------------------
+
+    async def _process_pending(self) -> None:
+        """Work on the head of the queue until it runs, then the next: nothing behind it moves."""
+        while self._pending:
+            head = self._pending[0]
+            if not head.fut.done():
+                self._head = head
+                try:
+                    await self._schedule(head)
+                finally:
+                    self._head = None
+            if self._pending and self._pending[0] is head:  # close() may have emptied the queue
+                self._pending.popleft()
+
+    async def _schedule(self, pending: _Pending) -> None:
+        """processPending's inner loop: join, load (and wait until ready), or evict and wait."""
+        spec, limits = pending.spec, self.ollama
+        assert limits is not None
+        while not pending.fut.done():
+            runner = self._runners.get(spec.name)
+            victim: Runner | None = None
+            if runner is not None and runner.state == UNLOADING:
+                await asyncio.shield(runner.gone)
+                continue
+            if runner is not None:
+                if runner.num_ctx == pending.num_ctx:
+                    self._assign(runner, pending)
+                    await asyncio.wait({runner.ready})  # needsReload waits on a loading runner's lock
+                    return
+                runner.draining = True  # needsReload: other options, so unload it first
+                victim = runner
+            elif len(self._runners) >= limits.max_loaded():
+                victim = self._find_runner_to_unload()
+            else:
+                size = self.engines[spec.engine].estimate_size(spec, pending.num_ctx)
+                free = self.budget - self.used()
+                others = bool(self._runners)
+                if not others and size > self.budget:
+                    pending.fut.set_exception(OutOfMemory(size, self.budget))
+                    return
+                if size <= free and ollama_rules.fits(size, free, others):
+                    runner = self._new_runner(spec, pending.num_ctx, size)
+                    self._assign(runner, pending)
+                    await asyncio.wait({runner.ready})  # load holds the runner's lock until it runs
+                    return
+                victim = self._find_runner_to_unload()
+            if victim is None:  # only unloading runners left: wait for them
+                self._unloaded.clear()
+                await self._unloaded.wait()
+                continue
+            await self._expire_now(victim, f"evicted for {spec.name}")
+
+    def _find_runner_to_unload(self) -> Runner | None:
+        """``findRunnerToUnload``: by keep_alive then blob path, the first idle runner, else the first."""
+        candidates = sorted((r for r in self._runners.values() if r.state in (LOADING, READY)),
+                            key=lambda r: ollama_rules.unload_order_key(r.keep_alive, r.spec.name))
+        idle = (r for r in candidates if r.state == READY and r.leases == 0)
+        return next(idle, candidates[0] if candidates else None)
+
+    async def _expire_now(self, runner: Runner, reason: str) -> None:
+        """Set the victim's keep_alive to 0 (it unloads when its requests end) and wait for an unload."""
+        self._unloaded.clear()
+        runner.keep_alive = 0.0
+        if runner.timer:
+            runner.timer.cancel()
+            runner.timer = None
+        if runner.leases == 0 and runner.state == READY:
+            self._spawn(self._unload(runner, reason))
+        await self._unloaded.wait()
+
+    async def _memory_shows_free(self, free_before: int, size: int) -> None:
+        """``waitForVRAMRecovery``: poll every 250 ms until 75% of ``size`` shows free again, 5 s at most."""
+        deadline = time.monotonic() + ollama_rules.VRAM_RECOVERY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(ollama_rules.VRAM_POLL_S)
+            if (self.budget - self.used()) - free_before > ollama_rules.VRAM_RECOVERED * size:
+                return
 
     def _assign(self, runner: Runner, pending: _Pending) -> None:
         if not pending.fut.done():
             self._lease(runner, pending.keep_alive)
             pending.fut.set_result(runner)
-
-    def _victim(self) -> Runner | None:
-        idle = [r for r in self._runners.values() if r.state == READY and r.leases == 0]
-        return min(idle, key=lambda r: (r.expires_in(), r.keep_alive), default=None)
 
     # -- load and unload --------------------------------------------------------------------
 
@@ -277,8 +367,11 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         ready, gone = loop.create_future(), loop.create_future()
         ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # mark retrieved
+        parallel = spec.parallel
+        if self.ollama:  # one OLLAMA_NUM_PARALLEL for every model; embedding models run one at a time
+            parallel = 1 if spec.kind == "embed" else self.ollama.num_parallel
         runner = Runner(spec=spec, engine=self.engines[spec.engine], num_ctx=num_ctx, size=size,
-                        slots=FifoSlots(spec.parallel), ready=ready, gone=gone)
+                        slots=FifoSlots(parallel), ready=ready, gone=gone, keep_alive=self.default_keep_alive)
         self._runners[spec.name] = runner
         self._spawn(self._load(runner))
         return runner
@@ -312,13 +405,25 @@ class Scheduler:
             self._arm_expiry(runner)
 
     async def _unload(self, runner: Runner, reason: str) -> None:
+        if self.ollama:  # processCompleted unloads one runner at a time, each until its memory shows free
+            async with self._unload_lock:
+                free_before = self.budget - self.used()
+                unloaded = await self._unload_now(runner, reason)
+                if unloaded:
+                    await self._memory_shows_free(free_before, runner.size)
+                    self._unloaded.set()
+            return
+        await self._unload_now(runner, reason)
+
+    async def _unload_now(self, runner: Runner, reason: str) -> bool:
+        """Unload ``runner`` (once it has loaded); False if another call did or it is gone."""
         if runner.state == LOADING:
             await asyncio.wait({runner.ready})
         if runner.state == UNLOADING:
             await asyncio.shield(runner.gone)
-            return
+            return False
         if runner.state != READY or self._runners.get(runner.spec.name) is not runner:
-            return
+            return False
         runner.state = UNLOADING
         if runner.timer:
             runner.timer.cancel()
@@ -331,6 +436,7 @@ class Scheduler:
             self._forget(runner)
             log.info("unload model=%s reason=%s freed=%s used=%s/%s", runner.spec.name, reason,
                      human_bytes(runner.size), human_bytes(self.used()), human_bytes(self.budget))
+        return True
 
     def _forget(self, runner: Runner) -> None:
         if self._runners.get(runner.spec.name) is runner:
