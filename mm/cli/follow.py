@@ -33,7 +33,8 @@ def _completion(result: dict[str, Any]) -> str:
     timings = result.get("timings", {})
     tokens = timings.get("eval_tokens", 0)
     produced = f"{tokens} tokens in {seconds(timings.get('eval_s', 0.0))}, " if tokens else ""
-    return f"complete: {produced}{seconds(timings.get('queue_wait_s', 0.0))} in the queue"
+    return (f"complete on node {result.get('node', '?')}: {produced}"
+            f"{seconds(timings.get('queue_wait_s', 0.0))} in the queue")
 
 
 class Follower:

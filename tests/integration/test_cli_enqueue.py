@@ -89,12 +89,12 @@ def test_wait_shows_the_state_then_the_tokens_while_the_job_still_runs(node):
     assert cli.stdout() == mm.Job(job_id).get(timeout=10)["response"] + "\n"
     lines = cli.stderr().splitlines()
     running = [i for i, line in enumerate(lines) if "running on node n1" in line]
-    complete = [i for i, line in enumerate(lines) if "complete: 24 tokens" in line]
+    complete = [i for i, line in enumerate(lines) if "complete on node n1: 24 tokens" in line]
     assert running and complete and running[0] < complete[0], lines
 
 
 def test_no_stream_prints_the_whole_output_at_the_end_and_streams_nothing(node):
-    done = run_cli("enqueue", FAST["name"], "hello", "--wait", "--no-stream", "--num-predict", "8")
+    done = run_cli("enqueue", SLOW["name"], "hello", "--wait", "--no-stream", "--num-predict", "8")
 
     assert done.returncode == 0, done.stderr
     job_id = re.search(r"job (\S+) sent to", done.stderr).group(1)
