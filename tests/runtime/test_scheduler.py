@@ -96,7 +96,7 @@ def test_evict_ollama_unloads_an_idle_model_to_load_the_new_one(runtimes) -> Non
     assert "unload model=sim-a:1b reason=evicted for sim-b:1b" in rt.output()
 
 
-def test_evict_ollama_picks_the_idle_model_expiring_soonest(runtimes) -> None:
+def test_evict_ollama_picks_the_idle_model_with_the_shortest_keep_alive(runtimes) -> None:
     names = ["sim-a:1b", "sim-b:1b", "sim-c:1b"]
     rt = runtimes(models=[sim(n) for n in names], memory=int(2.5 * GB), evict="ollama")
     client(rt).generate("sim-a:1b", "", keep_alive="1h")
@@ -122,6 +122,59 @@ def test_evict_ollama_waits_for_a_busy_model_instead_of_failing(runtimes) -> Non
     assert end_time(waiting) > end_time(first)
     assert waiting.load_duration > 0.5e9  # queued behind the busy model, then loaded
     assert resident(rt) == {"sim-b:1b"}
+
+
+def test_evict_ollama_serves_a_loaded_model_while_a_load_waits_for_it_to_drain(runtimes, monkeypatch) -> None:
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "2")
+    slow = sim("sim-a:1b", eval_rate=20)  # 20 tokens take 1 s
+    rt = runtimes(models=[slow, sim("sim-b:1b")], memory=int(1.5 * GB), evict="ollama")
+    client(rt).generate("sim-a:1b", "")
+    with ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(client(rt).generate, "sim-a:1b", "long answer", options={"num_predict": 20})
+        time.sleep(0.2)
+        waiting = pool.submit(client(rt).generate, "sim-b:1b", "hi", options={"num_predict": 2})
+        time.sleep(0.2)
+
+        joined = client(rt).generate("sim-a:1b", "short", options={"num_predict": 2})
+
+        assert not waiting.done()
+        assert joined.load_duration < 0.05e9  # straight to the loaded model, not behind b's load
+        assert end_time(joined) < end_time(busy.result()) < end_time(waiting.result())
+
+
+def test_evict_ollama_refuses_requests_past_ollama_max_queue_with_503(runtimes, monkeypatch) -> None:
+    monkeypatch.setenv("OLLAMA_MAX_QUEUE", "1")
+    names = ["sim-a:1b", "sim-b:1b", "sim-c:1b"]
+    rt = runtimes(models=[sim(n, load_bandwidth=GB) for n in names], memory=8 * GB, evict="ollama")  # 1 s loads
+    with ThreadPoolExecutor(2) as pool:
+        loading = pool.submit(client(rt).generate, "sim-a:1b", "hi", options={"num_predict": 1})
+        time.sleep(0.3)
+        queued = pool.submit(client(rt).generate, "sim-b:1b", "hi", options={"num_predict": 1})
+        time.sleep(0.3)
+
+        with pytest.raises(ollama.ResponseError) as caught:
+            client(rt).generate("sim-c:1b", "hi", options={"num_predict": 1})
+
+        assert loading.result().done and queued.result().done
+    assert caught.value.status_code == 503
+    assert caught.value.error == "server busy, please try again.  maximum pending requests exceeded"
+
+
+def test_evict_ollama_runs_one_request_at_a_time_per_model_unless_ollama_num_parallel_says(runtimes,
+                                                                                           monkeypatch) -> None:
+    monkeypatch.delenv("OLLAMA_NUM_PARALLEL", raising=False)
+    models = [sim("sim-a:1b", eval_rate=50, parallel=4)]
+    for setting, expected in ((None, "running=1/1"), ("3", "running=2/3")):
+        if setting:
+            monkeypatch.setenv("OLLAMA_NUM_PARALLEL", setting)
+        rt = runtimes(models=models, evict="ollama")
+        client(rt).generate("sim-a:1b", "")
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda i: client(rt).generate("sim-a:1b", f"request {i}", options={"num_predict": 25}),
+                          range(2)))
+
+        assert expected in rt.output(), rt.output()[-2000:]
 
 
 # -- keep_alive ---------------------------------------------------------------------------------
