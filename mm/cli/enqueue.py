@@ -13,6 +13,7 @@ import click
 from mm import events, registry, store
 from mm.cli.follow import Follower, seconds
 from mm.errors import JobFailed, ValidationError
+from mm.settings import get as get_settings
 
 DEFAULT_NUM_PREDICT = 64  # the README's examples finish in seconds on a 2-core CPU
 EXIT_FAILED = 1
@@ -44,12 +45,19 @@ def _plan_jobs(model, prompt, batch, random_n, spam_n, priority, known, rng):
     return [(model, prompt, priority)]
 
 
-def _submit(model, prompt, kind, priority, num_predict, stream):
+def _default_num_predict(r, model: str) -> int:
+    """DEFAULT_NUM_PREDICT, or the model's num_predict ceiling where an operator set it lower."""
+    entry = registry.get(r, model)
+    ceiling = (entry.max_num_predict if entry else 0) or get_settings().max_num_predict
+    return min(DEFAULT_NUM_PREDICT, ceiling) if ceiling > 0 else DEFAULT_NUM_PREDICT
+
+
+def _submit(r, model, prompt, kind, priority, num_predict, stream):
     import mm
 
     if kind == "embed":
         return mm.submit(model, prompt, kind="embed", priority=priority)
-    options = {"num_predict": num_predict}
+    options = {"num_predict": _default_num_predict(r, model) if num_predict is None else num_predict}
     if kind == "chat":
         return mm.submit(model, kind="chat", messages=[{"role": "user", "content": prompt}], priority=priority,
                          options=options, stream=stream)
@@ -67,8 +75,9 @@ def _still_running(job_id: str, status: str, timeout: float) -> str:
 @click.argument("prompt", required=False)
 @click.option("--priority", "-p", type=click.Choice(["high", "normal", "low"]), default="normal", show_default=True)
 @click.option("--kind", type=click.Choice(["generate", "chat", "embed"]), default="generate", show_default=True)
-@click.option("--num-predict", type=int, default=DEFAULT_NUM_PREDICT, show_default=True,
-              help="Most tokens each generate or chat job may produce.")
+@click.option("--num-predict", type=int, default=None,
+              help=f"Most tokens each generate or chat job may produce [default: {DEFAULT_NUM_PREDICT}, "
+                   "or the model's ceiling if lower].")
 @click.option("--wait", is_flag=True,
               help="Wait for the job: its state and tokens as they come on stderr/stdout, then its timings.")
 @click.option("--stream/--no-stream", default=True, show_default=True,
@@ -107,7 +116,7 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
     try:
         with click.progressbar(planned, label="submitting", file=sys.stderr, hidden=single) as bar:
             for job_model, job_prompt, job_priority in bar:
-                jobs.append(_submit(job_model, job_prompt, kind, job_priority, num_predict, streaming))
+                jobs.append(_submit(r, job_model, job_prompt, kind, job_priority, num_predict, streaming))
                 if delay:
                     time.sleep(delay)
     except ValidationError as exc:

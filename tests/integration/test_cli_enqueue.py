@@ -6,6 +6,7 @@ sim engine. A slow model (8 tokens/s) makes streaming and waiting observable.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,7 +16,7 @@ import threading
 import pytest
 
 import mm
-from mm import keys
+from mm import keys, registry
 from tests.procs import wait_for
 from tests.stack import sim_node
 
@@ -125,6 +126,15 @@ def test_test_modes_ask_for_64_tokens_by_default(node, mode):
     job_ids = [key.decode().removeprefix(keys.job("")) for key in node.r.scan_iter(keys.job("*"))]
     assert len(job_ids) == (4 if mode[0] == "--batch" else 3)
     assert {mm.Job(job_id).get(timeout=10)["timings"]["eval_tokens"] for job_id in job_ids} == {64}
+
+
+def test_the_default_stays_within_a_model_ceiling_set_lower(node):
+    registry.set_flags(node.r, FAST["name"], max_num_predict=16)
+
+    done = run_cli("enqueue", FAST["name"], "hello", "--wait")
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stderr.splitlines()[-2])["eval_tokens"] == 16
 
 
 def test_a_client_that_stops_waiting_exits_cleanly_with_a_rounded_duration(node):
