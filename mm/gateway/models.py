@@ -32,6 +32,7 @@ from mm.workers.snapshot_reader import read_raw
 INFER_FIELDS = ("prompt", "messages", "kind", "priority", "options", "images", "metadata", "format", "system",
                 "timeout")
 MAX_WAIT_S = 600.0
+MAX_NUM_PREDICT = 1_000_000  # a per-model num_predict ceiling above this is a typo, not a model
 SHOW_TIMEOUT_S = 3.0
 
 
@@ -58,6 +59,8 @@ def model_views(r, settings: Settings, only: str | None = None) -> list[dict[str
             "name": name, "status": state, "resident_on": resident_on, "size": entry.size,
             "tag_size": entry.tag_size, "learned_size": entry.learned_size, "digest": entry.digest,
             "details": entry.details, "num_ctx": entry.num_ctx, "max_parallel": entry.max_parallel,
+            "context_length": entry.context_length, "capabilities": entry.capabilities,
+            "max_num_predict": entry.max_num_predict or settings.max_num_predict,
             "pinned": entry.pinned or name in settings.pinned,
             "pinned_by": "MM_PINNED_MODELS" if name in settings.pinned else ("api" if entry.pinned else None),
             "warm": bool(act and act.warm), "nodes": entry.nodes,
@@ -160,13 +163,13 @@ class ModelHandler(BaseHandler):
     async def patch(self, name: str) -> None:
         body = self.json_body()
         if not body:
-            raise ApiError(400, "body", "nothing to change: send pinned and/or max_parallel")
+            raise ApiError(400, "body", "nothing to change: send pinned, max_parallel and/or max_num_predict")
         for field in body:
             if field == "warm":
                 raise ApiError(400, "warm", "the warm pool is MM_WARM_POOL and cannot be changed at run time; "
                                             "pin the model, or POST /api/models/<name>/start to load it")
-            if field not in ("pinned", "max_parallel"):
-                raise ApiError(400, field, "unknown field (settable: pinned, max_parallel)")
+            if field not in ("pinned", "max_parallel", "max_num_predict"):
+                raise ApiError(400, field, "unknown field (settable: pinned, max_parallel, max_num_predict)")
         pinned = body.get("pinned")
         if "pinned" in body and not isinstance(pinned, bool):
             raise ApiError(400, "pinned", f"must be true or false, not {pinned!r:.40}")
@@ -174,6 +177,11 @@ class ModelHandler(BaseHandler):
         if "max_parallel" in body and (isinstance(parallel, bool) or not isinstance(parallel, int)
                                        or not 1 <= parallel <= 1024):
             raise ApiError(400, "max_parallel", f"must be an integer in 1..1024, not {parallel!r:.40}")
+        ceiling = body.get("max_num_predict")
+        if "max_num_predict" in body and (isinstance(ceiling, bool) or not isinstance(ceiling, int)
+                                          or not 0 <= ceiling <= MAX_NUM_PREDICT):
+            raise ApiError(400, "max_num_predict", f"must be an integer in 0..{MAX_NUM_PREDICT} (0: "
+                                                   f"MM_MAX_NUM_PREDICT), not {ceiling!r:.40}")
         if "pinned" in body and not pinned and name in self.gw.settings.pinned:
             raise ApiError(409, "pinned", f"{name} is pinned by MM_PINNED_MODELS; remove it there")
         await self.run(one_model, self.gw.r, self.gw.settings, name)  # 404 for an unknown model
@@ -182,6 +190,8 @@ class ModelHandler(BaseHandler):
         if "max_parallel" in body:
             await self.run(registry.set_flags, self.gw.r, name, max_parallel=parallel)
             await self.run(self.gw.r.lpush, keys.WAKE, 1)
+        if "max_num_predict" in body:
+            await self.run(registry.set_flags, self.gw.r, name, max_num_predict=ceiling)
         self.send_json(await self.run(one_model, self.gw.r, self.gw.settings, name))
 
 

@@ -60,7 +60,8 @@ def reply(description: str, schema: dict[str, Any] | None = None, media: str = J
 def errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad input; `field` names what is wrong", 401: "Missing or invalid API key",
             404: "Unknown model, job or path", 409: "Conflicts with the model's state",
-            413: "Body over MM_GATEWAY_MAX_BODY", 502: "The job failed (the reason is given)",
+            413: "Body over MM_GATEWAY_MAX_BODY", 500: "The runtime failed the job (its own status and reason)",
+            502: "The job failed (the reason is given)",
             503: "Redis unavailable", 504: "The job did not finish in time"}
     return {str(c): reply(text[c], ref("Error")) for c in codes}
 
@@ -100,9 +101,10 @@ WAIT = query("wait", {"type": "number", "minimum": 0, "maximum": 600},
 BASE64 = {"type": "string", "minLength": 4, "pattern": r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
 FORMAT = {"oneOf": [{"type": "string", "enum": ["json"]}, ANY_OBJ]}
 _TYPES = {int: INT, float: NUM, bool: BOOL, list: {"oneOf": [STR, STR_LIST]}}
-OPTIONS = obj({name: dict(_TYPES[typ]) for name, typ in {**RUNTIME_OPTIONS, **LOAD_OPTIONS}.items()}, extra=False,
-              description="Ollama options; load-time ones (num_ctx, ...) are fixed per model by mm")
-OPTIONS["properties"]["num_predict"] = {"type": "integer", "minimum": -2}
+OPTIONS = obj({name: nullable(dict(_TYPES[typ])) for name, typ in {**RUNTIME_OPTIONS, **LOAD_OPTIONS}.items()},
+              extra=False, description="Ollama options (null: unset); load-time ones (num_ctx, ...) are fixed per "
+                                       "model by mm, and another num_ctx is answered with a warning")
+OPTIONS["properties"]["num_predict"] = {"type": "integer", "minimum": -2, "nullable": True}
 
 
 def _text(limit: int) -> dict[str, Any]:
@@ -145,19 +147,27 @@ def job_request(settings: Settings, extra: dict[str, Any], required: tuple[str, 
     return schema
 
 
-MESSAGE = obj({"role": {"type": "string", "enum": list(ROLES)}, "content": STR, "images": STR_LIST}, ("role", "content"))
+TOOL_CALL = obj({"id": STR, "function": obj({"index": INT, "name": {"type": "string", "minLength": 1},
+                                             "arguments": ANY_OBJ}, ("name",))}, ("function",))
+MESSAGE = obj({"role": {"type": "string", "enum": list(ROLES)}, "content": STR, "images": STR_LIST,
+               "thinking": STR, "tool_calls": {"type": "array", "items": TOOL_CALL}, "tool_name": STR,
+               "tool_call_id": STR}, ("role", "content"))
 PROMPT = {"oneOf": [STR, {"type": "array", "items": STR, "minItems": 1}]}
 QUALITY_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}$"}
 JOB_ID_PATTERN = JOB_ID_RE.pattern
 MODEL_NAME = {"type": "string", "minLength": 1}
 KEEP_ALIVE = {"oneOf": [NUM, STR], "description": "Ignored (mm decides residency), except 0 with an empty prompt"}
-# Ollama fields mm cannot honour: accepted only at their unset value (anything else is a 400).
-UNSET_FIELDS = {
-    "suffix": {"type": "string", "maxLength": 0}, "template": {"type": "string", "maxLength": 0},
-    "raw": {"type": "boolean", "enum": [False]}, "context": {"type": "array", "maxItems": 0},
-    "think": {"type": "boolean", "enum": [False]}, "logprobs": {"type": "boolean", "enum": [False]},
-    "top_logprobs": {"type": "integer", "enum": [0]}, "tools": {"type": "array", "maxItems": 0},
-}
+# Ollama's request fields, passed to the runtime with the job (what the model cannot do is a 400).
+THINK = {"oneOf": [BOOL, {"type": "string", "enum": ["low", "medium", "high", "max"]}]}
+TOP_LOGPROBS = {"type": "integer", "minimum": 0, "maximum": 20}
+TOOL = obj({"type": {"type": "string", "enum": ["function"]},
+            "function": obj({"name": {"type": "string", "minLength": 1, "pattern": r"\S"}, "description": STR,
+                             "parameters": ANY_OBJ}, ("name",))}, ("function",))
+GENERATE_FIELDS = {"suffix": STR, "template": STR, "raw": BOOL, "context": {"type": "array", "items": INT},
+                   "think": THINK, "logprobs": BOOL, "top_logprobs": TOP_LOGPROBS, "truncate": BOOL}
+CHAT_FIELDS = {"tools": {"type": "array", "items": TOOL}, "think": THINK, "logprobs": BOOL,
+               "top_logprobs": TOP_LOGPROBS, "truncate": BOOL}
+ANSWER_EXTRAS = {"logprobs": {"type": "array", "items": ANY_OBJ}, "warnings": STR_LIST}
 TIME_QUERY = {"anyOf": [NUM, {"type": "string", "format": "date-time"}, {"type": "string", "maxLength": 0}],
               "description": "Epoch seconds or ISO 8601; empty means unbounded"}
 TIMINGS = obj({k: NUM for k in ("queue_wait_s", "load_s", "runtime_load_s", "prompt_eval_s", "eval_s",
@@ -165,7 +175,8 @@ TIMINGS = obj({k: NUM for k in ("queue_wait_s", "load_s", "runtime_load_s", "pro
 MODEL_VIEW = obj({
     "name": STR, "status": {"type": "string", "enum": ["running", "loading", "unloading", "stopped"]},
     "resident_on": STR_LIST, "size": INT, "tag_size": INT, "learned_size": INT, "digest": STR, "details": ANY_OBJ,
-    "num_ctx": INT, "max_parallel": INT, "pinned": BOOL, "pinned_by": nullable(STR), "warm": BOOL,
+    "num_ctx": INT, "max_parallel": INT, "context_length": INT, "capabilities": nullable(STR_LIST),
+    "max_num_predict": INT, "pinned": BOOL, "pinned_by": nullable(STR), "warm": BOOL,
     "nodes": STR_LIST, "queued": INT, "in_flight": INT, "last_used_at": nullable(STR), "active": BOOL, "idle": BOOL,
     "job_id": nullable(STR), "warmup_error": STR, "unload_requested_on": STR_LIST,
 }, ("name", "status", "resident_on", "pinned", "max_parallel", "queued", "in_flight"))
@@ -174,7 +185,7 @@ ACTIVITY = obj({"model": STR, "last_used": nullable(NUM), "last_used_at": nullab
                 "pinned": BOOL, "warm": BOOL}, ("model", "active", "idle"))
 DURATIONS = {k: INT for k in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
                               "eval_count", "eval_duration")}
-OLLAMA_ERRORS = (400, 404, 413, 502, 504)
+OLLAMA_ERRORS = (400, 404, 413, 500, 502, 504)
 PULL_NAME = {"type": "string", "minLength": 1, "maxLength": 256}
 PULL_STATUS = obj({"status": STR, "digest": STR, "total": INT, "completed": INT}, ("status",))
 NDJSON = "application/x-ndjson"
@@ -234,7 +245,9 @@ SCHEMAS: dict[str, Any] = {
                         ("name", "version", "count", "fields")),
     "Model": MODEL_VIEW,
     "ModelList": obj({"models": {"type": "array", "items": MODEL_VIEW}, "count": INT}, ("models", "count")),
-    "ModelPatch": obj({"pinned": BOOL, "max_parallel": {"type": "integer", "minimum": 1, "maximum": 1024}},
+    "ModelPatch": obj({"pinned": BOOL, "max_parallel": {"type": "integer", "minimum": 1, "maximum": 1024},
+                       "max_num_predict": {"type": "integer", "minimum": 0, "maximum": 1_000_000,
+                                           "description": "num_predict ceiling of this model (0: MM_MAX_NUM_PREDICT)"}},
                       extra=False, minProperties=1),
     "InferResult": obj({"job_id": STR, "status": STR, "model": STR, "result": {}, "timings": TIMINGS,
                         "output": ANY_OBJ}, ("job_id", "status", "model")),
@@ -248,21 +261,21 @@ SCHEMAS: dict[str, Any] = {
     "Cleared": obj({"model": STR, "cleared": INT, "cleared_at": STR}, ("model", "cleared", "cleared_at")),
     "GenerateRequest": obj({"model": MODEL_NAME, "prompt": STR, "system": STR, "images": {"type": "array", "items": BASE64},
                             "format": FORMAT, "options": OPTIONS, "stream": BOOL, "keep_alive": KEEP_ALIVE}
-                           | UNSET_FIELDS, ("model",),
+                           | GENERATE_FIELDS, ("model",),
                            description="An empty prompt loads the model (with keep_alive 0: unloads it)"),
     "GenerateResponse": obj({"model": STR, "created_at": STR, "response": STR, "done": BOOL,
-                             "done_reason": STR} | DURATIONS, ("model", "created_at", "response", "done")),
+                             "done_reason": STR, "thinking": STR, "context": {"type": "array", "items": INT}}
+                            | DURATIONS | ANSWER_EXTRAS, ("model", "created_at", "response", "done")),
     "ChatRequest": obj({"model": MODEL_NAME, "messages": {"type": "array", "items": MESSAGE}, "format": FORMAT,
-                        "options": OPTIONS, "stream": BOOL, "keep_alive": KEEP_ALIVE}
-                       | {k: v for k, v in UNSET_FIELDS.items() if k in ("tools", "think", "logprobs", "top_logprobs")},
+                        "options": OPTIONS, "stream": BOOL, "keep_alive": KEEP_ALIVE} | CHAT_FIELDS,
                        ("model",)),
     "ChatResponse": obj({"model": STR, "created_at": STR, "message": MESSAGE, "done": BOOL, "done_reason": STR}
-                        | DURATIONS, ("model", "created_at", "message", "done")),
+                        | DURATIONS | ANSWER_EXTRAS, ("model", "created_at", "message", "done")),
     "EmbedRequest": obj({"model": MODEL_NAME, "input": PROMPT, "options": OPTIONS, "truncate": BOOL,
-                         "keep_alive": KEEP_ALIVE, "dimensions": {"type": "integer", "enum": [0]}}, ("model",)),
+                         "keep_alive": KEEP_ALIVE, "dimensions": {"type": "integer", "minimum": 0}}, ("model",)),
     "EmbedResponse": obj({"model": STR, "embeddings": {"type": "array", "items": {"type": "array", "items": NUM}},
-                          "total_duration": INT, "load_duration": INT, "prompt_eval_count": INT},
-                         ("model", "embeddings")),
+                          "total_duration": INT, "load_duration": INT, "prompt_eval_count": INT,
+                          "warnings": STR_LIST}, ("model", "embeddings")),
     "Tags": obj({"models": {"type": "array", "items": obj({"name": STR, "model": STR, "modified_at": STR,
                                                             "size": INT, "digest": STR, "details": ANY_OBJ})}},
                 ("models",)),
@@ -341,7 +354,7 @@ def _paths() -> dict[str, Any]:
             "Submit a job and wait for its result (seed 004)",
             {"200": reply("Done", ref("InferResult")), "202": reply("Still running", ref("InferResult"))},
             tags=models, params=[MODEL, PRIORITY_PARAM], request=body(ref("InferRequest")),
-            codes=(400, 404, 413, 502))},
+            codes=(400, 404, 413, 500, 502))},
         "/api/models/{name}/history": {
             "get": op("Loads, unloads, pins and failures, newest first (seed 002)",
                       {"200": reply("History", ref("History"))}, tags=models, codes=model_codes,

@@ -195,3 +195,20 @@ def test_a_num_ctx_other_than_the_models_is_run_with_the_models_and_said_so(node
     final = json.loads(streamed.text.strip().splitlines()[-1])
     assert final["done"] and "num_ctx 8192 was ignored" in final["warnings"][0]
     assert "warnings" not in node.post("/api/generate", {"model": PLAIN, "prompt": "hi", "options": OPTS}).json()
+
+
+def test_a_models_own_num_predict_ceiling_is_set_through_the_gateway(node):
+    # Given a ceiling of 10 tokens set on one model
+    patched = httpx.patch(f"{node.url}/api/models/{PLAIN}", json={"max_num_predict": 10}, timeout=10)
+    try:
+        assert patched.status_code == 200 and patched.json()["max_num_predict"] == 10
+        # Expect 11 refused once clients see it (they cache the registry for a few seconds), 10 accepted
+        wait_for(lambda: node.post("/api/generate", {"model": PLAIN, "prompt": "hi",
+                                                     "options": {"num_predict": 11}}).status_code == 400,
+                 15, interval=0.5, what="the new ceiling to apply")
+        assert node.post("/api/generate", {"model": PLAIN, "prompt": "hi",
+                                           "options": {"num_predict": 10}}).status_code == 200
+        bad = httpx.patch(f"{node.url}/api/models/{PLAIN}", json={"max_num_predict": -1}, timeout=10)
+        assert bad.status_code == 400 and bad.json()["field"] == "max_num_predict"
+    finally:
+        httpx.patch(f"{node.url}/api/models/{PLAIN}", json={"max_num_predict": 0}, timeout=10)
