@@ -18,6 +18,8 @@ from mm.settings import get as get_settings
 DEFAULT_NUM_PREDICT = 64  # the README's examples finish in seconds on a 2-core CPU
 EXIT_FAILED = 1
 EXIT_STILL_RUNNING = 3  # the CLI stopped waiting, the job goes on (click exits 2 on usage errors)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+UNFINISHED = ("pending", "queued", "running")
 
 BATCH_PROMPTS = [
     "Explain what a GPU does in one sentence.",
@@ -64,9 +66,9 @@ def _submit(r, model, prompt, kind, priority, num_predict, stream):
     return mm.submit(model, prompt, priority=priority, options=options, stream=stream)
 
 
-def _still_running(job_id: str, status: str, timeout: float) -> str:
+def _still_running(job_id: str, status: str, waited_s: float) -> str:
     state = "still queued" if status in ("queued", "pending") else "still running"
-    return (f"{state} {job_id}: stopped waiting after {seconds(timeout)}; the job goes on. "
+    return (f"{state} {job_id}: stopped waiting after {seconds(waited_s)}; the job goes on. "
             f"Follow it with: mm jobs status {job_id}")
 
 
@@ -96,7 +98,7 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
     """Submit PROMPT to MODEL (or a test load) and, with --wait or a test load, report the results.
 
     Exit status: 0 when every job completed, 1 when one failed, 3 when one was still queued or
-    running when the CLI stopped waiting (--timeout); such a job goes on.
+    running when the CLI stopped waiting (--timeout), 130 on Ctrl-C; such jobs go on.
     """
     r = store.connect()
     known = registry.names(r)
@@ -127,21 +129,31 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
         return
 
     latencies, failures, unfinished, outputs = [], [], [], []
-    deadline = time.monotonic() + timeout
-    with click.progressbar(jobs, label="waiting", file=sys.stderr, hidden=single) as bar:
-        for job in bar:
-            try:
-                if single:
-                    result = Follower(job, deadline).wait(stream=streaming)
-                else:
-                    result = job.get(timeout=max(0.1, deadline - time.monotonic()))
-                outputs.append(result)
-                record = job.record()
-                latencies.append(float(record["completed_at"]) - float(record["submitted_at"]))
-            except JobFailed as exc:
-                failures.append((job.id, str(exc)))
-            except TimeoutError:
-                unfinished.append((job.id, job.status()))
+    waiting_since = time.monotonic()
+    deadline = waiting_since + timeout
+    ended = 0  # jobs, in order, whose wait is over
+    interrupted = False
+    try:
+        with click.progressbar(jobs, label="waiting", file=sys.stderr, hidden=single) as bar:
+            for job in bar:
+                try:
+                    if single:
+                        result = Follower(job, deadline).wait(stream=streaming)
+                    else:
+                        result = job.get(timeout=max(0.1, deadline - time.monotonic()))
+                    outputs.append(result)
+                    record = job.record()
+                    latencies.append(float(record["completed_at"]) - float(record["submitted_at"]))
+                except JobFailed as exc:
+                    failures.append((job.id, str(exc)))
+                except TimeoutError:
+                    unfinished.append((job.id, job.status()))
+                ended += 1
+    except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the jobs
+        interrupted = True
+        click.echo("", err=True)
+        unfinished += [(job.id, status) for job in jobs[ended:] if (status := job.status()) in UNFINISHED]
+    waited_s = time.monotonic() - waiting_since
     if single and outputs:
         click.echo(json.dumps(outputs[0]["timings"]), err=True)
     loads = sum(1 for e in events.recent(r, 10_000) if e["kind"] == "load" and e["at"] >= started)
@@ -155,7 +167,9 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
     for job_id, reason in failures:
         click.echo(f"failed {job_id}: {reason}", err=True)
     for job_id, status in unfinished:
-        click.echo(_still_running(job_id, status, timeout), err=True)
+        click.echo(_still_running(job_id, status, waited_s), err=True)
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
     if failures:
         sys.exit(EXIT_FAILED)
     if unfinished:

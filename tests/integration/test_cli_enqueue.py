@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -115,6 +116,20 @@ def test_a_job_still_running_when_the_cli_stops_waiting_is_reported_as_still_run
     assert "failed 1" not in done.stderr and f"failed {job_id}" not in done.stderr
     assert "Exception ignored" not in done.stderr, done.stderr
     assert not UNROUNDED.search(done.stderr), done.stderr
+    wait_for(lambda: mm.Job(job_id).status() == "complete", 30, what="the job to go on and complete")
+
+
+def test_ctrl_c_stops_the_waiting_not_the_job(node):
+    cli = Running("enqueue", SLOW["name"], "a long story", "--wait", "--num-predict", "40")
+    wait_for(lambda: "running on node n1" in cli.stderr(), 30, what=f"the job to run ({cli.stderr()!r})")
+    job_id = cli.job_id()
+
+    cli.popen.send_signal(signal.SIGINT)
+    code = cli.finish()
+
+    assert code == 130, cli.stderr()
+    assert f"still running {job_id}" in cli.stderr() and f"mm jobs status {job_id}" in cli.stderr()
+    assert "Traceback" not in cli.stderr() and "Exception ignored" not in cli.stderr(), cli.stderr()
     wait_for(lambda: mm.Job(job_id).status() == "complete", 30, what="the job to go on and complete")
 
 
