@@ -18,8 +18,8 @@ from mm import keys, metrics, registry, store, streams
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed
 from mm.settings import get as get_settings
-from workers import control, worker_state  # noqa: F401  (control registers the bind commands)
-from workers.inference import build_result, call_with_retries
+from mm.workers import control, worker_state  # noqa: F401  (control registers the bind commands)
+from mm.workers.inference import build_result, call_with_retries
 
 log = logging.getLogger("mm.worker")
 

@@ -22,7 +22,7 @@ from mm.errors import StaleToken
 from mm.lease import check_fence
 from mm.memory import MemoryMonitor
 from mm.settings import Settings
-from workers.snapshot_reader import read_raw
+from mm.workers.snapshot_reader import read_raw
 
 log = logging.getLogger("mm.node")
 

@@ -10,7 +10,7 @@ import ollama
 
 from mm import model_ops
 from mm.app import DELETE_TASK, LOAD_TASK, PULL_TASK, UNLOAD_TASK, app
-from workers import node_agent_current
+from mm.workers import node_agent_current
 
 log = logging.getLogger("mm.node")
 
