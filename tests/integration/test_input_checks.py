@@ -107,6 +107,9 @@ def test_a_runtime_refusal_fails_the_job_at_once_and_the_gateway_repeats_its_400
     wait_for(lambda: node.runtime_calls("/api/generate") > before, 10, what="the runtime's log line")
     assert node.runtime_calls("/api/generate") == before + 1
     assert "retrying" not in node.worker_logs() and time.monotonic() - started < 10
+    # Streamed, the refusal comes before any chunk: the same status, not an error line in a 200
+    streamed = node.post("/api/generate", {"model": PLAIN, "prompt": DENSE, "truncate": False, "stream": True})
+    assert streamed.status_code == 400 and "exceeds the context length" in streamed.json()["error"]
 
 
 def test_a_runtime_failure_through_mm_submit_is_not_retried_and_carries_its_status(node):
