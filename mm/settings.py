@@ -100,7 +100,8 @@ class Settings:
 
     @property
     def longest_job_s(self) -> float:
-        """The longest a job can run: the hard limit, or every runtime attempt timing out plus backoff."""
+        """The longest a job can run: the hard limit, or every runtime attempt running up to its timeout plus
+        backoff (a timed-out call is not retried, but a 502/503/504 may come as late)."""
         attempts = self.runtime_retries + 1
         return max(self.job_time_limit_s, attempts * self.runtime_timeout_s + 8.0 * attempts)
 
