@@ -43,8 +43,9 @@ LOAD_OPTIONS: dict[str, type] = {
     "f16_kv": bool, "vocab_only": bool, "use_mmap": bool, "use_mlock": bool, "num_thread": int,
 }
 # A lower bound of a prompt's tokens under any common tokenizer: no token spans whitespace, and a
-# run of letters/digits or of punctuation is at least one token.
-_TOKEN_RUN = re.compile(r"\w+|[^\w\s]+")
+# run of letters/digits (with its contractions: "don't" may be two tokens, "don" and "'t") or of
+# punctuation is at least one token.
+_TOKEN_RUN = re.compile(r"\w+(?:['\u2019]\w+)*|[^\w\s]+")
 
 
 @dataclass(frozen=True)

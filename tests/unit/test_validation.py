@@ -326,4 +326,5 @@ def test_a_models_own_num_predict_ceiling_overrides_the_setting():
 def test_min_tokens_is_a_lower_bound_of_common_tokenizations():
     assert min_tokens("Hello, world!") == 4
     assert min_tokens("x.. y") == 3
+    assert min_tokens("don't stop") == 2  # GPT-style tokenizers keep "'t" in one token with nothing else
     assert min_tokens("") == 0
