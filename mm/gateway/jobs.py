@@ -89,6 +89,8 @@ def job_view(job_id: str) -> dict[str, Any] | None:
             view["output"] = output
     elif state == "failed":
         view["error"] = record.get("error") or "failed"
+        if record.get("error_status"):  # the runtime refused the job with this HTTP status
+            view["error_status"] = int(record["error_status"])
     return view
 
 

@@ -200,6 +200,7 @@ SCHEMAS: dict[str, Any] = {
         "started_at": nullable(STR), "completed_at": nullable(STR), "node": nullable(STR), "worker": nullable(STR),
         "metadata": {}, "result": {"description": "Text (generate, chat) or embeddings (embed)"},
         "timings": nullable(TIMINGS), "output": ANY_OBJ, "error": STR,
+        "error_status": {"type": "integer", "description": "The runtime's HTTP status when it refused the job"},
     }, ("job_id", "status")),
     "Stats": obj({
         "running": BOOL, "at": NUM, "leader": obj({"owner": nullable(STR), "fence": INT}),

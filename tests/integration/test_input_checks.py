@@ -104,6 +104,8 @@ def test_a_runtime_refusal_fails_the_job_at_once_and_the_gateway_repeats_its_400
     assert "the input length exceeds the context length" in reply.json()["error"]
     record = node.stack.r.hgetall(keys.job(reply.headers["X-MM-Job-Id"]))
     assert record[b"status"] == b"failed" and record[b"error_status"] == b"400"
+    view = httpx.get(f"{node.url}/api/job/{reply.headers['X-MM-Job-Id']}", timeout=10).json()
+    assert view["status"] == "failed" and view["error_status"] == 400
     wait_for(lambda: node.runtime_calls("/api/generate") > before, 10, what="the runtime's log line")
     assert node.runtime_calls("/api/generate") == before + 1
     assert "retrying" not in node.worker_logs() and time.monotonic() - started < 10
