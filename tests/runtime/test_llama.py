@@ -91,3 +91,12 @@ def test_what_the_llama_engine_cannot_do_is_a_400(rt: RuntimeProc, kwargs: dict,
     with pytest.raises(ollama.ResponseError) as refused:
         client(rt).chat(MODEL, [{"role": "user", "content": "hi"}], **kwargs)
     assert refused.value.status_code == 400 and refused.value.error.startswith(error)
+
+
+def test_generate_returns_a_context_that_continues_the_conversation(rt: RuntimeProc) -> None:
+    opts = {"seed": 1, "temperature": 0, "num_predict": 4}
+    first = client(rt).generate(MODEL, "My name is Ada.", options=opts)
+    second = client(rt).generate(MODEL, "What is my name?", context=first.context, options=opts)
+    alone = client(rt).generate(MODEL, "What is my name?", options=opts)
+    assert first.context and all(isinstance(t, int) for t in first.context)
+    assert second.prompt_eval_count >= alone.prompt_eval_count + len(first.context) - 2

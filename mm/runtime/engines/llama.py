@@ -228,8 +228,10 @@ class LlamaEngine:
                 perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
                 # The last token of a length-limited answer is sampled but never evaluated.
                 evals = perf.n_eval + (1 if finish == "length" else 0)
+                # What the model evaluated, prompt and answer: generate's context, as Ollama returns it.
+                context = None if job.is_chat or job.raw else llm.input_ids[:llm.n_tokens].tolist()
                 put(("stats", Stats(perf.n_p_eval, perf.t_p_eval_ms / 1e3, evals, perf.t_eval_ms / 1e3,
-                                    "length" if finish == "length" else "stop")))
+                                    "length" if finish == "length" else "stop", context=context)))
         except Exception as exc:
             error = exc if isinstance(exc, (BadRequest, EngineError)) else EngineError(str(exc))
             put(("error", error))
