@@ -185,6 +185,14 @@ def check_unicode(field: str, value: Any) -> None:
             stack.extend((f"{where}[{i}]", sub) for i, sub in enumerate(item))
 
 
+def _check_json(field: str, value: Any) -> None:
+    """Refuse what JSON cannot carry to the runtime (NaN, infinities, non-JSON types)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(field, f"must be plain JSON: {exc}") from None
+
+
 def _check_text(field: str, text: Any, limit: int) -> str:
     if not isinstance(text, str):
         raise ValidationError(field, f"must be a string, got {type(text).__name__}")
@@ -257,6 +265,7 @@ def check_messages(messages: Any, settings: Settings) -> list[dict[str, Any]]:
         if message.get("tool_calls") is not None:
             _check_tool_calls(f"{where}.tool_calls", message["tool_calls"])
         check_unicode(where, message)
+        _check_json(where, message)
     if total == 0:
         raise ValidationError("messages", "all message contents are empty")
     if total > settings.max_prompt_chars:
@@ -289,6 +298,7 @@ def check_tools(tools: Any) -> list[dict[str, Any]] | None:
             if problem:
                 raise ValidationError(f"{where}.function.parameters", problem.split(": ", 1)[-1])
     check_unicode("tools", tools)
+    _check_json("tools", tools)
     return tools
 
 
@@ -304,6 +314,7 @@ def check_format(format: Any) -> str | dict[str, Any] | None:
     if problem:
         raise ValidationError("format", f"is not a valid JSON schema: {problem}")
     check_unicode("format", format)
+    _check_json("format", format)
     return format
 
 

@@ -203,6 +203,12 @@ def test_a_valid_json_schema_format_passes(schema):
     assert check(prompt="hi", format=schema).format == schema
 
 
+def test_a_format_that_json_cannot_carry_is_refused():
+    with pytest.raises(ValidationError, match="plain JSON") as info:
+        check(prompt="hi", format={"type": "number", "default": float("nan")})
+    assert info.value.field == "format"
+
+
 def test_an_empty_format_means_none():
     assert check(prompt="hi", format="").format is None
 
