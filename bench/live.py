@@ -1,4 +1,4 @@
-"""One trace through the real stack, against the simulator's prediction and Ollama's scheduler (default and tuned), live and simulated.
+"""One trace through the real stack and through Ollama's scheduler (default and tuned), each against the simulator.
 
     python -m bench.live [--smoke] [--trace zipf] [--jobs 200] [--scale 0.2]
 
