@@ -28,7 +28,8 @@ from mm.validation import JobRequest, validate
 log = logging.getLogger("mm.worker")
 
 # The request fields validate() takes besides the model (computed, so new fields need no edit here).
-_FIELDS = frozenset(p for p in inspect.signature(validate).parameters if p not in ("model", "known_models", "settings"))
+_FIELDS = frozenset(p for p in inspect.signature(validate).parameters
+                    if p not in ("model", "known_models", "settings", "facts"))
 
 
 def is_plain(task: Task) -> bool:
@@ -45,7 +46,10 @@ def check(raw: Any, delivery_priority: int | None, r: redis.Redis, settings: Set
         raise ValidationError(unknown[0], f"unknown field; known: model, {', '.join(sorted(_FIELDS))}")
     fields = {k: v for k, v in raw.items() if k != "model"}
     fields.setdefault("priority", keys.priority_class(delivery_priority))
-    return validate(raw.get("model"), known_models=registry.names(r), settings=settings, **fields)
+    model = raw.get("model")
+    entry = registry.get(r, model) if isinstance(model, str) and model else None
+    return validate(model, known_models=registry.names(r), settings=settings,
+                    facts=entry.facts() if entry else None, **fields)
 
 
 def admit(task: Task, raw: Any, r: redis.Redis, settings: Settings) -> tuple[dict[str, Any], float]:

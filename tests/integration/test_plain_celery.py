@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from mm import keys
+from mm import keys, registry
 from mm.app import INFER_TASK, app
 from mm.workers.snapshot_reader import read_demand
 from tests.procs import wait_for
@@ -23,6 +23,8 @@ from tests.stack import REPO, sim_node
 GB = 1_000_000_000
 MODEL = {"name": "sim-a:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "prompt_rate": 50_000,
          "eval_rate": 5_000, "parallel": 4}
+EMBEDDER = {"name": "sim-embed:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "kind": "embed",
+            "embedding_dim": 8}
 REQUEST = {"model": MODEL["name"], "prompt": "hello", "options": {"num_predict": 4, "seed": 1}}
 
 
@@ -80,11 +82,14 @@ MALFORMED = [
     ({"model": "no-such-model:1b", "prompt": "x"}, "unknown model"),
     ({"model": MODEL["name"], "prompt": "x", "colour": "blue"}, "colour"),
     ("just a string", "request"),
+    ({"model": EMBEDDER["name"], "prompt": "x"}, "does not support generate"),
 ]
 
 
 def test_malformed_plain_jobs_fail_at_once_with_the_validation_message(tmp_path, redis_url, stock):
-    with sim_node(tmp_path, redis_url, [MODEL], 2 * GB) as stack:
+    with sim_node(tmp_path, redis_url, [MODEL, EMBEDDER], 2 * GB) as stack:
+        # The node agent learns each model's capabilities from the runtime's /api/show.
+        wait_for(lambda: (e := registry.get(stack.r, EMBEDDER["name"])) and e.capabilities, 30, what="capabilities")
         for request, reason in MALFORMED:
             for queue in (None, keys.model_queue(MODEL["name"])):  # the intake, and a model-worker
                 res = stock.send_task(INFER_TASK, args=[request], queue=queue)
