@@ -1,6 +1,6 @@
 """Parse ``MM_REDIS_URL``: a plain ``redis://``, a TLS ``rediss://`` or a Redis Sentinel ``sentinel://`` URL.
 
-Pure (no I/O). ``celeryconfig.py`` turns the result into Celery's broker and result-backend settings
+Pure (no I/O). ``mm/celeryconfig.py`` turns the result into Celery's broker and result-backend settings
 and ``mm/store.py`` into redis-py clients, so Celery and mm always reach the same Redis the same way.
 
 Sentinel URLs follow kombu's syntax: one ``sentinel://`` URL per sentinel, separated by ``;``; the

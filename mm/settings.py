@@ -1,6 +1,6 @@
 """Every mm setting in one place: an ``MM_*`` environment variable, its type, default and doc.
 
-``celeryconfig.py`` and every mm process read these; nothing else reads the environment.
+``mm/celeryconfig.py`` and every mm process read these; nothing else reads the environment.
 """
 
 from __future__ import annotations

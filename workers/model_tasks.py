@@ -18,7 +18,7 @@ from mm import keys, metrics, registry, store, streams
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed
 from mm.settings import get as get_settings
-from mm.workers import control, worker_state  # noqa: F401  (control registers the bind commands)
+from mm.workers import control, intake, worker_state  # noqa: F401  (control registers the bind commands)
 from mm.workers.inference import build_result, call_with_retries
 
 log = logging.getLogger("mm.worker")
@@ -83,10 +83,16 @@ def _release_unstored(sender=None, task_id=None, **_) -> None:
 
 
 @app.task(name=INFER_TASK, bind=True, base=InferTask)
-def infer(self, request: dict[str, Any], submitted_at: float) -> dict[str, Any]:
-    """Run one job on this node's runtime, if its model is resident here; else requeue it."""
+def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> dict[str, Any]:
+    """Run one job on this node's runtime, if its model is resident here; else requeue it.
+
+    ``request`` holds what :func:`mm.submit` takes (``model``, ``prompt`` or ``messages``, ``kind``,
+    ``options``, ...). A job sent by plain Celery is validated and recorded first (``intake``).
+    """
     settings = get_settings()
     r = store.connect()
+    if intake.is_plain(self):
+        request, submitted_at = intake.admit(self, request, r, settings)
     job_id = self.request.id
     model = request["model"]
     me = worker_state.current
