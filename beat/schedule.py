@@ -1,6 +1,6 @@
 """Beat's schedule: which periodic task runs how often, on a wall-clock grid shared by every beat.
 
-``mm/celeryconfig.py`` imports ``beat_schedule`` and ``beat_scheduler`` from here. Intervals come
+The beat scheduler (:mod:`mm.beat.scheduler`) installs :func:`build`'s entries. Intervals come
 from settings (``MM_IDLE_CHECK_S``, ``MM_METRICS_ROLLUP_S``, ``MM_ALERT_CHECK_S``,
 ``MM_ACTIVITY_REPORT_S``). Tasks go to the queue ``mm.beat``, which the gpu-broker consumes.
 """
@@ -83,8 +83,3 @@ def build(settings=None) -> dict:
         }
     return entries
 
-
-beat_schedule = build()
-# In-memory (no celerybeat-schedule file: two beats in one directory do not collide) and it
-# stamps each message with its schedule slot.
-beat_scheduler = "mm.beat.scheduler:SlotScheduler"

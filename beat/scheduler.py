@@ -6,15 +6,20 @@ import time
 
 from celery.beat import Scheduler
 
-from mm.beat.schedule import slot_of
+from mm.beat.schedule import build, slot_of
 
 
 class SlotScheduler(Scheduler):
-    """Sends each due entry with ``slot=<grid cell>`` so the task runs once per slot across beats.
+    """Runs mm's periodic jobs, each due entry sent with ``slot=<grid cell>`` so that the task runs
+    once per slot across beats.
 
     No schedule file: the schedule is aligned to the wall clock, so a restarted beat loses nothing
     by not remembering its last runs.
     """
+
+    def setup_schedule(self) -> None:
+        super().setup_schedule()  # Celery's defaults and any beat_schedule an operator configured
+        self.merge_inplace(build())
 
     def apply_async(self, entry, producer=None, advance=True, **kwargs):
         seconds = entry.schedule.seconds

@@ -4,7 +4,7 @@
 
 mm deploys one node per GPU (a runtime started with ``CUDA_VISIBLE_DEVICES``, ``MM_GPUS``
 limiting NVML), so the fleet is ``hosts x gpus`` mm nodes of ``--gpu-gb`` each, all placed by
-the one leader's ``mm.policy.plan`` (simulated by :mod:`bench.sim_mm`; each node loads one model
+the one leader's ``mm.scheduling.policy.plan`` (simulated by :mod:`bench.sim_mm`; each node loads one model
 at a time, so the fleet can load one per GPU at once).
 
 The baseline is what a team gets without mm: one independent Ollama per host owning the host's
@@ -48,7 +48,7 @@ from bench.common import GB, percentile, ratio, table
 from bench.sim_baselines import OLLAMA_ROWS, OllamaSim
 from bench.sim_mm import MMConfig, MMSim
 from bench.simcore import Outcome, Trace
-from mm.snapshot import PRIORITY_CLASSES
+from mm.scheduling.snapshot import PRIORITY_CLASSES
 
 SWEEP_RATES = (10.0, 20.0, 40.0, 60.0, 80.0)
 SWEEP_SECONDS = 300.0

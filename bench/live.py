@@ -43,7 +43,7 @@ from bench.common import Services, percentile, table
 from bench.sim_baselines import DEFAULT_KEEP_ALIVE_S, OLLAMA_ROWS, simulate_ollama
 from bench.sim_mm import MMConfig, simulate_mm
 from bench.simcore import Outcome, Trace, TraceJob
-from mm.snapshot import PRIORITY_CLASSES
+from mm.scheduling.snapshot import PRIORITY_CLASSES
 
 AGREEMENT = 0.15
 OLLAMA_AGREEMENT = 0.05

@@ -2,7 +2,7 @@
 
     python -m bench.scale [--smoke] [--models 1000] [--nodes 100] [--jobs 1000000] [--redis-jobs 20000]
 
-1. ``mm.policy.plan`` on snapshots of ``--models`` models, ``--nodes`` nodes (80 GB, 4 model-workers
+1. ``mm.scheduling.policy.plan`` on snapshots of ``--models`` models, ``--nodes`` nodes (80 GB, 4 model-workers
    each) and ``--jobs`` queued jobs aggregated per model and priority (Zipf over the models), in
    three shapes: cold (nothing resident), full (every node full, every model demanded: eviction
    search everywhere) and steady (residents serving their own backlogs, a few challengers).
@@ -23,8 +23,8 @@ import threading
 import time
 
 from bench.common import GB, Services, table
-from mm.policy import plan
-from mm.snapshot import (
+from mm.scheduling.policy import plan
+from mm.scheduling.snapshot import (
     PRIORITY_CLASSES,
     Demand,
     ModelInfo,

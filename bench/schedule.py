@@ -2,7 +2,7 @@
 
     python -m bench.schedule [--smoke] [--trace NAME] [--log FILE --models FILE [--memory BYTES]]
 
-Every trace runs through the same ``mm.policy.plan`` the live leader calls (see
+Every trace runs through the same ``mm.scheduling.policy.plan`` the live leader calls (see
 :mod:`bench.sim_mm`), and through the baselines of :mod:`bench.sim_baselines`, on the physics of
 :mod:`bench.simcore`: Ollama as ``ollama serve`` runs out of the box (``ollama-default``:
 NUM_PARALLEL 1, MAX_QUEUE 512, MAX_LOADED_MODELS 3) and tuned (``ollama-tuned``: NUM_PARALLEL =
@@ -30,7 +30,7 @@ from bench.sim_baselines import (
 )
 from bench.sim_mm import MMConfig, simulate_mm
 from bench.simcore import Outcome, Trace
-from mm.snapshot import PRIORITY_CLASSES
+from mm.scheduling.snapshot import PRIORITY_CLASSES
 
 P99_TARGET = 3.0  # ollama-tuned p99 / mm p99 on swap-heavy traces, at least
 LOADS_TARGET = 2.0  # ollama-tuned loads / mm loads on the Zipf trace, at least
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         traces = [t for t in traces if t.name in args.trace]
     config = MMConfig(tick_s=args.tick, workers=args.workers, slots=args.slots)
 
-    print(f"mm policy (mm.policy.plan) vs baselines; {config.workers} model-workers x {config.slots} slots per node, "
+    print(f"mm policy (mm.scheduling.policy.plan) vs baselines; {config.workers} model-workers x {config.slots} slots per node, "
           f"tick {config.tick_s}s, min residency {config.min_residency_s}s, aging {config.aging_s}s, "
           f"safety margin {config.safety_margin / 2**20:.0f} MiB; latencies in seconds")
     results, rows = {}, []

@@ -1,8 +1,8 @@
-"""A discrete-event model of an mm cluster that runs mm's own policy, ``mm.policy.plan``.
+"""A discrete-event model of an mm cluster that runs mm's own policy, ``mm.scheduling.policy.plan``.
 
 Every leader tick (every ``tick_s``, and at once when jobs arrive, as the live leader wakes on
-``mm:wake``) the simulator builds a :class:`~mm.snapshot.Snapshot` exactly as
-``workers/snapshot_reader.py`` describes the cluster, calls ``plan()`` and applies the actions:
+``mm:wake``) the simulator builds a :class:`~mm.scheduling.snapshot.Snapshot` exactly as
+``mm/scheduling/reader.py`` describes the cluster, calls ``plan()`` and applies the actions:
 
 - ``Load``: the node is busy (``pending``) for ``size / load_bandwidth`` seconds; the model
   occupies its memory from the start (the runtime lists a loading model) and becomes usable,
@@ -27,10 +27,10 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from bench.simcore import Outcome, Trace, TraceJob, duration, load_s
-from mm.policy import plan
+from mm.scheduling.policy import plan
 from mm.registry import ModelEntry
 from mm.settings import Settings
-from mm.snapshot import (
+from mm.scheduling.snapshot import (
     PRIORITY_CLASSES,
     Bind,
     Demand,
@@ -44,7 +44,7 @@ from mm.snapshot import (
     Unload,
     Worker,
 )
-from mm.workers.snapshot_reader import planning_size
+from mm.scheduling.reader import planning_size
 
 _DEFAULTS = Settings()
 
@@ -188,7 +188,7 @@ class MMSim:
                         replica_backlog=cfg.replica_backlog)
 
     def _believed_size(self, model: str) -> int:
-        """The size the live leader plans with (``mm.workers.snapshot_reader.planning_size``, the same code):
+        """The size the live leader plans with (``mm.scheduling.reader.planning_size``, the same code):
         learned after the first load, before that the registry's estimate (tag size x size_multiplier)."""
         size = self.specs[model].size
         entry = ModelEntry(model, tag_size=size, size_estimate=int(size * self.cfg.size_multiplier),

@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.common import mean, percentile
 from mm.runtime.catalog import ModelSpec, spec_from_dict
-from mm.snapshot import PRIORITY_CLASSES
+from mm.scheduling.snapshot import PRIORITY_CLASSES
 
 
 @dataclass(frozen=True)

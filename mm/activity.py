@@ -74,20 +74,20 @@ def report(r: redis.Redis, model: str, at: float | None = None) -> float:
 
 def activity(r: redis.Redis, settings: Settings, now: float | None = None) -> list[ModelActivity]:
     """Every registered (or recently used) model: last use, resident where, size, queue depth."""
-    from mm.workers.snapshot_reader import read_demand, read_raw
+    from mm.scheduling.reader import read_demand, read_records
 
     now = time.time() if now is None else now
     entries = registry.all_models(r)
     used = last_used(r)
-    raw = read_raw(r)
+    records = read_records(r)
     resident_on: dict[str, list[str]] = {}
     loaded_at: dict[str, float] = {}
-    for node, state in sorted(raw.nodes.items()):
+    for node, state in sorted(records.nodes.items()):
         for m in state.get("resident", []):
             resident_on.setdefault(m["model"], []).append(node)
             loaded_at[m["model"]] = max(loaded_at.get(m["model"], 0.0), float(m.get("loaded_at") or 0.0))
     in_flight: dict[str, int] = {}
-    for w in raw.workers.values():
+    for w in records.workers.values():
         for model, n in w.get("running", {}).items():
             in_flight[model] = in_flight.get(model, 0) + int(n)
     names = sorted(set(entries) | set(used) | set(resident_on))

@@ -30,7 +30,7 @@ def rules(settings: Settings) -> list[Rule]:
 
 def _job_figures(r: redis.Redis, settings: Settings, at: float) -> dict[str, dict[str, Any]]:
     """Per model: every job metric over the window (only models with samples, loads or a queue)."""
-    from mm.workers.snapshot_reader import read_demand
+    from mm.scheduling.reader import read_demand
 
     start = at - settings.alert_window_s
     by_model: dict[str, list[dict[str, Any]]] = {}

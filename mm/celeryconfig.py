@@ -57,5 +57,7 @@ task_create_missing_queues = True
 worker_send_task_events = False
 worker_hijack_root_logger = False
 
-# Beat's periodic jobs (aligned to the wall clock, sent to mm.beat) and its slot-stamping scheduler.
-from mm.beat.schedule import beat_schedule, beat_scheduler  # noqa: E402,F401
+# Beat's scheduler: in memory (no celerybeat-schedule file, so two beats in one directory do not
+# collide), it runs mm's periodic jobs (mm.beat.schedule, aligned to the wall clock, sent to
+# mm.beat) and stamps each message with its schedule slot.
+beat_scheduler = "mm.beat.scheduler:SlotScheduler"

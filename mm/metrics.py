@@ -85,7 +85,7 @@ def record_job(r: redis.Redis, *, at: float | None = None, max_samples: int | No
         log.warning("job sample for %s not recorded: %s", sample.get("model"), exc)
 
 
-def queue_job(pipe: redis.client.Pipeline, **sample: Any) -> None:
+def add_job_sample(pipe: redis.client.Pipeline, **sample: Any) -> None:
     """Queue one finished job's sample (fields as :func:`record_job`) into ``pipe``, for a caller
     that writes it with the job's other bookkeeping in one round trip."""
     pipe.xadd(keys.METRICS_RAW, _check_sample(sample), maxlen=get_settings().metrics_raw_max, approximate=True)

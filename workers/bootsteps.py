@@ -15,7 +15,7 @@ from celery import bootsteps
 from mm import keys, logs, store
 from mm.memory import monitor_for
 from mm.settings import get as get_settings
-from mm.workers import node_agent_current, worker_state
+from mm.workers import broker_role, worker_state
 
 log = logging.getLogger("mm.worker")
 
@@ -52,10 +52,10 @@ class MMRole(bootsteps.StartStopStep):
             except Exception as exc:  # runtime not up yet: the heartbeat keeps trying
                 log.warning("registry sync from %s failed: %s", settings.runtime_url, exc)
             agent.start()
-            node_agent_current.agent = agent
+            broker_role.agent = agent
             leader = Leader(c.app, settings, r, owner=f"{c.hostname}:{os.getpid()}")
             leader.start()
-            node_agent_current.leader = leader
+            broker_role.leader = leader
             for queue in keys.INTAKE_QUEUES:  # jobs plain Celery clients sent without a queue
                 if queue not in c.app.amqp.queues.consume_from:
                     c.add_task_queue(queue)
@@ -70,9 +70,9 @@ class MMRole(bootsteps.StartStopStep):
             log.info("model-worker %s on node %s started with %d slots", c.hostname, settings.node, state.slots)
 
     def shutdown(self, c):
-        if node_agent_current.leader is not None:
-            node_agent_current.leader.stop()
-        if node_agent_current.agent is not None:
-            node_agent_current.agent.stop()
+        if broker_role.leader is not None:
+            broker_role.leader.stop()
+        if broker_role.agent is not None:
+            broker_role.agent.stop()
         if worker_state.current is not None:
             worker_state.current.stop()

@@ -20,12 +20,12 @@ from celery.states import READY_STATES
 from mm import events, keys, redelivery
 from mm.app import LOAD_TASK, UNLOAD_TASK
 from mm.lease import Lease
-from mm.policy import plan
+from mm.scheduling.policy import plan
 from mm.settings import Settings
 from mm.errors import JobFailed
-from mm.snapshot import Bind, Load, Reject, Unbind, Unload
+from mm.scheduling.snapshot import Bind, Load, Reject, Unbind, Unload
 from mm.workers import model_requests
-from mm.workers.snapshot_reader import build_snapshot, read_raw
+from mm.scheduling.reader import build_snapshot, read_records
 
 log = logging.getLogger("mm.leader")
 
@@ -179,15 +179,15 @@ class Leader:
         if not self.leading:
             return []
         self.ticks += 1
-        raw = read_raw(self.r)
-        self._forget_finished(raw.nodes)
-        self._recover_lost_workers(raw.gone_workers)
-        self._recover_stranded(list(raw.workers))
+        records = read_records(self.r)
+        self._forget_finished(records.nodes)
+        self._recover_lost_workers(records.gone_workers)
+        self._recover_stranded(list(records.workers))
         snapshot, _ = build_snapshot(
-            self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, raw=raw
+            self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, records=records
         )
         snapshot = self._without_backed_off(snapshot)
-        reconciling, returned = self._reconcile_returned(raw, snapshot)
+        reconciling, returned = self._reconcile_returned(records, snapshot)
         requested, requests = self._requested_unloads(snapshot)
         actions = plan(snapshot) + requested + reconciling
         for action in actions:
@@ -210,17 +210,17 @@ class Leader:
                     self.lease.remove_if_held("HDEL", keys.MODEL_OP_REQUESTS, *handled)
         return actions
 
-    def _reconcile_returned(self, raw, snapshot) -> tuple[list[Unload], list[str]]:
+    def _reconcile_returned(self, records, snapshot) -> tuple[list[Unload], list[str]]:
         """Note nodes that went silent; unload what a returning one still holds (mm placed it elsewhere).
 
         Returns the unloads and the returned nodes, which the caller marks reconciled once it sent them.
         """
         registered = {n.decode() for n in self.r.zrange(keys.NODES, 0, -1)}
-        silent = registered - set(raw.nodes)
+        silent = registered - set(records.nodes)
         if silent and self.r.sadd(keys.LOST_NODES, *silent):
             log.warning("NODE lost: %s (state expired); its jobs are requeued as its workers expire", sorted(silent))
             events.emit(self.r, "node_lost", nodes=sorted(silent))
-        returned = {n.decode() for n in self.r.smembers(keys.LOST_NODES)} & set(raw.nodes)
+        returned = {n.decode() for n in self.r.smembers(keys.LOST_NODES)} & set(records.nodes)
         unloads = []
         for name in sorted(returned):
             node = snapshot.nodes.get(name)

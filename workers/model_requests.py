@@ -12,7 +12,7 @@ from typing import Any
 
 from mm import keys, model_ops, registry
 from mm.app import DELETE_TASK, PULL_TASK
-from mm.snapshot import Snapshot
+from mm.scheduling.snapshot import Snapshot
 
 log = logging.getLogger("mm.leader")
 

@@ -135,7 +135,7 @@ def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> d
         done.rpush(keys.DEAD_LETTERS, json.dumps({"id": job_id, "model": model, "reason": reason,
                                                   "at": time.time(), "request": request}))
         _fail(done, job_id, reason)
-        metrics.queue_job(done, **metrics.job_sample(model, node, submitted_at, time.time(), error="DeadLettered"))
+        metrics.add_job_sample(done, **metrics.job_sample(model, node, submitted_at, time.time(), error="DeadLettered"))
         _write(done)
         raise JobFailed(reason)
 
@@ -148,7 +148,7 @@ def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> d
         )
     except JobFailed as exc:
         _fail(done, job_id, str(exc), exc.status)
-        metrics.queue_job(done, **metrics.job_sample(model, node, submitted_at, started,
+        metrics.add_job_sample(done, **metrics.job_sample(model, node, submitted_at, started,
                                                      digest=resident.get("digest"),
                                                      error=type(exc.__context__ or exc).__name__))
         _write(done)
@@ -162,7 +162,7 @@ def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> d
     now = time.time()
     done.hset(keys.ACTIVITY, model, now)
     done.hset(keys.job(job_id), mapping={"status": "complete", "completed_at": now})
-    metrics.queue_job(done, **metrics.job_sample(model, node, submitted_at, started, digest=resident.get("digest"),
+    metrics.add_job_sample(done, **metrics.job_sample(model, node, submitted_at, started, digest=resident.get("digest"),
                                                  timings=result["timings"]))
     self.request.mm_closing = done  # written by after_return, once Celery has stored the result
     return result

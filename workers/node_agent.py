@@ -22,7 +22,7 @@ from mm.errors import StaleToken
 from mm.lease import check_fence
 from mm.memory import MemoryMonitor
 from mm.settings import Settings
-from mm.workers.snapshot_reader import read_raw
+from mm.scheduling.reader import read_records
 
 log = logging.getLogger("mm.node")
 
@@ -252,7 +252,7 @@ class NodeAgent:
         """Wait until no worker on this node runs a job of ``model`` (they count a job before checking)."""
         deadline = time.monotonic() + DRAIN_WAIT_S
         while time.monotonic() < deadline:
-            workers = read_raw(self.r).workers.values()
+            workers = read_records(self.r).workers.values()
             if not any(w["node"] == self.node and w.get("running", {}).get(model) for w in workers):
                 return True
             time.sleep(0.05)

@@ -10,13 +10,13 @@ import ollama
 
 from mm import model_ops
 from mm.app import DELETE_TASK, LOAD_TASK, PULL_TASK, UNLOAD_TASK, app
-from mm.workers import node_agent_current
+from mm.workers import broker_role
 
 log = logging.getLogger("mm.node")
 
 
 def _agent():
-    agent = node_agent_current.agent
+    agent = broker_role.agent
     if agent is None:
         raise RuntimeError("this worker runs no node agent; node commands go to the gpu-broker")
     return agent

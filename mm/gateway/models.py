@@ -27,7 +27,7 @@ from mm.gateway.jobs import _result_text, submit, submit_kwargs
 from mm.gateway.ollama_shape import PRIORITY_HEADER, priority_from
 from mm.gateway.waiting import wait_result
 from mm.settings import Settings
-from mm.workers.snapshot_reader import read_raw
+from mm.scheduling.reader import read_records
 
 INFER_FIELDS = ("prompt", "messages", "kind", "priority", "options", "images", "metadata", "format", "system",
                 "timeout")
@@ -41,7 +41,7 @@ def model_views(r, settings: Settings, only: str | None = None) -> list[dict[str
     entries = registry.all_models(r)
     acts = {m.model: m for m in activity.activity(r, settings)}
     ops: dict[str, list[str]] = {}
-    for state in read_raw(r).nodes.values():
+    for state in read_records(r).nodes.values():
         for model, op in (state.get("ops") or {}).items():
             if op.get("state") == "running":
                 ops.setdefault(model, []).append(op.get("op", ""))

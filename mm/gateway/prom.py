@@ -30,7 +30,7 @@ from mm import alerts, keys, metrics, registry
 from mm.gateway import status
 from mm.gateway.base import BaseHandler, Gateway
 from mm.settings import Settings
-from mm.workers.snapshot_reader import read_demand
+from mm.scheduling.reader import read_demand
 
 log = logging.getLogger("mm.gateway")
 

@@ -13,7 +13,7 @@ import redis
 from mm import alerts, keys, metrics, registry
 from mm.rollup import RESOLUTIONS, bucket_start, group_by_bucket, summarize
 from mm.settings import Settings
-from mm.workers.snapshot_reader import read_demand, read_raw
+from mm.scheduling.reader import read_demand, read_records
 
 JOB_STATUSES = ("queued", "running", "complete", "failed")
 
@@ -47,16 +47,16 @@ def queues(r: redis.Redis, models: list[str], now: float) -> dict[str, dict[str,
 def nodes(r: redis.Redis, now: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every live node (memory per GPU, resident models with the workers bound to them, workers),
     and the raw records they came from."""
-    raw = read_raw(r)
+    records = read_records(r)
     by_node: dict[str, list[dict[str, Any]]] = {}
-    for hostname, w in sorted(raw.workers.items()):
+    for hostname, w in sorted(records.workers.items()):
         by_node.setdefault(w["node"], []).append({
             "hostname": hostname, "slots": int(w.get("slots", 0)), "bound": w.get("bound"),
             "running": sum(int(n) for n in w.get("running", {}).values()),
             "last_job_at": w.get("last_job_at") or None,
         })
     out = []
-    for name, state in sorted(raw.nodes.items()):
+    for name, state in sorted(records.nodes.items()):
         workers = by_node.get(name, [])
         memory = state.get("memory", {})
         resident = []
@@ -79,7 +79,7 @@ def nodes(r: redis.Redis, now: float) -> tuple[list[dict[str, Any]], dict[str, A
             },
             "resident": resident, "workers": workers, "operations": ops,
         })
-    return out, {"gone_workers": raw.gone_workers}
+    return out, {"gone_workers": records.gone_workers}
 
 
 def finished_counts(r: redis.Redis, window_s: float, now: float) -> dict[str, dict[str, int]]:
@@ -150,9 +150,9 @@ def _decode_message(raw: bytes) -> dict[str, Any]:
 def recent_jobs(r: redis.Redis, n: int, now: float | None = None) -> dict[str, Any]:
     """Jobs running now (with their records), the oldest queued ones and the last ``n`` finished."""
     now = metrics.now(r) if now is None else now
-    raw = read_raw(r)
+    records = read_records(r)
     running = []
-    for hostname in sorted(raw.workers):
+    for hostname in sorted(records.workers):
         for job_id in sorted(j.decode() for j in r.smembers(keys.worker_inflight(hostname))):
             record = {k.decode(): v.decode() for k, v in r.hgetall(keys.job(job_id)).items()}
             started = float(record.get("started_at") or 0) or None

@@ -16,7 +16,7 @@ from celery import Celery
 
 from mm import keys, registry
 from mm.app import INFER_TASK, app
-from mm.workers.snapshot_reader import read_demand
+from mm.scheduling.reader import read_demand
 from tests.procs import wait_for
 from tests.stack import REPO, sim_node
 

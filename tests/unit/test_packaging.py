@@ -42,3 +42,25 @@ def test_the_app_names_its_tasks_bootstep_and_config_under_mm():
 
     for short in ('"workers.', '"beat.', '"celeryconfig"'):
         assert short not in app_source
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in ``path``, ``from a import b`` counted as ``a.b``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def test_the_library_never_imports_the_celery_processes():
+    """mm/ is the library; workers/ and beat/ (mm.workers, mm.beat) import it, never the reverse."""
+    processes = ("mm.workers", "mm.beat", "workers", "beat")
+
+    offenders = [f"{path.relative_to(REPO)}:{line} {module}"
+                 for path in (REPO / "mm").rglob("*.py") for line, module in imported_modules(path)
+                 if any(module == p or module.startswith(p + ".") for p in processes)]
+
+    assert offenders == []

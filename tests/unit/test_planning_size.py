@@ -1,7 +1,7 @@
 """The size the leader plans with before a model's first load teaches the real one."""
 
 from mm.registry import ModelEntry
-from mm.workers.snapshot_reader import planning_size
+from mm.scheduling.reader import planning_size
 
 
 def test_an_unlearned_estimate_above_the_largest_node_is_capped_so_the_model_is_tried():

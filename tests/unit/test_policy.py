@@ -9,8 +9,8 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mm.policy import SWITCH_FACTOR, class_weight, demand_score, plan
-from mm.snapshot import (
+from mm.scheduling.policy import SWITCH_FACTOR, class_weight, demand_score, plan
+from mm.scheduling.snapshot import (
     Bind,
     Demand,
     Load,

@@ -1,7 +1,7 @@
 """Placement strategies and replicas of hot models (pure policy)."""
 
-from mm.policy import plan
-from mm.snapshot import Demand, Load, ModelInfo, Node, Resident, Snapshot, Worker
+from mm.scheduling.policy import plan
+from mm.scheduling.snapshot import Demand, Load, ModelInfo, Node, Resident, Snapshot, Worker
 
 GB = 1_000_000_000
 

@@ -27,7 +27,7 @@ Design, in one place:
   scores of the victims. One fresh high job (100) thus displaces a fresh backlog worth less than
   25 (24 low jobs, or 2 normal ones), not a bigger one, until it ages: each ``aging_s`` of waiting
   multiplies the challenger's weight by 10, while a backlog being served stays young.
-- **Workers** (:mod:`mm.policy_workers`): a resident model with queued jobs gets bound workers
+- **Workers** (:mod:`mm.scheduling.bindings`): a resident model with queued jobs gets bound workers
   on its node until their slots cover ``min(queued + in_flight, max_parallel)``; workers bound to
   a model no longer resident on their node, or being evicted, are unbound.
 - **Strategy.** Where a model fits in free memory, ``spread`` picks the node with the most free
@@ -45,8 +45,8 @@ import heapq
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from mm.policy_workers import assign_workers
-from mm.snapshot import (
+from mm.scheduling.bindings import assign_workers
+from mm.scheduling.snapshot import (
     PRIORITY_CLASSES,
     Action,
     Demand,

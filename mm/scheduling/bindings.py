@@ -1,4 +1,4 @@
-"""Worker bindings, the second half of the policy (see :mod:`mm.policy`).
+"""Worker bindings, the second half of the policy (see :mod:`mm.scheduling.policy`).
 
 A resident model with queued jobs gets bound workers on its node until the sum of their slots
 covers ``min(queued + in_flight, max_parallel)`` (at least one worker). Workers come, in this
@@ -10,7 +10,7 @@ otherwise left alone, and a model with more workers than it needs keeps them.
 
 from __future__ import annotations
 
-from mm.snapshot import Bind, ModelInfo, Node, Resident, Snapshot, Unbind, Worker
+from mm.scheduling.snapshot import Bind, ModelInfo, Node, Resident, Snapshot, Unbind, Worker
 
 _DEFAULT_MAX_PARALLEL = ModelInfo(name="", size=0).max_parallel
 

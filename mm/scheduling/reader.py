@@ -15,12 +15,12 @@ import redis
 
 from mm import keys, registry
 from mm.settings import Settings
-from mm.snapshot import Demand, ModelInfo, Node, Resident, Snapshot, Worker
+from mm.scheduling.snapshot import Demand, ModelInfo, Node, Resident, Snapshot, Worker
 
 
 @dataclass
-class Raw:
-    """The Redis records behind a snapshot, kept for status views and the leader's bookkeeping."""
+class ClusterRecords:
+    """The node and worker records behind a snapshot, kept for status views and the leader's bookkeeping."""
 
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -69,13 +69,13 @@ def _load_json_records(r: redis.Redis, index_keys: list[str], key_of) -> dict[st
     return {k: json.loads(v) for k, v in zip(index_keys, values) if v}
 
 
-def read_raw(r: redis.Redis) -> Raw:
+def read_records(r: redis.Redis) -> ClusterRecords:
     """Live node and worker records (expired ones are absent)."""
     node_names = [n.decode() for n in r.zrange(keys.NODES, 0, -1)]
     worker_names = sorted(w.decode() for w in r.smembers(keys.WORKERS))
-    raw = Raw(_load_json_records(r, node_names, keys.node_state), _load_json_records(r, worker_names, keys.worker_state))
-    raw.gone_workers = [w for w in worker_names if w not in raw.workers]
-    return raw
+    records = ClusterRecords(_load_json_records(r, node_names, keys.node_state), _load_json_records(r, worker_names, keys.worker_state))
+    records.gone_workers = [w for w in worker_names if w not in records.workers]
+    return records
 
 
 def planning_size(entry: registry.ModelEntry, largest_node: int, margin: int) -> int:
@@ -92,7 +92,7 @@ def planning_size(entry: registry.ModelEntry, largest_node: int, margin: int) ->
 
 def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, str], Any] | None = None,
                    bind_overrides: dict[str, str | None] | None = None, now: float | None = None,
-                   raw: Raw | None = None) -> tuple[Snapshot, Raw]:
+                   records: ClusterRecords | None = None) -> tuple[Snapshot, ClusterRecords]:
     """The policy's view of the cluster now, plus the raw records it came from.
 
     ``pending`` holds (node, model) pairs with a command under way; ``bind_overrides`` maps a worker
@@ -102,8 +102,8 @@ def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, 
     pending = pending or {}
     bind_overrides = bind_overrides or {}
     entries = registry.all_models(r)
-    raw = read_raw(r) if raw is None else raw
-    largest = max((int(n["memory"]["total"]) for n in raw.nodes.values()), default=0)
+    records = read_records(r) if records is None else records
+    largest = max((int(n["memory"]["total"]) for n in records.nodes.values()), default=0)
     models = {
         name: ModelInfo(name, planning_size(e, largest, settings.safety_margin), e.max_parallel,
                         e.pinned or name in settings.pinned)
@@ -114,7 +114,7 @@ def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, 
 
     workers_by_node: dict[str, list[Worker]] = {}
     running_by_node: dict[str, dict[str, int]] = {}
-    for hostname, w in raw.workers.items():
+    for hostname, w in records.workers.items():
         bound = bind_overrides.get(hostname, w.get("bound"))
         workers_by_node.setdefault(w["node"], []).append(
             Worker(hostname, int(w["slots"]), bound, sum(w.get("running", {}).values()))
@@ -124,7 +124,7 @@ def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, 
             running[model] = running.get(model, 0) + n
 
     nodes = {}
-    for name, state in raw.nodes.items():
+    for name, state in records.nodes.items():
         if not state.get("runtime_up", True):
             continue
         running = running_by_node.get(name, {})
@@ -147,4 +147,4 @@ def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, 
         min_residency_s=settings.min_residency_s, aging_s=settings.aging_s,
         placement=settings.placement, replica_backlog=settings.replica_backlog,
     )
-    return snapshot, raw
+    return snapshot, records
