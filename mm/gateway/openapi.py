@@ -287,8 +287,13 @@ SCHEMAS: dict[str, Any] = {
 
 
 def _paths() -> dict[str, Any]:
-    jobs, monitor, models, quality, ollama, ops = ["jobs"], ["monitor"], ["models"], ["quality"], ["ollama"], ["ops"]
-    model_codes = (400, 404)
+    """Every documented endpoint, one group per tag, in the order the document lists them."""
+    return _job_paths() | _monitor_paths() | _quality_paths() | _model_paths() | _ollama_paths() | _ops_paths()
+
+
+def _job_paths() -> dict[str, Any]:
+    """The job manager API: submit, follow and account for jobs."""
+    jobs = ["jobs"]
     return {
         "/api/submit": {"post": op("Submit a job (seed 001)", {"200": reply("Enqueued", ref("SubmitResponse"))},
                                    tags=jobs, request=body(ref("SubmitRequest")), codes=(400, 404, 413))},
@@ -311,6 +316,13 @@ def _paths() -> dict[str, Any]:
                                        query("span_s", {"type": "number", "minimum": 60, "maximum": 31 * 86400},
                                              "Trailing seconds covered"),
                                        query("model", STR, "Only this model")])},
+    }
+
+
+def _monitor_paths() -> dict[str, Any]:
+    """Idle shutdown: which models were used lately, and reporting use."""
+    monitor = ["monitor"]
+    return {
         "/health": {"get": op("Health (seed 000; no key needed)", {"200": reply("Redis answers", ref("Health"))},
                               tags=monitor, public=True)},
         "/models/active": {"get": op("Models used within MM_ACTIVE_WINDOW_S (seed 000)",
@@ -322,6 +334,13 @@ def _paths() -> dict[str, Any]:
         "/models/{name}/report": {"post": op("Mark a model used now (seed 000)",
                                              {"200": reply("Reported", ref("Report"))}, tags=monitor,
                                              params=[MODEL], codes=(404,))},
+    }
+
+
+def _quality_paths() -> dict[str, Any]:
+    """Quality metrics: recording events and reading their stats."""
+    quality = ["quality"]
+    return {
         "/api/metrics": {"post": op("Record quality events (seed 003): one event, or {events: [...]}",
                                     {"201": reply("Stored", ANY_OBJ)}, tags=quality, codes=(400, 413),
                                     request=body({"oneOf": [ref("QualityEvent"), obj(
@@ -334,6 +353,14 @@ def _paths() -> dict[str, Any]:
                                                   path_param("version", "Model version", QUALITY_NAME),
                                                   query("start", TIME_QUERY, "Epoch seconds or ISO 8601"),
                                                   query("end", TIME_QUERY, "Epoch seconds or ISO 8601")])},
+    }
+
+
+def _model_paths() -> dict[str, Any]:
+    """Model management: the registry, residency, jobs by model and history."""
+    models = ["models"]
+    model_codes = (400, 404)
+    return {
         "/api/models": {"get": op("Registered models with residency and demand (seed 004)",
                                   {"200": reply("Models", ref("ModelList"))}, tags=models)},
         "/api/models/{name}": {
@@ -364,6 +391,13 @@ def _paths() -> dict[str, Any]:
             "delete": op("Clear the model's history records", {"200": reply("Cleared", ref("Cleared"))},
                          tags=models, params=[MODEL], codes=(404,)),
         },
+    }
+
+
+def _ollama_paths() -> dict[str, Any]:
+    """The Ollama API, served by mm's jobs and nodes."""
+    ollama = ["ollama"]
+    return {
         "/api/generate": {"post": op("Ollama generate, as an mm job",
                                      {"200": {"description": "Answer (NDJSON chunks when stream is true)", "content": {
                                          JSON: {"schema": ref("GenerateResponse")}, NDJSON: {"schema": STR}}}},
@@ -395,6 +429,13 @@ def _paths() -> dict[str, Any]:
             "Ollama delete, on every node listing the model; 409 while it is resident, loading, pinned or has "
             "jobs queued", {"200": reply("Deleted")}, tags=ollama,
             request=body(obj({"model": PULL_NAME}, ("model",))), codes=(400, 404, 409, 413, 502, 503, 504))},
+    }
+
+
+def _ops_paths() -> dict[str, Any]:
+    """Operations: Prometheus metrics and this document."""
+    ops = ["ops"]
+    return {
         "/metrics": {"get": op("Prometheus metrics", {"200": reply("Text exposition format", STR, "text/plain")},
                                tags=ops)},
         "/openapi.json": {"get": op("This document", {"200": reply("OpenAPI 3", ANY_OBJ)}, tags=ops)},
