@@ -1,9 +1,8 @@
-"""The README's least-privilege ACL users, applied as written to a real redis-server, run a real stack."""
+"""docs/redis-ha.md's least-privilege ACL users, applied as written to a real redis-server, run a real stack."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,21 +14,20 @@ import redis
 from tests.procs import Proc, free_port, wait_for
 from tests.stack import sim_node
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REDIS_HA_DOC = Path(__file__).resolve().parents[2] / "docs" / "redis-ha.md"
 GB = 1_000_000_000
 MODEL = {"name": "acl:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
-# The README's password placeholders and what the tests put there.
+# The doc's password placeholders and what the tests put there.
 ACL_PASSWORDS = {"MM_PASSWORD": "mm-Pa55", "REPL_PASSWORD": "repl-Pa55", "SENTINEL_USER_PASSWORD": "sentinel-user-Pa55",
                  "ADMIN_PASSWORD": "admin-Pa55"}
 
 
-def readme_acl() -> dict[str, list[str]]:
-    """user -> ACL rules, from the ``ACL SETUSER`` lines of the README's Redis section, passwords filled in."""
-    text = README.read_text()
-    section = re.search(r"## Redis without a single point of failure\n(.*?)<!-- section: runtime -->", text, re.S)
-    assert section, "README lacks the section 'Redis without a single point of failure'"
+def documented_acl() -> dict[str, list[str]]:
+    """user -> ACL rules, from the ``ACL SETUSER`` lines of docs/redis-ha.md, passwords filled in."""
+    text = REDIS_HA_DOC.read_text()
+    assert "# Redis without a single point of failure" in text, f"{REDIS_HA_DOC} lacks its Redis section"
     users = {}
-    for line in section.group(1).splitlines():
+    for line in text.splitlines():
         words = line.split()
         if words[:2] == ["ACL", "SETUSER"]:
             users[words[2]] = [f">{ACL_PASSWORDS[w[1:]]}" if w.startswith(">") else w for w in words[3:]]
@@ -38,13 +36,13 @@ def readme_acl() -> dict[str, list[str]]:
 
 
 def acl_config_lines() -> list[str]:
-    """The README's users as redis.conf ``user`` directives."""
-    return [" ".join(["user", name, *rules]) for name, rules in readme_acl().items()]
+    """The documented users as redis.conf ``user`` directives."""
+    return [" ".join(["user", name, *rules]) for name, rules in documented_acl().items()]
 
 
 @pytest.fixture
 def acl_redis(tmp_path):
-    """(port, admin client) of a redis-server whose only users are the README's."""
+    """(port, admin client) of a redis-server whose only users are the documented ones."""
     port = free_port()
     conf = tmp_path / "redis-acl.conf"
     conf.write_text("\n".join([f"port {port}", "bind 127.0.0.1", f"dir {tmp_path}", "save \"\"",
@@ -52,7 +50,7 @@ def acl_redis(tmp_path):
     proc = Proc([shutil.which("redis-server"), str(conf)], log=tmp_path / "redis-acl.log")
     admin = redis.Redis(port=port, username="default", password=ACL_PASSWORDS["ADMIN_PASSWORD"])
     try:
-        wait_for(admin.ping, 15, what=f"redis with the README's ACL ({tmp_path / 'redis-acl.log'})")
+        wait_for(admin.ping, 15, what=f"redis with the documented ACL ({tmp_path / 'redis-acl.log'})")
         yield port, admin
     finally:
         proc.stop()

@@ -39,7 +39,7 @@ DOWN_AFTER_MS = 1000
 class SentinelCluster:
     """A primary, a replica and three sentinels, each a process in its own group and directory.
 
-    The data nodes have the README's ACL users: mm logs in as ``mm``, replicas as ``repl`` (so a test
+    The data nodes have docs/redis-ha.md's ACL users: mm logs in as ``mm``, replicas as ``repl`` (so a test
     can cut replication by disabling it), sentinels as ``sentinel``, the test as ``default`` (admin).
     The sentinels also require a password of their own.
     """
