@@ -1,8 +1,8 @@
-"""Model activity (seed 000): when each model was last used, which are active or idle, and which
+"""Model activity: when each model was last used, which are active or idle, and which
 resident ones beat's idle shutdown asks the leader to unload.
 
 Every job records its model's last use (``HSET mm:activity model <epoch s>``); :func:`report`
-does the same for seed 000's ``POST /models/<name>/report``. These functions are what the CLI
+does the same for the model monitor's ``POST /models/<name>/report``. These functions are what the CLI
 (``mm models ...``) and a gateway serve.
 """
 
@@ -61,7 +61,7 @@ def last_used(r: redis.Redis) -> dict[str, float]:
 
 
 def report(r: redis.Redis, model: str, at: float | None = None) -> float:
-    """Mark ``model`` used now (seed 000's ``POST /models/<name>/report``); return the time.
+    """Mark ``model`` used now (the model monitor's ``POST /models/<name>/report``); return the time.
 
     Raises :class:`~mm.errors.UnknownModel` if no runtime serves ``model``.
     """

@@ -65,7 +65,7 @@ class Rule:
         return f"{text} for {format_duration(self.for_s)}" if self.for_s else text
 
     def describe(self) -> str:
-        """In words, as seed 003's alert lines put it: ``prediction_accuracy lower than 0.3``."""
+        """In words, as the alert log lines put it: ``prediction_accuracy lower than 0.3``."""
         text = f"{self.metric} {OPS[self.op][1]} {self.threshold:g}"
         return f"{text} for {format_duration(self.for_s)}" if self.for_s else text
 

@@ -1,8 +1,8 @@
 """Alerts: beat evaluates ``MM_ALERT_RULES`` over the trailing window; firing and clearing are told.
 
-A firing alert writes one ``ALERT ...`` log line (in seed 003's words), an entry in the stream
-``mm:alerts`` and in the event stream, and POSTs JSON to ``MM_ALERT_WEBHOOK`` when set. It clears,
-the same three ways, once its condition no longer holds (or its subject has no data).
+A firing alert writes one ``ALERT ...`` log line (``ALERT prediction_accuracy lower than 0.3, {...}``),
+an entry in the stream ``mm:alerts`` and in the event stream, and POSTs JSON to ``MM_ALERT_WEBHOOK``
+when set. It clears, the same three ways, once its condition no longer holds (or its subject has no data).
 """
 
 from __future__ import annotations

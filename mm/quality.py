@@ -1,4 +1,4 @@
-"""Model quality metrics (seed 003): events such as prediction_accuracy, drift and inference_time,
+"""Model quality metrics: events such as prediction_accuracy, drift and inference_time,
 recorded per model name and version and summarized over a time range.
 
     import mm

@@ -1,4 +1,4 @@
-"""``mm gateway``: the HTTP gateway (seeds' REST endpoints, Ollama-compatible proxy, /metrics, status page)."""
+"""``mm gateway``: the HTTP gateway (mm's REST endpoints, Ollama-compatible proxy, /metrics, status page)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``mm models``: which models are active or idle, their activity, manual use reports (seed 000),
+"""``mm models``: which models are active or idle, their activity, manual use reports (idle shutdown's view),
 and pulling or deleting a model on the nodes' runtimes through the leader."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def activity_cmd(as_json):
 @models.command()
 @click.argument("name")
 def report(name):
-    """Mark model NAME as used now (seed 000's POST /models/<name>/report)."""
+    """Mark model NAME as used now (the gateway's POST /models/<name>/report)."""
     try:
         at = activity_lib.report(store.connect(), name)
     except UnknownModel as exc:

@@ -19,12 +19,12 @@ log = logging.getLogger("mm.gateway")
 def routes(gw: Gateway) -> list[tuple]:
     """Every endpoint, in matching order (the first pattern that matches the whole path wins)."""
     return [
-        *jobs.handlers(gw),        # seed 001: /api/submit, /api/job/<id>, /api/stats, /api/health
-        *monitor.handlers(gw),     # seed 000: /models/active|idle|activity, /models/<name>/report, /health
-        *quality.handlers(gw),     # seed 003: /api/metrics, /stats/<name>/<version>
+        *jobs.handlers(gw),        # job manager API: /api/submit, /api/job/<id>, /api/stats, /api/health
+        *monitor.handlers(gw),     # model monitor: /models/active|idle|activity, /models/<name>/report, /health
+        *quality.handlers(gw),     # quality metrics: /api/metrics, /stats/<name>/<version>
         *proxy.handlers(gw),       # Ollama: /api/generate, /api/chat, /api/embed, /api/tags, /api/ps, ...
         *pulls.handlers(gw),       # Ollama: /api/pull, /api/delete, through the leader
-        *models.handlers(gw),      # seed 004 + 002: /api/models[/<name>[/start|stop|infer|history]]
+        *models.handlers(gw),      # model control, deployment history: /api/models[/<name>[/start|stop|infer|history]]
         *prom.handlers(gw),        # /metrics
         *openapi.handlers(gw),     # /openapi.json
         *pages.handlers(gw),       # / and /static/*

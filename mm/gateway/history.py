@@ -1,4 +1,4 @@
-"""Seed 002 (deployment history): a model's loads, unloads, pins and failures, newest first.
+"""Deployment history: a model's loads, unloads, pins and failures, newest first.
 
 ``GET /api/models/<name>/history?n=`` merges the event stream (load, unload, pull, pin, their
 ``*_failed`` variants, rejected jobs) with the model's failed-job samples. ``DELETE`` clears the

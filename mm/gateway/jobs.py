@@ -1,4 +1,4 @@
-"""Seed 001 (job manager): POST /api/submit, GET /api/job/<id>, GET /api/stats, GET /api/health;
+"""Job manager API: POST /api/submit, GET /api/job/<id>, GET /api/stats, GET /api/health;
 plus GET /api/jobs (recent jobs) and GET /api/rollups (charts) for the status page."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _result_text(result: dict[str, Any]) -> Any:
 
 
 def job_view(job_id: str) -> dict[str, Any] | None:
-    """Seed 001's job status: status, model, result when complete, error when failed, times."""
+    """The job manager API's job status: status, model, result when complete, error when failed, times."""
     record = client.Job(job_id).record()
     if not record:
         return None

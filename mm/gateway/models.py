@@ -1,4 +1,4 @@
-"""Seed 004 (on-demand inference service), through the broker's policy:
+"""Model control (on-demand inference: start, stop, infer), through the broker's policy:
 
 - ``GET /api/models`` and ``GET /api/models/<name>``: registry entries with residency and demand.
 - ``POST /api/models/<name>/start``: pin the model (the policy never evicts a pinned model) and,

@@ -1,4 +1,4 @@
-"""Seed 000 (model monitor): GET /models/active, /models/idle, /models/activity,
+"""Model monitor (idle shutdown's view of model activity): GET /models/active, /models/idle, /models/activity,
 POST /models/<name>/report and GET /health, over :mod:`mm.activity`."""
 
 from __future__ import annotations

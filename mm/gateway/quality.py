@@ -1,4 +1,4 @@
-"""Seed 003 (metrics server): POST /api/metrics (quality events), GET /stats/<name>/<version>."""
+"""Quality metrics server: POST /api/metrics (quality events), GET /stats/<name>/<version>."""
 
 from __future__ import annotations
 

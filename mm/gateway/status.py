@@ -105,7 +105,7 @@ def finished_counts(r: redis.Redis, window_s: float, now: float) -> dict[str, di
 
 
 def stats(r: redis.Redis, settings: Settings, now: float | None = None) -> dict[str, Any]:
-    """Seed 001's ``/api/stats``, extended: jobs by status, queues per model and priority, nodes
+    """The job manager API's ``/api/stats``, extended: jobs by status, queues per model and priority, nodes
     with memory per GPU and resident models, workers, the leader and firing alerts."""
     now = metrics.now(r) if now is None else now
     models = sorted(registry.names(r))
