@@ -295,14 +295,14 @@ def _job_paths() -> dict[str, Any]:
     """The job manager API: submit, follow and account for jobs."""
     jobs = ["jobs"]
     return {
-        "/api/submit": {"post": op("Submit a job (seed 001)", {"200": reply("Enqueued", ref("SubmitResponse"))},
+        "/api/submit": {"post": op("Submit a job (job manager API)", {"200": reply("Enqueued", ref("SubmitResponse"))},
                                    tags=jobs, request=body(ref("SubmitRequest")), codes=(400, 404, 413))},
-        "/api/job/{job_id}": {"get": op("A job's status, and its result or error (seed 001)",
+        "/api/job/{job_id}": {"get": op("A job's status, and its result or error (job manager API)",
                                         {"200": reply("The job", ref("Job"))}, tags=jobs,
                                         params=[path_param("job_id", "The id /api/submit returned",
                                                            {"type": "string", "pattern": JOB_ID_PATTERN})],
                                         codes=(400, 404))},
-        "/api/stats": {"get": op("Queues, jobs by status, nodes with memory per GPU, resident models (seed 001)",
+        "/api/stats": {"get": op("Queues, jobs by status, nodes with memory per GPU, resident models (job manager API)",
                                  {"200": reply("Statistics", ref("Stats"))}, tags=jobs)},
         "/api/health": {"get": op("Health (no key needed)", {"200": reply("Redis answers", ref("Health"))},
                                   tags=jobs, public=True)},
@@ -323,15 +323,15 @@ def _monitor_paths() -> dict[str, Any]:
     """Idle shutdown: which models were used lately, and reporting use."""
     monitor = ["monitor"]
     return {
-        "/health": {"get": op("Health (seed 000; no key needed)", {"200": reply("Redis answers", ref("Health"))},
+        "/health": {"get": op("Health (model monitor; no key needed)", {"200": reply("Redis answers", ref("Health"))},
                               tags=monitor, public=True)},
-        "/models/active": {"get": op("Models used within MM_ACTIVE_WINDOW_S (seed 000)",
+        "/models/active": {"get": op("Models used within MM_ACTIVE_WINDOW_S (model monitor)",
                                      {"200": reply("Active models", ref("ActivityList"))}, tags=monitor)},
-        "/models/idle": {"get": op("Models unused for MM_IDLE_THRESHOLD_S, or never (seed 000)",
+        "/models/idle": {"get": op("Models unused for MM_IDLE_THRESHOLD_S, or never (model monitor)",
                                    {"200": reply("Idle models", ref("ActivityList"))}, tags=monitor)},
-        "/models/activity": {"get": op("Every model's activity (seed 000)",
+        "/models/activity": {"get": op("Every model's activity (model monitor)",
                                        {"200": reply("All models", ref("ActivityList"))}, tags=monitor)},
-        "/models/{name}/report": {"post": op("Mark a model used now (seed 000)",
+        "/models/{name}/report": {"post": op("Mark a model used now (model monitor)",
                                              {"200": reply("Reported", ref("Report"))}, tags=monitor,
                                              params=[MODEL], codes=(404,))},
     }
@@ -341,12 +341,12 @@ def _quality_paths() -> dict[str, Any]:
     """Quality metrics: recording events and reading their stats."""
     quality = ["quality"]
     return {
-        "/api/metrics": {"post": op("Record quality events (seed 003): one event, or {events: [...]}",
+        "/api/metrics": {"post": op("Record quality events: one event, or {events: [...]}",
                                     {"201": reply("Stored", ANY_OBJ)}, tags=quality, codes=(400, 413),
                                     request=body({"oneOf": [ref("QualityEvent"), obj(
                                         {"events": {"type": "array", "items": ref("QualityEvent"), "minItems": 1,
                                                     "maxItems": 1000}}, ("events",), extra=False)]}))},
-        "/stats/{name}/{version}": {"get": op("Quality stats of a model version (seed 003)",
+        "/stats/{name}/{version}": {"get": op("Quality stats of a model version",
                                               {"200": reply("Stats per field", ref("QualityStats"))}, tags=quality,
                                               codes=(400,), params=[
                                                   path_param("name", "Model name", QUALITY_NAME),
@@ -361,7 +361,7 @@ def _model_paths() -> dict[str, Any]:
     models = ["models"]
     model_codes = (400, 404)
     return {
-        "/api/models": {"get": op("Registered models with residency and demand (seed 004)",
+        "/api/models": {"get": op("Registered models with residency and demand (model control)",
                                   {"200": reply("Models", ref("ModelList"))}, tags=models)},
         "/api/models/{name}": {
             "get": op("One model", {"200": reply("The model", ref("Model"))}, tags=models, params=[MODEL],
@@ -370,21 +370,21 @@ def _model_paths() -> dict[str, Any]:
                         params=[MODEL], request=body(ref("ModelPatch")), codes=(400, 404, 409, 413)),
         },
         "/api/models/{name}/start": {"post": op(
-            "Pin the model and have the policy load it (seed 004)",
+            "Pin the model and have the policy load it (model control)",
             {"200": reply("Resident", ref("Model")), "202": reply("Loading", ref("Model"))}, tags=models,
             params=[MODEL, WAIT, query("pin", {"type": "string", "enum": ["true", "false"]}, "Pin it (default true)")],
             codes=model_codes)},
         "/api/models/{name}/stop": {"post": op(
-            "Unpin the model and ask the leader to unload it (seed 004)",
+            "Unpin the model and ask the leader to unload it (model control)",
             {"200": reply("Not resident", ref("Model")), "202": reply("Unloading", ref("Model"))}, tags=models,
             params=[MODEL, WAIT], codes=(400, 404, 409))},
         "/api/models/{name}/infer": {"post": op(
-            "Submit a job and wait for its result (seed 004)",
+            "Submit a job and wait for its result (model control)",
             {"200": reply("Done", ref("InferResult")), "202": reply("Still running", ref("InferResult"))},
             tags=models, params=[MODEL, PRIORITY_PARAM], request=body(ref("InferRequest")),
             codes=(400, 404, 413, 500, 502))},
         "/api/models/{name}/history": {
-            "get": op("Loads, unloads, pins and failures, newest first (seed 002)",
+            "get": op("Loads, unloads, pins and failures, newest first (deployment history)",
                       {"200": reply("History", ref("History"))}, tags=models, codes=model_codes,
                       params=[MODEL, query("n", {"type": "integer", "minimum": 1, "maximum": 10000},
                                            "How many records")]),
@@ -477,7 +477,8 @@ def document(settings: Settings, auth: bool) -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "mm gateway", "version": "0.1.0",
-                 "description": "mm's REST endpoints (seeds 000-004), its Ollama-compatible proxy and /metrics. "
+                 "description": "mm's REST endpoints (job manager API, model monitor, quality metrics, model control, "
+                                "deployment history), its Ollama-compatible proxy and /metrics. "
                                 "Errors are {error, field}; field names the input at fault."},
         "paths": paths,
         "components": {"schemas": schemas(settings),
