@@ -151,7 +151,7 @@ def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
 
 
 def describe() -> list[tuple[str, str, Any, str]]:
-    """(variable, type, default, doc) for every setting, for the README and ``mm config``."""
+    """(variable, type, default, doc) for every setting, for docs/settings.md and ``mm config``."""
     return [
         (env_name(f.name), str(f.type), f.default, f.metadata["doc"])
         for f in dataclasses.fields(Settings)

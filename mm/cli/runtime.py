@@ -28,7 +28,7 @@ def _memory(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=11434, show_default=True, help="Port to listen on.")
 @click.option("--models", "models_file", type=click.Path(dir_okay=False), default=None,
-              help="JSON list of models to serve (see README: 'The embedded runtime').")
+              help="JSON list of models to serve (see docs/runtime.md).")
 @click.option("--memory", default=str(8 * GiB), callback=_memory, show_default="8 GiB",
               help="Memory budget in bytes (suffixes like 8GiB, 512MiB accepted).")
 @click.option("--evict", type=click.Choice(EVICT_MODES), default="none", show_default=True,
