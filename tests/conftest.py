@@ -1,14 +1,38 @@
-"""Shared fixtures: a real redis-server per test session on a free port, flushed per test."""
+"""Test tiers by folder, and shared fixtures: a real redis-server per test session on a free port, flushed per test.
+
+Every test has exactly one tier marker, given by where it lives (``TIERS``):
+
+* ``unit``: pure code in this process; no redis-server, no child processes; the whole tier in seconds
+  (``make test-unit``, ``pytest -m unit``).
+* ``integration``: real Redis, Celery and ``mm runtime`` processes (tests/integration, tests/runtime,
+  and the benchmarks' smoke run).
+* ``faults``: integration tests that kill, stall or restart what they started.
+
+The other markers say what a test needs beyond its tier: ``llama`` (llama-cpp-python and the GGUF),
+``ollama`` (a real Ollama at OLLAMA_HOST), ``gpu`` (an NVIDIA GPU answering NVML: skipped where none
+does) and ``slow``.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import redis
 
 from tests.procs import Proc, free_port, wait_for
+
+TESTS = Path(__file__).resolve().parent
+# tier -> the folders and files (relative to tests/) whose tests it holds
+TIERS = {
+    "unit": ("unit",),
+    "integration": ("integration", "runtime", "test_bench_smoke.py"),
+    "faults": ("faults",),
+}
+# What each collected test is, for tests/unit/test_tiers.py: nodeid -> (tier markers, fixtures it uses).
+COLLECTED = pytest.StashKey[dict[str, tuple[list[str], list[str]]]]()
 
 # Chosen before any test imports mm, so the Celery app and every child process use this Redis.
 REDIS_PORT = free_port()
@@ -66,3 +90,43 @@ def redis_url(redis_server):
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     yield redis_server.url
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier of a test file, by where it lives under tests/ (None: outside every tier)."""
+    try:
+        parts = path.resolve().relative_to(TESTS).parts
+    except ValueError:
+        return None
+    return next((tier for tier, places in TIERS.items() if parts and parts[0] in places), None)
+
+
+def _nvml_answers() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no GPU, or pynvml missing
+        return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(config, items):
+    """Give each test its folder's tier marker; skip ``gpu`` tests where no GPU answers NVML."""
+    gpu = None
+    for item in items:
+        tier = tier_of(item.path)
+        if tier is not None:
+            item.add_marker(tier)
+        if item.get_closest_marker("gpu") is not None:
+            gpu = _nvml_answers() if gpu is None else gpu
+            if not gpu:
+                item.add_marker(pytest.mark.skip(reason="no NVIDIA GPU answers NVML here"))
+    config.stash[COLLECTED] = {
+        item.nodeid: (sorted({m.name for m in item.iter_markers() if m.name in TIERS}), list(item.fixturenames))
+        for item in items
+    }

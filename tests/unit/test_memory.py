@@ -1,4 +1,4 @@
-"""The memory monitors: a budget everywhere, NVML where a GPU answers (pytest -m gpu)."""
+"""The memory monitors: a budget everywhere, NVML where a GPU answers (the gpu tests skip where none does)."""
 
 import pytest
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
@@ -23,16 +22,16 @@ from mm.scheduling.snapshot import (
     Unload,
     Worker,
 )
+from tests.support import GIB
 
-GB = 1 << 30
 NOW = 1_000.0
 
 
 # -- builders ------------------------------------------------------------------------------------
 
 
-def model(name: str, size_gb: float = 4, max_parallel: int = 4, pinned: bool = False) -> ModelInfo:
-    return ModelInfo(name=name, size=int(size_gb * GB), max_parallel=max_parallel, pinned=pinned)
+def model(name: str, size_gib: float = 4, max_parallel: int = 4, pinned: bool = False) -> ModelInfo:
+    return ModelInfo(name=name, size=int(size_gib * GIB), max_parallel=max_parallel, pinned=pinned)
 
 
 def demand(name: str, high: int = 0, normal: int = 0, low: int = 0, wait: float = 0.0, **waits: float) -> Demand:
@@ -41,17 +40,17 @@ def demand(name: str, high: int = 0, normal: int = 0, low: int = 0, wait: float 
     return Demand(model=name, queued=queued, oldest_wait_s={c: waits.get(f"{c}_wait", wait) for c in queued})
 
 
-def res(name: str, size_gb: float = 4, loaded_at: float = 0.0, last_used: float = 0.0, in_flight: int = 0) -> Resident:
-    return Resident(model=name, size=int(size_gb * GB), loaded_at=loaded_at, last_used=last_used, in_flight=in_flight)
+def res(name: str, size_gib: float = 4, loaded_at: float = 0.0, last_used: float = 0.0, in_flight: int = 0) -> Resident:
+    return Resident(model=name, size=int(size_gib * GIB), loaded_at=loaded_at, last_used=last_used, in_flight=in_flight)
 
 
 def worker(host: str, slots: int = 4, bound: str | None = None, in_flight: int = 0) -> Worker:
     return Worker(hostname=host, slots=slots, bound=bound, in_flight=in_flight)
 
 
-def node(name: str, total_gb: float = 16, resident=(), workers=None, pending=()) -> Node:
+def node(name: str, total_gib: float = 16, resident=(), workers=None, pending=()) -> Node:
     """A node whose free memory is its total minus its residents; one unbound worker unless told."""
-    total = int(total_gb * GB)
+    total = int(total_gib * GIB)
     if workers is None:
         workers = (worker(f"{name}-w0"),)
     return Node(
@@ -118,10 +117,10 @@ def test_does_not_load_a_model_with_nothing_queued():
 
 
 def test_places_a_model_on_the_node_with_the_most_free_memory():
-    # given three nodes with 8, 12 and 10 GB free
+    # given three nodes with 8, 12 and 10 GiB free
     s = snap([model("a", 4)], [demand("a", normal=1)],
              [node("n1", 8), node("n2", 12), node("n3", 10)])
-    # expect the 12 GB node
+    # expect the 12 GiB node
     assert of(Load, plan(s)) == [Load("n2", "a")]
 
 
@@ -137,11 +136,11 @@ def test_spreads_models_over_nodes_with_one_load_per_node_per_tick():
 
 
 def test_respects_the_safety_margin():
-    # given a node with exactly 5 GB free and a 4 GB model
+    # given a node with exactly 5 GiB free and a 4 GiB model
     models, demands, nodes = [model("a", 4)], [demand("a", normal=1)], [node("n1", 5)]
-    # expect a load with a 1 GB margin, none with a margin one byte larger
-    assert plan(snap(models, demands, nodes, safety_margin=GB)) == [Load("n1", "a")]
-    assert of(Load, plan(snap(models, demands, nodes, safety_margin=GB + 1))) == []
+    # expect a load with a 1 GiB margin, none with a margin one byte larger
+    assert plan(snap(models, demands, nodes, safety_margin=GIB)) == [Load("n1", "a")]
+    assert of(Load, plan(snap(models, demands, nodes, safety_margin=GIB + 1))) == []
 
 
 def test_does_not_load_a_model_already_resident_on_another_node():
@@ -184,7 +183,7 @@ def test_evicts_a_model_without_queued_jobs_before_a_less_recently_used_one_with
 
 
 def test_evicts_only_as_many_models_as_it_needs():
-    # given LRU order small (1 GB) then big (8 GB), and a challenger needing 6 GB more than is free
+    # given LRU order small (1 GiB) then big (8 GiB), and a challenger needing 6 GiB more than is free
     s = snap([model("small", 1), model("big", 8), model("new", 8)], [demand("new", normal=1)],
              [node("n1", 11, [res("small", 1, last_used=1), res("big", 8, last_used=2)])])
     # expect the big one alone evicted: the small one frees too little and is not needed with it
@@ -192,12 +191,12 @@ def test_evicts_only_as_many_models_as_it_needs():
 
 
 def test_a_bigger_challenger_may_still_evict_where_a_smaller_better_one_could_not():
-    # given b1, b2 (2 GB each) then c (20 GB) in eviction order, each with a backlog scoring 10
+    # given b1, b2 (2 GiB each) then c (20 GiB) in eviction order, each with a backlog scoring 10
     models = [model("b1", 2), model("b2", 2), model("c", 20), model("x", 4), model("y", 5)]
     backlog = [demand("b1", normal=1), demand("b2", normal=1), demand("c", normal=1)]
     nodes = [node("n1", 24, [res("b1", 2, last_used=1), res("b2", 2, last_used=2), res("c", 20, last_used=3)])]
-    # and challengers x (4 GB, score 50: would evict b1 + b2, backlog 20, needs > 80)
-    # and y (5 GB, score 45: evicts c alone, backlog 10, needs > 40)
+    # and challengers x (4 GiB, score 50: would evict b1 + b2, backlog 20, needs > 80)
+    # and y (5 GiB, score 45: evicts c alone, backlog 10, needs > 40)
     s = snap(models, [*backlog, demand("x", normal=5), demand("y", normal=4, low=5)], nodes)
     actions = plan(s)
     # expect y placed even though x, ranked first and smaller, found no room
@@ -231,7 +230,7 @@ def test_prefers_evicting_an_idle_model_over_draining_a_busy_one():
 
 
 def test_among_equal_evictions_prefers_the_node_left_with_the_most_free_memory():
-    # given one idle 6 GB victim per node next to a pinned model: n1 ends with 6 GB free, n2 with 10 GB
+    # given one idle 6 GiB victim per node next to a pinned model: n1 ends with 6 GiB free, n2 with 10 GiB
     models = [model("p1", 6, pinned=True), model("p2", 6, pinned=True), model("v1", 6), model("v2", 6),
               model("new", 6)]
     s = snap(models, [demand("new", normal=1)],
@@ -591,8 +590,8 @@ class Sim:
 
 
 def test_simulation_drains_three_models_that_share_one_slot_with_one_load_each():
-    # given one node where only one of three 6 GB models fits, and mixed demand for all three
-    sim = Sim([model("a", 6), model("b", 6), model("c", 6)], {"n1": 10 * GB}, min_residency_s=2.0, aging_s=600.0)
+    # given one node where only one of three 6 GiB models fits, and mixed demand for all three
+    sim = Sim([model("a", 6), model("b", 6), model("c", 6)], {"n1": 10 * GIB}, min_residency_s=2.0, aging_s=600.0)
     sim.submit("a", "normal", 20)
     sim.submit("b", "high", 5)
     sim.submit("c", "low", 12)
@@ -609,7 +608,7 @@ def test_simulation_drains_three_models_that_share_one_slot_with_one_load_each()
 
 
 def test_simulation_spreads_models_over_two_nodes_and_drains_with_one_load_each():
-    sim = Sim([model(m, 6) for m in "abcd"], {"n1": 13 * GB, "n2": 13 * GB}, min_residency_s=2.0)
+    sim = Sim([model(m, 6) for m in "abcd"], {"n1": 13 * GIB, "n2": 13 * GIB}, min_residency_s=2.0)
     for i, m in enumerate("abcd"):
         sim.submit(m, ("high", "normal", "low")[i % 3], 8 + 4 * i)
     for _ in range(60):
@@ -622,7 +621,7 @@ def test_simulation_spreads_models_over_two_nodes_and_drains_with_one_load_each(
 
 def test_simulation_never_starves_a_low_priority_job_under_constant_high_priority_load():
     # given "hi" resident with a steady stream of fresh high jobs and one low job for "lo"
-    sim = Sim([model("hi", 6), model("lo", 6)], {"n1": 10 * GB}, min_residency_s=2.0, aging_s=10.0)
+    sim = Sim([model("hi", 6), model("lo", 6)], {"n1": 10 * GIB}, min_residency_s=2.0, aging_s=10.0)
     sim.submit("hi", "high", 4)
     sim.submit("lo", "low", 1)
     for _ in range(100):
@@ -648,7 +647,7 @@ def _large_snapshot(seed: int = 7, n_models: int = 1000, n_nodes: int = 100) -> 
     rng.shuffle(order)
     nodes, cursor = [], 0
     for j in range(n_nodes):
-        total = rng.choice([24, 48, 80]) * GB
+        total = rng.choice([24, 48, 80]) * GIB
         resident, used = [], 0
         while cursor < len(order) and used + by_name[order[cursor]].size <= total * 0.9 and len(resident) < 4:
             info = by_name[order[cursor]]
@@ -663,42 +662,34 @@ def _large_snapshot(seed: int = 7, n_models: int = 1000, n_nodes: int = 100) -> 
                           frozenset(pending)))
     demands = [demand(m.name, high=rng.choice([0, 0, 1, 5]), normal=rng.choice([0, 3, 40]),
                       low=rng.choice([0, 10, 1000]), wait=rng.uniform(0, 400)) for m in models if rng.random() < 0.7]
-    return snap(models, demands, nodes, safety_margin=GB // 2)
+    return snap(models, demands, nodes, safety_margin=GIB // 2)
 
 
-def _best_of(s: Snapshot, runs: int = 7) -> tuple[float, list]:
-    best, actions = float("inf"), []
-    for _ in range(runs):
-        start = time.perf_counter()
-        actions = plan(s)
-        best = min(best, time.perf_counter() - start)
-    return best, actions
+# How long plan() takes on large clusters is bench.scale's to measure; these hold what it decides there.
 
 
-def test_plans_1000_models_on_100_nodes_within_50_ms():
+def test_a_plan_for_1000_models_on_100_nodes_keeps_the_invariants():
     s = _large_snapshot()
-    elapsed, actions = _best_of(s)
-    print(f"\nplan(): 1,000 models / 100 nodes in {elapsed * 1000:.2f} ms, {len(actions)} actions")
+
+    actions = plan(s)
+
     assert of(Load, actions) and of(Bind, actions)
     _assert_invariants(s, actions)
-    assert elapsed < 0.050
 
 
-def test_plans_quickly_even_when_no_challenger_can_be_placed():
+def test_plans_nothing_when_no_challenger_can_be_placed():
     # given every node full of pinned models: each of 1,000 demanded models fails placement
     pinned = [model(f"p{j}", 80, pinned=True) for j in range(100)]
     models = pinned + [model(f"m{i:04d}", 1 + i % 40) for i in range(1000)]
     nodes = [node(f"n{j:03d}", 80, [res(f"p{j}", 80)], [worker(f"n{j}-w{k}") for k in range(8)]) for j in range(100)]
     s = snap(models, [demand(f"m{i:04d}", normal=1 + i % 7, wait=i % 300) for i in range(1000)], nodes)
-    elapsed, actions = _best_of(s)
-    print(f"\nplan(): 1,000 unplaceable models / 100 full nodes in {elapsed * 1000:.2f} ms")
-    assert actions == []
-    assert elapsed < 0.050
+
+    assert plan(s) == []
 
 
-def test_plans_quickly_when_every_node_needs_an_eviction_and_backlogs_block_most():
-    # given 100 full nodes, each holding a 70 GB model with a large high-priority backlog and an idle
-    # 10 GB model, and 1,000 challengers of 1..60 GB with fresh low-priority demand
+def test_every_node_swaps_its_idle_model_for_a_challenger_when_backlogs_block_the_rest():
+    # given 100 full nodes, each holding a 70 GiB model with a large high-priority backlog and an idle
+    # 10 GiB model, and 1,000 challengers of 1..60 GiB with fresh low-priority demand
     busy = [model(f"b{j}", 70) for j in range(100)]
     sizes = {f"m{i:04d}": 1 + i % 60 for i in range(1000)}
     models = busy + [model(name, size) for name, size in sizes.items()]
@@ -707,13 +698,13 @@ def test_plans_quickly_when_every_node_needs_an_eviction_and_backlogs_block_most
     demands = [demand(f"b{j}", high=1000) for j in range(100)]
     demands += [demand(name, low=1 + i % 50) for i, name in enumerate(sizes)]
     s = snap(models, demands, nodes)
-    elapsed, actions = _best_of(s)
-    print(f"\nplan(): 100 evictions for 1,000 challengers on 100 full nodes in {elapsed * 1000:.2f} ms")
+
+    actions = plan(s)
+
     # expect each node to swap its idle model for a challenger that fits in its place, no backlog evicted
     loads, unloads = of(Load, actions), of(Unload, actions)
     assert len({ld.node for ld in loads}) == 100 and all(sizes[ld.model] <= 10 for ld in loads)
     assert sorted(u.model for u in unloads) == sorted(f"s{j}" for j in range(100))
-    assert elapsed < 0.050
 
 
 # -- properties ----------------------------------------------------------------------------------
