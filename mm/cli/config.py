@@ -18,7 +18,7 @@ def redact(value: object) -> object:
 
 
 @click.command()
-@click.option("--markdown", is_flag=True, help="Print the settings table of docs/settings.md (defaults, not current values).")
+@click.option("--markdown", is_flag=True, help="Print the table of docs/settings.md (defaults, not current values).")
 def config(markdown):
     """Show mm's settings (MM_* environment variables)."""
     rows = settings_module.describe()
