@@ -34,7 +34,7 @@ apt_commands = missing=""; for c in $(1); do command -v $$c >/dev/null || missin
 		apt-get install -y -q --no-install-recommends $$missing); \
 	fi
 
-.PHONY: venv install install-test demo test test-fast shell
+.PHONY: venv install install-test demo test test-fast lint typecheck shell
 
 # The virtual environment, made by the system's python3 (Debian splits its venv module into python3-venv).
 $(BIN)/pip:
@@ -73,6 +73,20 @@ test: install-test
 
 test-fast: install-test
 	$(VENV_PATH) $(BIN)/python -m pytest -m "not llama and not slow"
+
+# ruff and mypy, configured in pyproject.toml, from the [test] extra.
+lint: install-test
+	$(BIN)/ruff check
+
+# mypy sees workers/ and beat/ under their installed names, mm.workers and mm.beat, through
+# $(MYPY_LAYOUT)/mm/{workers,beat}, symlinks to them (mypy does not follow the editable install's
+# import hook; pyproject.toml's [tool.mypy] says more).
+MYPY_LAYOUT := build/mypy-layout
+$(MYPY_LAYOUT)/mm/workers $(MYPY_LAYOUT)/mm/beat:
+	@mkdir -p $(MYPY_LAYOUT)/mm && ln -sfn ../../../$(notdir $@) $@
+
+typecheck: install-test $(MYPY_LAYOUT)/mm/workers $(MYPY_LAYOUT)/mm/beat
+	$(BIN)/mypy
 
 # An interactive shell with the venv active; without a terminal, how to activate it.
 shell: install
