@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mm.beat import schedule, singleton
 from mm import activity, alerts, metrics, store
 from mm.app import app
+from mm.beat import schedule, singleton
 from mm.settings import get as get_settings
 
 log = logging.getLogger("mm.beat")

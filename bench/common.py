@@ -53,7 +53,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 2
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
 
     def line(parts: Sequence[str]) -> str:
-        return "  ".join(p.ljust(w) if i == 0 else p.rjust(w) for i, (p, w) in enumerate(zip(parts, widths)))
+        return "  ".join(p.ljust(w) if i == 0 else p.rjust(w)
+                         for i, (p, w) in enumerate(zip(parts, widths, strict=False)))
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 

@@ -101,7 +101,7 @@ def run_mm_live(services: Services, trace: Trace, cfg: MMConfig) -> tuple[Outcom
         (job, mm.submit(job.model, prompt_for(job), priority=job.priority, options=_options(job)))))
     out = Outcome("mm live", trace.name)
     deadline = time.monotonic() + 600
-    for job, handle in handles:
+    for _job, handle in handles:
         try:
             handle.get(timeout=max(1.0, deadline - time.monotonic()))
         except (mm.JobFailed, TimeoutError):  # counted as failed below
@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     keep_alive = DEFAULT_KEEP_ALIVE_S * args.scale
     print(f"trace {trace.name}: first {len(trace.jobs)} jobs, every time x{args.scale} "
           f"({trace.jobs[-1].t:.1f}s of arrivals), {len(trace.used_models)} models on {trace.memory / 1e9:.0f} GB; "
-          f"mm: {cfg.workers} workers x {cfg.slots} slots, tick {cfg.tick_s}s, min residency {cfg.min_residency_s:.2f}s,"
+          f"mm: {cfg.workers} workers x {cfg.slots} slots, tick {cfg.tick_s}s, "
+          f"min residency {cfg.min_residency_s:.2f}s,"
           f" aging {cfg.aging_s:.1f}s; ollama keep_alive {keep_alive:.0f}s")
     with Services() as services:
         live, observed = run_mm_live(services, trace, cfg)

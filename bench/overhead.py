@@ -198,17 +198,20 @@ def main(argv: list[str] | None = None) -> None:
         ms = [x * 1000 for x in samples[name]]
         rows.append([name, percentile(ms, 50), percentile(ms, 99), mean(ms), len(ms),
                      *(throughput[name][c] for c in (1, 8, 64))])
-    print(f"per-job round trips, {len(samples[names[0]])} sequential calls per path in {args.rounds} interleaved rounds;"
+    print(f"per-job round trips, {len(samples[names[0]])} sequential calls per path "
+          f"in {args.rounds} interleaved rounds;"
           f" throughput in jobs/s with 1, 8 and 64 client threads ({args.seconds:.1f}s each)")
     print(table(["path", "p50_ms", "p99_ms", "mean_ms", "n", "jobs/s@1", "jobs/s@8", "jobs/s@64"], rows))
     procs = list(costs[names[0]]["cpu_ms"])
-    print("\nwhere the time goes, per job (sequential calls; idle background subtracted): Redis commands, CPU ms by process")
+    print("\nwhere the time goes, per job (sequential calls; idle background subtracted): "
+          "Redis commands, CPU ms by process")
     print(table(["path", "redis_cmds", *procs, "cpu_total"],
                 [[n, costs[n]["commands"], *costs[n]["cpu_ms"].values(), sum(costs[n]["cpu_ms"].values())]
                  for n in names]))
     for name in names[1:]:
         per_cmd = costs[name]["per_command"]
-        print(f"  {name} commands: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(per_cmd.items(), key=lambda kv: -kv[1])))
+        by_count = sorted(per_cmd.items(), key=lambda kv: -kv[1])
+        print(f"  {name} commands: " + ", ".join(f"{k} {v:.1f}" for k, v in by_count))
     a, b, c, d = (samples[n] for n in names)
     r50 = (percentile(c, 50) - percentile(a, 50)) / percentile(b, 50)
     r99 = (percentile(c, 99) - percentile(a, 99)) / percentile(b, 99)

@@ -52,7 +52,7 @@ def big_snapshot(n_models: int, n_nodes: int, n_jobs: int, shape: str, seed: int
     for k, name in enumerate(names):
         jobs = max(1, round(n_jobs * weights[k] / total_w))
         split = [rng.random() for _ in PRIORITY_CLASSES]
-        queued = {c: max(1, int(jobs * x / sum(split))) for c, x in zip(PRIORITY_CLASSES, split)}
+        queued = {c: max(1, int(jobs * x / sum(split))) for c, x in zip(PRIORITY_CLASSES, split, strict=True)}
         demand[name] = Demand(name, queued, {c: rng.uniform(0, 300) for c in queued})
     nodes = {}
     order = names[:]
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     plan_ok, mem_ok = worst <= PLAN_TARGET_MS, mem["per_job"] <= MEMORY_TARGET_B
     print(f"HEADLINE scale: plan() worst median {worst:.2f} ms for {args.models} models/{args.nodes} nodes/"
           f"{args.jobs} jobs (target <= {PLAN_TARGET_MS:.0f} ms {'MET' if plan_ok else 'MISSED'}); "
-          f"Redis {mem['per_job']:.0f} B per queued job (target <= {MEMORY_TARGET_B} B {'MET' if mem_ok else 'MISSED'})")
+          f"Redis {mem['per_job']:.0f} B per queued job "
+          f"(target <= {MEMORY_TARGET_B} B {'MET' if mem_ok else 'MISSED'})")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ def evaluate(results: dict[str, tuple[Trace, dict[str, Outcome], float]]) -> tup
         loads_ratio = ratio(outs[TUNED].loads, outs["mm"].loads)
         ok = loads_ratio >= LOADS_TARGET
         all_met &= ok
-        lines.append(f"{'MET ' if ok else 'MISS'} zipf: loads {TUNED}/mm {loads_ratio:.2f}x (target >= {LOADS_TARGET}x)")
+        lines.append(f"{'MET ' if ok else 'MISS'} zipf: loads {TUNED}/mm {loads_ratio:.2f}x "
+                     f"(target >= {LOADS_TARGET}x)")
     headline = (f"HEADLINE schedule: p99 {TUNED}/mm {', '.join(p99s[TUNED])}; p99 {DEFAULT}/mm "
                 f"{', '.join(p99s[DEFAULT])} (answered jobs); loads {TUNED}/mm {', '.join(loads[TUNED])}; loads "
                 f"{DEFAULT}/mm {', '.join(loads[DEFAULT])}; refused {DEFAULT}/{TUNED}/mm {', '.join(refused)}; "
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         traces = [t for t in traces if t.name in args.trace]
     config = MMConfig(tick_s=args.tick, workers=args.workers, slots=args.slots)
 
-    print(f"mm policy (mm.scheduling.policy.plan) vs baselines; {config.workers} model-workers x {config.slots} slots per node, "
+    print(f"mm policy (mm.scheduling.policy.plan) vs baselines; "
+          f"{config.workers} model-workers x {config.slots} slots per node, "
           f"tick {config.tick_s}s, min residency {config.min_residency_s}s, aging {config.aging_s}s, "
           f"safety margin {config.safety_margin / 2**20:.0f} MiB; latencies in seconds")
     results, rows = {}, []

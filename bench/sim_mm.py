@@ -27,9 +27,9 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from bench.simcore import Outcome, Trace, TraceJob, duration, load_s
-from mm.scheduling.policy import plan
 from mm.registry import ModelEntry
-from mm.settings import Settings
+from mm.scheduling.policy import plan
+from mm.scheduling.reader import planning_size
 from mm.scheduling.snapshot import (
     PRIORITY_CLASSES,
     Bind,
@@ -44,7 +44,7 @@ from mm.scheduling.snapshot import (
     Unload,
     Worker,
 )
-from mm.scheduling.reader import planning_size
+from mm.settings import Settings
 
 _DEFAULTS = Settings()
 
@@ -110,7 +110,8 @@ class MMSim:
         self.cfg = config or MMConfig()
         self.specs = trace.models
         self.nodes = {
-            f"n{i}": _Node(f"n{i}", trace.memory, [_Worker(f"w{k}@n{i}", self.cfg.slots) for k in range(self.cfg.workers)])
+            f"n{i}": _Node(f"n{i}", trace.memory,
+                           [_Worker(f"w{k}@n{i}", self.cfg.slots) for k in range(self.cfg.workers)])
             for i in range(trace.nodes)
         }
         self.queues: dict[str, dict[str, deque[TraceJob]]] = {

@@ -96,8 +96,8 @@ def parse_rules(text: str, quality_fields: Iterable[str] = ()) -> list[Rule]:
     for number, part in enumerate((p for p in parts if p), start=1):
         match = RULE_RE.match(part)
         if not match:
-            raise ValidationError(SETTING, f"rule {number} {part!r}: expected '<metric> <op> <number> [for <duration>]' "
-                                           f"with op one of {' '.join(OPS)}")
+            raise ValidationError(SETTING, f"rule {number} {part!r}: expected "
+                                           f"'<metric> <op> <number> [for <duration>]' with op one of {' '.join(OPS)}")
         metric = match["metric"]
         if metric not in known:
             raise ValidationError(SETTING, f"rule {number} {part!r}: unknown metric {metric!r} "

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import redis
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -118,7 +119,8 @@ class Job:
                 block_ms = int(1000 * (LOST_CHECK_S if deadline is None else
                                        max(0.001, min(LOST_CHECK_S, deadline - time.monotonic()))))
                 got = False
-                for after, entry in streams.read(r, self.id, after, block_ms):
+                for entry_id, entry in streams.read(r, self.id, after, block_ms):
+                    after = entry_id  # the next read continues after it
                     got = True
                     if "error" in entry:
                         raise self._failure(entry["error"])

@@ -68,7 +68,7 @@ class NvmlMonitor:
 
     def read(self, resident_bytes: int) -> MemoryState:
         gpus = []
-        for index, handle in zip(self.indices, self._handles):
+        for index, handle in zip(self.indices, self._handles, strict=True):
             info = self._nvml.nvmlDeviceGetMemoryInfo(handle)
             name = self._nvml.nvmlDeviceGetName(handle)
             gpus.append(GpuMemory(index, name if isinstance(name, str) else name.decode(),

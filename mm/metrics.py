@@ -208,7 +208,8 @@ def rollup(r: redis.Redis, settings: Settings, at: float | None = None) -> dict[
         pipe = r.pipeline()
         for model in sorted({m for _b, m in groups} | set(moved)):
             move = moved.get(model, {"loads": 0, "unloads": 0})
-            _store(pipe, "hour", model, start, summarize(groups.get((start, model), []), move["loads"], move["unloads"]))
+            summary = summarize(groups.get((start, model), []), move["loads"], move["unloads"])
+            _store(pipe, "hour", model, start, summary)
             done["hour"] += 1
         pipe.hset(keys.METRICS_WATERMARKS, "hour", start + HOUR)
         pipe.execute()

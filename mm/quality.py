@@ -43,7 +43,8 @@ def _check_name(field: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a string, not {type(value).__name__}")
     if not NAME_RE.match(value):
-        raise ValidationError(field, f"{value!r} is not 1-200 letters, digits or ._:/@+- starting with a letter or digit")
+        raise ValidationError(field,
+                              f"{value!r} is not 1-200 letters, digits or ._:/@+- starting with a letter or digit")
     return value
 
 

@@ -78,7 +78,7 @@ def stranded_jobs(r: redis.Redis, running: set[str], delivered_before: float, fi
     """
     tags = [t.decode() for t in r.zrangebyscore(UNACKED_INDEX, "-inf", delivered_before)]
     held = {}
-    for tag, raw in zip(tags, r.hmget(UNACKED, tags) if tags else []):
+    for tag, raw in zip(tags, r.hmget(UNACKED, tags) if tags else [], strict=True):
         if raw is None:
             continue
         payload, _exchange, routing_key = json.loads(raw)

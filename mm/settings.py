@@ -86,8 +86,10 @@ class Settings:
     gateway_api_keys: str = _opt("", "Comma-separated bearer API keys the gateway requires (empty: no auth).")
     gateway_max_body: int = _opt(32 * 1024 * 1024, "Largest request body the gateway accepts, in bytes (413 past it).")
     gateway_max_json_depth: int = _opt(32, "Deepest JSON nesting the gateway accepts in a request body.")
-    gateway_wait_s: float = _opt(1800.0, "How long a synchronous gateway call (infer, non-streaming proxy) waits for its job.")
-    gateway_stats_window_s: float = _opt(3600.0, "Trailing window of the gateway's finished-job counts and status charts.")
+    gateway_wait_s: float = _opt(1800.0, "How long a synchronous gateway call (infer, non-streaming proxy) "
+                                         "waits for its job.")
+    gateway_stats_window_s: float = _opt(3600.0, "Trailing window of the gateway's finished-job counts "
+                                                 "and status charts.")
     gateway_threads: int = _opt(32, "Threads the gateway runs Redis and Celery calls on.")
     gateway_max_streams: int = _opt(256, "Concurrent streaming responses the gateway relays (one thread each).")
 

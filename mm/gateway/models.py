@@ -26,8 +26,8 @@ from mm.gateway.base import ApiError, BaseHandler, Gateway
 from mm.gateway.jobs import _result_text, submit, submit_kwargs
 from mm.gateway.ollama_shape import PRIORITY_HEADER, priority_from
 from mm.gateway.waiting import wait_result
-from mm.settings import Settings
 from mm.scheduling.reader import read_records
+from mm.settings import Settings
 
 INFER_FIELDS = ("prompt", "messages", "kind", "priority", "options", "images", "metadata", "format", "system",
                 "timeout")

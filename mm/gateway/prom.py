@@ -29,8 +29,8 @@ from prometheus_client.core import (
 from mm import alerts, keys, metrics, registry
 from mm.gateway import status
 from mm.gateway.base import BaseHandler, Gateway
-from mm.settings import Settings
 from mm.scheduling.reader import read_demand
+from mm.settings import Settings
 
 log = logging.getLogger("mm.gateway")
 
@@ -56,7 +56,7 @@ class _Histogram:
 
     def buckets(self) -> list[tuple[str, float]]:
         out, running = [], 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             out.append((bound, running))
         return out
@@ -151,8 +151,8 @@ class MMCollector:
 
     def _queue_families(self, models: list[str], queues: dict[str, dict[str, Any]], now: float) -> Iterator[Metric]:
         depth = GaugeMetricFamily("mm_queue_depth", "Jobs waiting per model and priority", labels=["model", "priority"])
-        oldest = GaugeMetricFamily("mm_queue_oldest_wait_seconds", "Wait of the oldest queued job per model and priority",
-                                   labels=["model", "priority"])
+        oldest = GaugeMetricFamily("mm_queue_oldest_wait_seconds",
+                                   "Wait of the oldest queued job per model and priority", labels=["model", "priority"])
         for model, row in queues.items():
             for priority in keys.PRIORITIES:
                 depth.add_metric([model, priority], row[priority])
@@ -205,9 +205,11 @@ class MMCollector:
         mem = GaugeMetricFamily("mm_node_memory_bytes", "Model memory per node", labels=["node", "type"])
         gpu = GaugeMetricFamily("mm_gpu_memory_bytes", "Memory per GPU (NVML)", labels=["node", "gpu", "name", "type"])
         node_up = GaugeMetricFamily("mm_node_runtime_up", "1 if the node's runtime answers", labels=["node"])
-        resident = GaugeMetricFamily("mm_model_resident_bytes", "Bytes of each resident model", labels=["node", "model"])
+        resident = GaugeMetricFamily("mm_model_resident_bytes", "Bytes of each resident model",
+                                     labels=["node", "model"])
         in_flight = GaugeMetricFamily("mm_model_in_flight", "Jobs running per resident model", labels=["node", "model"])
-        bound = GaugeMetricFamily("mm_model_bound_workers", "Workers bound per resident model", labels=["node", "model"])
+        bound = GaugeMetricFamily("mm_model_bound_workers", "Workers bound per resident model",
+                                  labels=["node", "model"])
         workers = GaugeMetricFamily("mm_workers", "Model-workers per node", labels=["node", "state"])
         slots = GaugeMetricFamily("mm_worker_slots", "Job slots per node", labels=["node", "state"])
         for n in node_list:

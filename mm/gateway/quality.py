@@ -62,7 +62,7 @@ def record(gw: Gateway, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         batch, prefixes = [body], [""]
     known = quality.fields(gw.settings)
     parsed = []
-    for event, prefix in zip(batch, prefixes):
+    for event, prefix in zip(batch, prefixes, strict=True):
         name, version, at, values = _event_args(event, prefix)
         try:
             quality.validate_event(name, version, values, known)

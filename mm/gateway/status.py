@@ -12,8 +12,8 @@ import redis
 
 from mm import alerts, keys, metrics, registry
 from mm.rollup import RESOLUTIONS, bucket_start, group_by_bucket, summarize
-from mm.settings import Settings
 from mm.scheduling.reader import read_demand, read_records
+from mm.settings import Settings
 
 JOB_STATUSES = ("queued", "running", "complete", "failed")
 

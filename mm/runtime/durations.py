@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 
 DEFAULT_KEEP_ALIVE = 300.0  # Ollama's default: five minutes
 FOREVER = math.inf  # keep_alive < 0: never expire

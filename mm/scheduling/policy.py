@@ -264,7 +264,7 @@ def _idle_room(rooms: dict[str, _NodeRoom], need: int) -> tuple[_NodeRoom, list[
     for room in rooms.values():
         freed, victims = room.free, []
         # Victims are ordered idle first (no backlog, nothing in flight), least recently used first.
-        for victim, score in zip(room.victims, room.scores):
+        for victim, score in zip(room.victims, room.scores, strict=True):
             if freed >= need or score > 0 or victim.in_flight > 0:
                 break
             freed += victim.size

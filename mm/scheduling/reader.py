@@ -14,8 +14,8 @@ from typing import Any
 import redis
 
 from mm import keys, registry
-from mm.settings import Settings
 from mm.scheduling.snapshot import Demand, ModelInfo, Node, Resident, Snapshot, Worker
+from mm.settings import Settings
 
 
 @dataclass
@@ -66,14 +66,15 @@ def _load_json_records(r: redis.Redis, index_keys: list[str], key_of) -> dict[st
     if not index_keys:
         return {}
     values = r.mget([key_of(k) for k in index_keys])
-    return {k: json.loads(v) for k, v in zip(index_keys, values) if v}
+    return {k: json.loads(v) for k, v in zip(index_keys, values, strict=True) if v}
 
 
 def read_records(r: redis.Redis) -> ClusterRecords:
     """Live node and worker records (expired ones are absent)."""
     node_names = [n.decode() for n in r.zrange(keys.NODES, 0, -1)]
     worker_names = sorted(w.decode() for w in r.smembers(keys.WORKERS))
-    records = ClusterRecords(_load_json_records(r, node_names, keys.node_state), _load_json_records(r, worker_names, keys.worker_state))
+    records = ClusterRecords(_load_json_records(r, node_names, keys.node_state),
+                             _load_json_records(r, worker_names, keys.worker_state))
     records.gone_workers = [w for w in worker_names if w not in records.workers]
     return records
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from collections.abc import AsyncIterator
 
 from mm.runtime.catalog import ModelSpec
-
 
 CONTEXT_EXCEEDED = "the input length exceeds the context length"  # Ollama's 400 for truncate: false
 

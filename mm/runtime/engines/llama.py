@@ -25,11 +25,11 @@ import json
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import AsyncIterator, Callable
 
 from mm.runtime.catalog import ModelSpec
 from mm.runtime.engines.base import CONTEXT_EXCEEDED, Embedding, GenerationJob, Options, Stats
