@@ -1,4 +1,4 @@
-"""Model-management endpoints: /, /api/version, /api/tags, /api/show, /api/ps, /api/pull, /api/delete."""
+"""Model-management endpoints: /, /api/version, /api/tags, /api/show, /api/ps, /api/pull, /api/delete, /mm/queue."""
 
 from __future__ import annotations
 
@@ -114,6 +114,21 @@ class PsHandler(BaseHandler):
             })
         models.sort(key=lambda m: m.pop("_sort"), reverse=True)
         self.send_json({"models": models})
+
+
+class QueueHandler(BaseHandler):
+    """GET /mm/queue (mm's own, not Ollama's): what waits where, for tests and operators.
+
+    ``waiting_for_load``: requests queued until their model is loaded, per model; ``models``: each
+    loading or loaded model's state and slots (``running`` of ``parallel``, ``waiting`` for one).
+    """
+
+    def get(self) -> None:
+        scheduler = self.state.scheduler
+        models = {runner.spec.name: {"state": runner.state, "running": runner.slots.busy,
+                                     "parallel": runner.slots.size, "waiting": runner.slots.waiting}
+                  for runner in scheduler.resident()}
+        self.send_json({"waiting_for_load": scheduler.waiting_for_load(), "models": models})
 
 
 class PullHandler(BaseHandler):

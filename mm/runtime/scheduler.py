@@ -121,6 +121,14 @@ class Scheduler:
         """Models loading or loaded (what ``/api/ps`` lists)."""
         return [r for r in self._runners.values() if r.state in (LOADING, READY)]
 
+    def waiting_for_load(self) -> dict[str, int]:
+        """Requests queued for a model to be loaded (or placed), per model name (``GET /mm/queue``)."""
+        waiting: dict[str, int] = {}
+        for pending in self._pending:
+            if not pending.fut.done():
+                waiting[pending.spec.name] = waiting.get(pending.spec.name, 0) + 1
+        return waiting
+
     async def acquire(self, spec: ModelSpec, num_ctx: int, keep_alive: float | None) -> Runner:
         """Lease a ready runner for ``spec`` with ``num_ctx``, loading (or reloading) it if needed.
 

@@ -34,6 +34,7 @@ def build_app(state: RuntimeState) -> tornado.web.Application:
             (r"/api/chat", api.ChatHandler, args),
             (r"/api/embed", api.EmbedHandler, args),
             (r"/api/embeddings", api.LegacyEmbeddingsHandler, args),
+            (r"/mm/queue", api_models.QueueHandler, args),  # mm's own: what waits for a slot or a load
         ],
         default_handler_class=api_models.NotFoundHandler,
         log_function=log_request,

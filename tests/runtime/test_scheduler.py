@@ -7,6 +7,7 @@ can hold the runtime to the numbers in the models file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -17,19 +18,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ollama
 import pytest
 
 from tests.procs import wait_for
 from tests.runtime_server import RuntimeProc, start_runtime
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
+FAST = {"load_bandwidth": 10 * GB, "prompt_rate": 5000, "eval_rate": 500, "parallel": 4}
 
 
 def sim(name: str, **fields: Any) -> dict[str, Any]:
     """A fast sim model: 1 GB loading in 0.1 s, 5000 prompt tok/s, 500 tok/s, 4 slots."""
-    return {"name": name, "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "prompt_rate": 5000,
-            "eval_rate": 500, "parallel": 4, **fields}
+    return sim_model(name, **(FAST | fields))
 
 
 @pytest.fixture
@@ -57,6 +59,16 @@ def resident(runtime: RuntimeProc) -> set[str]:
 
 def end_time(reply: ollama.GenerateResponse) -> float:
     return datetime.fromisoformat(reply.created_at.replace("Z", "+00:00")).timestamp()
+
+
+def queue(runtime: RuntimeProc) -> dict[str, Any]:
+    """The runtime's GET /mm/queue: requests waiting for a load, and each resident model's slots."""
+    return httpx.get(f"{runtime.url}/mm/queue", timeout=10).json()
+
+
+def slots(runtime: RuntimeProc, model: str) -> dict[str, Any]:
+    """``model``'s slots (``running``, ``parallel``, ``waiting``) and ``state``; empty when it is not resident."""
+    return queue(runtime)["models"].get(model, {})
 
 
 # -- memory budget ------------------------------------------------------------------------------
@@ -113,7 +125,7 @@ def test_evict_ollama_waits_for_a_busy_model_instead_of_failing(runtimes) -> Non
     client(rt).generate("sim-a:1b", "")
     with ThreadPoolExecutor(2) as pool:
         busy = pool.submit(client(rt).generate, "sim-a:1b", "long answer", options={"num_predict": 20})
-        time.sleep(0.3)
+        wait_for(lambda: slots(rt, "sim-a:1b")["running"] == 1, timeout=10, what="sim-a:1b to run the long answer")
 
         waiting = client(rt).generate("sim-b:1b", "hi", options={"num_predict": 2})
         first = busy.result()
@@ -131,9 +143,9 @@ def test_evict_ollama_serves_a_loaded_model_while_a_load_waits_for_it_to_drain(r
     client(rt).generate("sim-a:1b", "")
     with ThreadPoolExecutor(2) as pool:
         busy = pool.submit(client(rt).generate, "sim-a:1b", "long answer", options={"num_predict": 20})
-        time.sleep(0.2)
+        wait_for(lambda: slots(rt, "sim-a:1b")["running"] == 1, timeout=10, what="sim-a:1b to run the long answer")
         waiting = pool.submit(client(rt).generate, "sim-b:1b", "hi", options={"num_predict": 2})
-        time.sleep(0.2)
+        wait_for(lambda: queue(rt)["waiting_for_load"] == {"sim-b:1b": 1}, timeout=10, what="sim-b:1b to queue")
 
         joined = client(rt).generate("sim-a:1b", "short", options={"num_predict": 2})
 
@@ -148,9 +160,9 @@ def test_evict_ollama_refuses_requests_past_ollama_max_queue_with_503(runtimes, 
     rt = runtimes(models=[sim(n, load_bandwidth=GB) for n in names], memory=8 * GB, evict="ollama")  # 1 s loads
     with ThreadPoolExecutor(2) as pool:
         loading = pool.submit(client(rt).generate, "sim-a:1b", "hi", options={"num_predict": 1})
-        time.sleep(0.3)
+        wait_for(lambda: slots(rt, "sim-a:1b").get("state") == "loading", timeout=10, what="sim-a:1b to load")
         queued = pool.submit(client(rt).generate, "sim-b:1b", "hi", options={"num_predict": 1})
-        time.sleep(0.3)
+        wait_for(lambda: queue(rt)["waiting_for_load"] == {"sim-b:1b": 1}, timeout=10, what="sim-b:1b to queue")
 
         with pytest.raises(ollama.ResponseError) as caught:
             client(rt).generate("sim-c:1b", "hi", options={"num_predict": 1})
@@ -186,7 +198,6 @@ def test_keep_alive_counts_from_the_end_of_the_last_request(runtimes) -> None:
     client(rt).generate("sim-a:1b", "take a while", options={"num_predict": 30}, keep_alive="1s")  # 1.5 s
     ended = time.monotonic()
 
-    time.sleep(0.5)
     assert "sim-a:1b" in resident(rt)
     wait_for(lambda: "sim-a:1b" not in resident(rt), timeout=5, what="expiry")
     assert time.monotonic() - ended >= 0.9
@@ -248,15 +259,21 @@ def test_waiting_requests_get_a_slot_in_arrival_order(runtimes) -> None:
     finished: list[int] = []
     lock = threading.Lock()
 
-    def run(i: int) -> None:
-        client(rt).generate("sim-a:1b", f"request {i}", options={"num_predict": 5})
+    def run(i: int) -> None:  # the first holds the one slot for 0.5 s, the others 0.1 s each
+        client(rt).generate("sim-a:1b", f"request {i}", options={"num_predict": 25 if i == 0 else 5})
         with lock:
             finished.append(i)
 
+    def arrived(count: int) -> bool:
+        """``count`` requests are running, waiting for the slot or answered (never one counted twice)."""
+        held = slots(rt, "sim-a:1b")
+        with lock:
+            return held["running"] + held["waiting"] + len(finished) >= count
+
     threads = [threading.Thread(target=run, args=(i,)) for i in range(5)]
-    for thread in threads:
+    for i, thread in enumerate(threads):  # each starts once the one before it holds its place in line
         thread.start()
-        time.sleep(0.03)
+        wait_for(functools.partial(arrived, i + 1), timeout=10, what=f"request {i} to take or wait for the slot")
     for thread in threads:
         thread.join()
 
