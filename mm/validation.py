@@ -430,6 +430,45 @@ def _prompt_texts(kind: str, prompt: Any, messages: Any, system: str | None) -> 
     return [("prompt", f"{system}\n{prompt}" if system else prompt)]
 
 
+def _check_names(model: Any, kind: Any, priority: Any) -> None:
+    """Refuse an empty model name, or a kind or priority mm does not have."""
+    if not isinstance(model, str) or not model.strip():
+        raise ValidationError("model", "must be a non-empty string")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValidationError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not isinstance(priority, str) or priority not in PRIORITIES:
+        raise ValidationError("priority", f"must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+
+
+def _check_input(kind: str, prompt: Any, messages: Any, system: Any, settings: Settings) -> tuple[Any, Any]:
+    """Return the checked prompt and messages: chat jobs take messages, the others a prompt (embed: or a list)."""
+    if kind == "chat":
+        if prompt is not None:
+            raise ValidationError("prompt", "chat jobs take messages, not a prompt")
+        messages = check_messages(messages, settings)
+    else:
+        if messages is not None:
+            raise ValidationError("messages", f"{kind} jobs take a prompt, not messages")
+        if kind == "embed" and isinstance(prompt, list):
+            if not prompt:
+                raise ValidationError("prompt", "must not be an empty list")
+            prompt = [_check_text(f"prompt[{i}]", p, settings.max_prompt_chars) for i, p in enumerate(prompt)]
+        else:
+            prompt = _check_text("prompt", prompt, settings.max_prompt_chars)
+    if system is not None:
+        _check_text("system", system, settings.max_prompt_chars)
+    return prompt, messages
+
+
+def _check_num_predict(model: str, options: dict[str, Any], facts: ModelFacts | None, settings: Settings) -> None:
+    """Refuse a num_predict over the model's ceiling (its registry entry's, else MM_MAX_NUM_PREDICT)."""
+    ceiling = (facts.max_num_predict if facts else 0) or settings.max_num_predict
+    if ceiling > 0 and options.get("num_predict", 0) > ceiling:
+        raise ValidationError("options.num_predict", f"{options['num_predict']} is over {model}'s ceiling of "
+                                                     f"{ceiling} tokens (MM_MAX_NUM_PREDICT, or the model's "
+                                                     f"max_num_predict in the registry)")
+
+
 def validate(
     model: Any,
     *,
@@ -446,15 +485,8 @@ def validate(
     system: Any = None,
     stream: Any = False,
     facts: ModelFacts | None = None,
-    tools: Any = None,
-    think: Any = None,
-    raw: Any = None,
-    template: Any = None,
-    suffix: Any = None,
-    context: Any = None,
-    logprobs: Any = None,
-    top_logprobs: Any = None,
-    dimensions: Any = None,
+    tools: Any = None, think: Any = None, raw: Any = None, template: Any = None, suffix: Any = None,
+    context: Any = None, logprobs: Any = None, top_logprobs: Any = None, dimensions: Any = None,
     truncate: Any = None,
 ) -> JobRequest:
     """Return a :class:`JobRequest`, or raise :class:`ValidationError` naming the bad field.
@@ -465,27 +497,8 @@ def validate(
         tools, think, raw, template, suffix, context, logprobs, top_logprobs, dimensions, truncate:
             Ollama's request fields, as its API defines them; each kind takes its own.
     """
-    if not isinstance(model, str) or not model.strip():
-        raise ValidationError("model", "must be a non-empty string")
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise ValidationError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    if not isinstance(priority, str) or priority not in PRIORITIES:
-        raise ValidationError("priority", f"must be one of {', '.join(PRIORITIES)}, got {priority!r}")
-    if kind == "chat":
-        if prompt is not None:
-            raise ValidationError("prompt", "chat jobs take messages, not a prompt")
-        messages = check_messages(messages, settings)
-    else:
-        if messages is not None:
-            raise ValidationError("messages", f"{kind} jobs take a prompt, not messages")
-        if kind == "embed" and isinstance(prompt, list):
-            if not prompt:
-                raise ValidationError("prompt", "must not be an empty list")
-            prompt = [_check_text(f"prompt[{i}]", p, settings.max_prompt_chars) for i, p in enumerate(prompt)]
-        else:
-            prompt = _check_text("prompt", prompt, settings.max_prompt_chars)
-    if system is not None:
-        _check_text("system", system, settings.max_prompt_chars)
+    _check_names(model, kind, priority)
+    prompt, messages = _check_input(kind, prompt, messages, system, settings)
     if not isinstance(stream, bool):
         raise ValidationError("stream", "must be true or false")
     if stream and kind == "embed":
@@ -496,30 +509,15 @@ def validate(
         "logprobs": logprobs, "top_logprobs": top_logprobs, "dimensions": dimensions, "truncate": truncate,
     })
     checked_options = check_options(options)
-    ceiling = (facts.max_num_predict if facts else 0) or settings.max_num_predict
-    if ceiling > 0 and checked_options.get("num_predict", 0) > ceiling:
-        raise ValidationError("options.num_predict", f"{checked_options['num_predict']} is over {model}'s ceiling of "
-                                                     f"{ceiling} tokens (MM_MAX_NUM_PREDICT, or the model's "
-                                                     f"max_num_predict in the registry)")
+    _check_num_predict(model, checked_options, facts, settings)
     warnings: list[str] = []
     if facts is not None:
         warnings = _check_model(model, kind, facts, extras, checked_options,
                                 _prompt_texts(kind, prompt, messages, system))
-    request = JobRequest(
-        model=model,
-        kind=kind,
-        priority=priority,
-        prompt=prompt,
-        messages=messages,
-        options=checked_options,
-        images=check_images(images, settings),
-        metadata=check_metadata(metadata),
-        format=format,
-        system=system,
-        stream=stream,
-        warnings=tuple(warnings),
-        **extras.__dict__,
-    )
+    request = JobRequest(model=model, kind=kind, priority=priority, prompt=prompt, messages=messages,
+                         options=checked_options, images=check_images(images, settings),
+                         metadata=check_metadata(metadata), format=format, system=system, stream=stream,
+                         warnings=tuple(warnings), **extras.__dict__)
     # Last, so that malformed requests are reported as such even for unknown models.
     if model not in known_models:
         raise UnknownModel(model)

@@ -6,7 +6,8 @@ import functools
 import json
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple, NoReturn
 
 import ollama
 import redis
@@ -17,6 +18,7 @@ from celery.signals import task_postrun
 from mm import keys, metrics, registry, store, streams
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed
+from mm.settings import Settings
 from mm.settings import get as get_settings
 from mm.workers import control, intake, worker_state  # noqa: F401  (control registers the bind commands)
 from mm.workers.inference import build_result, call_with_retries
@@ -82,6 +84,27 @@ def _release_unstored(sender=None, task_id=None, **_) -> None:
         log.warning("job %s: release not written yet: %s", task_id, exc)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One delivery of a job: what it asks, and the node and worker it runs on."""
+
+    id: str
+    model: str
+    node: str
+    worker: str
+    request: dict[str, Any]
+    submitted_at: float | None
+
+
+class _Started(NamedTuple):
+    """What the round trip that starts a job read, when its model is resident here."""
+
+    at: float
+    resident: dict[str, Any]  # the model's entry in this node's state
+    deliveries: int
+    raw_entry: bytes | None  # the model's registry entry
+
+
 @app.task(name=INFER_TASK, bind=True, base=InferTask)
 def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> dict[str, Any]:
     """Run one job on this node's runtime, if its model is resident here; else requeue it.
@@ -93,76 +116,102 @@ def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> d
     r = store.connect()
     if intake.is_plain(self):
         request, submitted_at = intake.admit(self, request, r, settings)
-    job_id = self.request.id
-    model = request["model"]
     me = worker_state.current
-    node = me.node if me else settings.node
-    hostname = self.request.hostname or ""
+    job = _Job(self.request.id, request["model"], me.node if me else settings.node, self.request.hostname or "",
+               request, submitted_at)
+    started = _start(r, me, job, settings)
+    if started is None:
+        _requeue_not_resident(r, me, job)
+    done = r.pipeline(transaction=False)  # the job's outcome and bookkeeping, in one round trip
+    if started.deliveries > settings.max_deliveries:
+        _dead_letter(done, job, started.deliveries)
+    response = _run(r, done, job, started, settings)
+    result = _account(done, job, started, response)
+    self.request.mm_closing = done  # written by after_return, once Celery has stored the result
+    return result
 
+
+def _start(r, me: worker_state.WorkerState | None, job: _Job, settings: Settings) -> _Started | None:
+    """Count the job in flight, mark it running and read what running it needs; None if its model
+    is not resident here or is being unloaded."""
     # One round trip counts the job in flight, then reads all it needs. An unload sets its marker,
     # then reads what runs: in that order on both sides, either this read sees the marker or the
     # unload sees this job in flight and waits for it. (Order suffices; no MULTI needed.)
     pipe = r.pipeline(transaction=False)
     if me is not None:
-        me.job_started(model, job_id, pipe)
-    pipe.get(keys.node_state(node))
-    pipe.exists(keys.unloading(node, model))
-    pipe.incr(keys.deliveries(job_id))
-    pipe.expire(keys.deliveries(job_id), settings.result_expires_s)
-    pipe.hget(keys.MODELS, model)
+        me.job_started(job.model, job.id, pipe)
+    pipe.get(keys.node_state(job.node))
+    pipe.exists(keys.unloading(job.node, job.model))
+    pipe.incr(keys.deliveries(job.id))
+    pipe.expire(keys.deliveries(job.id), settings.result_expires_s)
+    pipe.hget(keys.MODELS, job.model)
     started = time.time()
-    pipe.hset(keys.job(job_id), mapping={"status": "running", "started_at": started, "node": node,
-                                         "worker": hostname})
-    pipe.expire(keys.job(job_id), settings.result_expires_s)
+    pipe.hset(keys.job(job.id), mapping={"status": "running", "started_at": started, "node": job.node,
+                                         "worker": job.worker})
+    pipe.expire(keys.job(job.id), settings.result_expires_s)
     raw_state, unloading, deliveries, _, raw_entry, _, _ = pipe.execute()[-7:]
-    resident = _resident_entry(raw_state, model)
+    resident = _resident_entry(raw_state, job.model)
     if resident is None or unloading:
-        # Not a delivery: the job never started.
-        undo = r.pipeline().decr(keys.deliveries(job_id)).hset(keys.job(job_id), "status", "queued")
-        if me is not None:
-            me.job_ended(job_id, undo)
-        undo.execute()
-        # Never let the runtime load a model behind the scheduler's back: put the job back.
-        log.warning("job %s: %s is not resident on %s; requeued", job_id, model, node)
-        if me is not None and getattr(me, "consumer", None) is not None:
-            control.unbind_self(me.consumer, model)
-        time.sleep(0.2)  # the leader rebinds within a tick; do not spin on the queue meanwhile
-        raise Reject(f"{model} not resident on {node}", requeue=True)
+        return None
+    return _Started(started, resident, deliveries, raw_entry)
 
-    done = r.pipeline(transaction=False)  # the job's outcome and bookkeeping, in one round trip
-    if deliveries > settings.max_deliveries:
-        reason = f"dead-lettered after {deliveries - 1} deliveries without finishing (worker lost each time?)"
-        done.rpush(keys.DEAD_LETTERS, json.dumps({"id": job_id, "model": model, "reason": reason,
-                                                  "at": time.time(), "request": request}))
-        _fail(done, job_id, reason)
-        metrics.add_job_sample(done, **metrics.job_sample(model, node, submitted_at, time.time(), error="DeadLettered"))
-        _write(done)
-        raise JobFailed(reason)
 
-    entry = registry.decode(raw_entry) if raw_entry else None
-    publish = functools.partial(streams.publish, r, job_id) if request.get("stream") else None
+def _requeue_not_resident(r, me: worker_state.WorkerState | None, job: _Job) -> NoReturn:
+    """Undo the job's start and put it back on its queue: it never started, so it is no delivery."""
+    undo = r.pipeline().decr(keys.deliveries(job.id)).hset(keys.job(job.id), "status", "queued")
+    if me is not None:
+        me.job_ended(job.id, undo)
+    undo.execute()
+    # Never let the runtime load a model behind the scheduler's back: put the job back.
+    log.warning("job %s: %s is not resident on %s; requeued", job.id, job.model, job.node)
+    if me is not None and getattr(me, "consumer", None) is not None:
+        control.unbind_self(me.consumer, job.model)
+    time.sleep(0.2)  # the leader rebinds within a tick; do not spin on the queue meanwhile
+    raise Reject(f"{job.model} not resident on {job.node}", requeue=True)
+
+
+def _dead_letter(done, job: _Job, deliveries: int) -> NoReturn:
+    """Fail a job delivered too often without finishing, and keep it in the dead letters."""
+    reason = f"dead-lettered after {deliveries - 1} deliveries without finishing (worker lost each time?)"
+    done.rpush(keys.DEAD_LETTERS, json.dumps({"id": job.id, "model": job.model, "reason": reason,
+                                              "at": time.time(), "request": job.request}))
+    _fail(done, job.id, reason)
+    metrics.add_job_sample(done, **metrics.job_sample(job.model, job.node, job.submitted_at, time.time(),
+                                                      error="DeadLettered"))
+    _write(done)
+    raise JobFailed(reason)
+
+
+def _run(r, done, job: _Job, started: _Started, settings: Settings) -> Any:
+    """Return the runtime's answer; if it fails, write the job's failure (and tell a stream) and raise."""
+    entry = registry.decode(started.raw_entry) if started.raw_entry else None
+    publish = functools.partial(streams.publish, r, job.id) if job.request.get("stream") else None
     try:
-        response = call_with_retries(
-            _runtime(settings.runtime_url, settings.runtime_timeout_s), request,
+        return call_with_retries(
+            _runtime(settings.runtime_url, settings.runtime_timeout_s), job.request,
             entry.load_options if entry else {}, settings, publish,
         )
     except JobFailed as exc:
-        _fail(done, job_id, str(exc), exc.status)
-        metrics.add_job_sample(done, **metrics.job_sample(model, node, submitted_at, started,
-                                                     digest=resident.get("digest"),
-                                                     error=type(exc.__context__ or exc).__name__))
+        _fail(done, job.id, str(exc), exc.status)
+        metrics.add_job_sample(done, **metrics.job_sample(job.model, job.node, job.submitted_at, started.at,
+                                                          digest=started.resident.get("digest"),
+                                                          error=type(exc.__context__ or exc).__name__))
         _write(done)
-        if request.get("stream"):
-            streams.publish_error(r, job_id, str(exc))
+        if job.request.get("stream"):
+            streams.publish_error(r, job.id, str(exc))
         raise
+
+
+def _account(done, job: _Job, started: _Started, response: Any) -> dict[str, Any]:
+    """Return the job's result, and queue into ``done`` its completion, the model's use and its sample."""
+    resident = started.resident
     # The load this job waited for, if the model was loaded after it was submitted.
-    load_s = resident.get("load_s", 0.0) if resident.get("loaded_at", 0) > submitted_at else 0.0
-    result = build_result(response, request, job_id=job_id, node=node, worker=hostname,
-                          queue_wait_s=started - submitted_at, load_s=load_s)
+    load_s = resident.get("load_s", 0.0) if resident.get("loaded_at", 0) > job.submitted_at else 0.0
+    result = build_result(response, job.request, job_id=job.id, node=job.node, worker=job.worker,
+                          queue_wait_s=started.at - job.submitted_at, load_s=load_s)
     now = time.time()
-    done.hset(keys.ACTIVITY, model, now)
-    done.hset(keys.job(job_id), mapping={"status": "complete", "completed_at": now})
-    metrics.add_job_sample(done, **metrics.job_sample(model, node, submitted_at, started, digest=resident.get("digest"),
-                                                 timings=result["timings"]))
-    self.request.mm_closing = done  # written by after_return, once Celery has stored the result
+    done.hset(keys.ACTIVITY, job.model, now)
+    done.hset(keys.job(job.id), mapping={"status": "complete", "completed_at": now})
+    metrics.add_job_sample(done, **metrics.job_sample(job.model, job.node, job.submitted_at, started.at,
+                                                      digest=resident.get("digest"), timings=result["timings"]))
     return result

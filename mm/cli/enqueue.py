@@ -7,6 +7,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 
 import click
 
@@ -102,18 +103,34 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
     """
     r = store.connect()
     known = registry.names(r)
+    _check_usage(model, prompt, batch, random_n, spam_n, known)
+    planned = _plan_jobs(model, prompt, batch, random_n, spam_n, priority, known, random.Random(seed))
+    single = len(planned) == 1 and not batch
+    check = not (no_check or spam_n) and (wait or not single)
+    streaming = single and check and stream and kind != "embed"
+    started = time.time()
+    jobs = _submit_all(r, planned, kind, num_predict, streaming, delay, single)
+    if not check:
+        for job in jobs:
+            click.echo(job.id)
+        return
+    status = _report(r, _wait_all(jobs, single, streaming, timeout), single, started)
+    if status:
+        sys.exit(status)
+
+
+def _check_usage(model, prompt, batch, random_n, spam_n, known) -> None:
+    """Refuse arguments that name no job to submit."""
     if not (random_n or spam_n) and not model:
         raise click.UsageError("MODEL is required (known: " + ", ".join(sorted(known)) + ")")
     if not (batch or random_n or spam_n) and prompt is None:
         raise click.UsageError("PROMPT is required for a single job")
     if not known and (random_n or spam_n) and not model:
         raise click.ClickException("no models registered yet: is a gpu-broker running?")
-    planned = _plan_jobs(model, prompt, batch, random_n, spam_n, priority, known, random.Random(seed))
-    single = len(planned) == 1 and not batch
-    check = not (no_check or spam_n) and (wait or not single)
-    streaming = single and check and stream and kind != "embed"
-    started = time.time()
 
+
+def _submit_all(r, planned, kind, num_predict, streaming, delay, single) -> list:
+    """Submit the planned jobs, ``delay`` seconds apart; a refused one ends the command."""
     jobs = []
     try:
         with click.progressbar(planned, label="submitting", file=sys.stderr, hidden=single) as bar:
@@ -123,16 +140,27 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
                     time.sleep(delay)
     except ValidationError as exc:
         raise click.ClickException(f"refused before enqueue: {exc}") from None
-    if not check:
-        for job in jobs:
-            click.echo(job.id)
-        return
+    return jobs
 
-    latencies, failures, unfinished, outputs = [], [], [], []
+
+@dataclass
+class _Waited:
+    """What waiting for the jobs found."""
+
+    outputs: list = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (job id, reason)
+    unfinished: list[tuple[str, str]] = field(default_factory=list)  # (job id, status)
+    interrupted: bool = False
+    waited_s: float = 0.0
+
+
+def _wait_all(jobs, single, streaming, timeout) -> _Waited:
+    """Wait for each job in turn until ``timeout``, following a single job's state and tokens."""
+    waited = _Waited()
     waiting_since = time.monotonic()
     deadline = waiting_since + timeout
     ended = 0  # jobs, in order, whose wait is over
-    interrupted = False
     try:
         with click.progressbar(jobs, label="waiting", file=sys.stderr, hidden=single) as bar:
             for job in bar:
@@ -141,19 +169,25 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
                         result = Follower(job, deadline).wait(stream=streaming)
                     else:
                         result = job.get(timeout=max(0.1, deadline - time.monotonic()))
-                    outputs.append(result)
+                    waited.outputs.append(result)
                     record = job.record()
-                    latencies.append(float(record["completed_at"]) - float(record["submitted_at"]))
+                    waited.latencies.append(float(record["completed_at"]) - float(record["submitted_at"]))
                 except JobFailed as exc:
-                    failures.append((job.id, str(exc)))
+                    waited.failures.append((job.id, str(exc)))
                 except TimeoutError:
-                    unfinished.append((job.id, job.status()))
+                    waited.unfinished.append((job.id, job.status()))
                 ended += 1
     except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the jobs
-        interrupted = True
+        waited.interrupted = True
         click.echo("", err=True)
-        unfinished += [(job.id, status) for job in jobs[ended:] if (status := job.status()) in UNFINISHED]
-    waited_s = time.monotonic() - waiting_since
+        waited.unfinished += [(job.id, status) for job in jobs[ended:] if (status := job.status()) in UNFINISHED]
+    waited.waited_s = time.monotonic() - waiting_since
+    return waited
+
+
+def _report(r, waited: _Waited, single: bool, started: float) -> int:
+    """Print the jobs' outcome and return the exit status it calls for."""
+    outputs, latencies, failures, unfinished = waited.outputs, waited.latencies, waited.failures, waited.unfinished
     if single and outputs:
         click.echo(json.dumps(outputs[0]["timings"]), err=True)
     loads = sum(1 for e in events.recent(r, 10_000) if e["kind"] == "load" and e["at"] >= started)
@@ -167,10 +201,11 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
     for job_id, reason in failures:
         click.echo(f"failed {job_id}: {reason}", err=True)
     for job_id, status in unfinished:
-        click.echo(_still_running(job_id, status, waited_s), err=True)
-    if interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+        click.echo(_still_running(job_id, status, waited.waited_s), err=True)
+    if waited.interrupted:
+        return EXIT_INTERRUPTED
     if failures:
-        sys.exit(EXIT_FAILED)
+        return EXIT_FAILED
     if unfinished:
-        sys.exit(EXIT_STILL_RUNNING)
+        return EXIT_STILL_RUNNING
+    return 0

@@ -18,7 +18,7 @@ import os
 import random
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from collections.abc import AsyncIterator, Iterator
 
 from mm.runtime.catalog import ModelSpec
@@ -159,6 +159,36 @@ def _target_length(opts: Options, num_ctx: int, prompt_tokens: int, rng: random.
     return n, "length"
 
 
+class _Answer(NamedTuple):
+    """What a generate request will produce, drawn up front so that a seed fixes all of it."""
+
+    prompt: str
+    prompt_tokens: int
+    limit: int  # tokens to produce, thinking included, unless a stop sequence ends it first
+    reason: str  # done_reason when the limit ends it
+    call: dict[str, Any] | None  # the tool call it answers with, if any
+    tokens: Iterator[str]
+    thinking: int  # how many of the tokens are thinking
+    thoughts: Iterator[str]
+
+
+def _plan_answer(loaded: SimModel, job: GenerationJob) -> _Answer:
+    """Fit the prompt and draw the answer's length, tool call and token streams from one seeded stream."""
+    spec, opts = loaded.spec, job.options
+    prompt, prompt_tokens = fit_prompt(job, loaded.num_ctx)
+    seeded = opts.seed is not None or opts.temperature == 0
+    rng = _rng(spec.name, prompt, opts.seed, job.format) if seeded else random.Random(os.urandom(8))
+    # The length comes from its own stream, so num_predict cuts the very same text short.
+    limit, reason = _target_length(opts, loaded.num_ctx, prompt_tokens, random.Random(rng.random()))
+    call = _tool_call(job, rng)
+    if call is not None:
+        limit, reason = count_tokens(json.dumps(call)), "stop"
+    tokens = _json_tokens(job.format, rng) if job.format else _words(rng)
+    thinking = THINKING_TOKENS.get(job.think, THINKING_TOKENS[True]) if job.thinking else 0
+    thoughts = _words(random.Random(rng.random())) if thinking else iter(())
+    return _Answer(prompt, prompt_tokens, limit, reason, call, tokens, thinking, thoughts)
+
+
 class SimEngine:
     """Serves simulated models; see the module docstring for the timing model."""
 
@@ -183,17 +213,7 @@ class SimEngine:
         message is the user's answers with a call of one of them (in ``Stats.tool_calls``).
         """
         spec, opts = loaded.spec, job.options
-        prompt, prompt_tokens = fit_prompt(job, loaded.num_ctx)
-        seeded = opts.seed is not None or opts.temperature == 0
-        rng = _rng(spec.name, prompt, opts.seed, job.format) if seeded else random.Random(os.urandom(8))
-        # The length comes from its own stream, so num_predict cuts the very same text short.
-        limit, reason = _target_length(opts, loaded.num_ctx, prompt_tokens, random.Random(rng.random()))
-        call = _tool_call(job, rng)
-        if call is not None:
-            limit, reason = count_tokens(json.dumps(call)), "stop"
-        tokens = _json_tokens(job.format, rng) if job.format else _words(rng)
-        thinking = THINKING_TOKENS.get(job.think, THINKING_TOKENS[True]) if job.thinking else 0
-        thoughts = _words(random.Random(rng.random())) if thinking else iter(())
+        prompt, prompt_tokens, limit, reason, call, tokens, thinking, thoughts = _plan_answer(loaded, job)
         prompt_time = prompt_tokens / spec.prompt_rate
         await asyncio.sleep(prompt_time)
 
