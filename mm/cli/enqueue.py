@@ -1,4 +1,4 @@
-"""``mm enqueue``: submit one job or a test load (the seed's --batch, --random, --spam modes)."""
+"""``mm enqueue``: submit one job or a test load (--batch, --random and --spam modes)."""
 
 from __future__ import annotations
 
