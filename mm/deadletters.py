@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.result import AsyncResult
 
 from mm import keys, store
 from mm.app import app
+
+if TYPE_CHECKING:
+    from mm.client import Job
 
 
 def listing() -> list[dict[str, Any]]:
@@ -16,7 +19,8 @@ def listing() -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in store.connect().lrange(keys.DEAD_LETTERS, 0, -1)]
 
 
-def retry(job_id: str):
+def retry(job_id: str) -> Job:
+
     """Requeue a dead-lettered job under the same id with a fresh delivery count; return its Job."""
     from mm.client import _enqueue
     from mm.validation import JobRequest

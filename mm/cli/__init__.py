@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
@@ -62,7 +63,8 @@ class LazyGroup(click.Group):
                 raise
             return _unavailable(name, message)
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
+
         import redis
 
         try:

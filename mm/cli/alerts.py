@@ -21,7 +21,7 @@ def _subject(subject: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in subject.items())
 
 
-def _value(value) -> str:
+def _value(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
@@ -29,7 +29,8 @@ def _value(value) -> str:
 @click.option("--count", "-n", default=20, show_default=True, help="Recent transitions to show.")
 @click.option("--rules", "show_rules", is_flag=True, help="Print the configured rules (MM_ALERT_RULES) and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def alerts(count, show_rules, as_json):
+def alerts(count: int, show_rules: bool, as_json: bool) -> None:
+
     """Alerts firing now, pending conditions and the most recent transitions."""
     settings = get_settings()
     if show_rules:

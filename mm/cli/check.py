@@ -39,7 +39,8 @@ def problems(node: str | None, worker: str | None, beat_within: float | None) ->
 @click.option("--node", help="Require this node's state (its gpu-broker and runtime).")
 @click.option("--worker", help="Require this model-worker's heartbeat (its Celery hostname).")
 @click.option("--beat-within", type=float, help="Require a beat job to have run within this many seconds.")
-def check(node, worker, beat_within):
+def check(node: str | None, worker: str | None, beat_within: float | None) -> None:
+
     """Exit 0 if Redis answers and the named parts are alive; else print why and exit 1."""
     found = problems(node, worker, beat_within)
     for problem in found:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from mm.client import Job
+
 
 POLL_S = 0.25  # how often the state of a queued job is read
 STORE_GRACE_S = 5.0
@@ -44,7 +48,8 @@ class Follower:
     generated, or its whole output at the end, go to ``out``, so ``out`` holds only the output.
     """
 
-    def __init__(self, job, deadline: float, *, out: TextIO | None = None, err: TextIO | None = None):
+    def __init__(self, job: Job, deadline: float, *, out: TextIO | None = None, err: TextIO | None = None) -> None:
+
         self.job = job
         self.deadline = deadline  # time.monotonic() after which the CLI stops waiting
         self.out = out or sys.stdout

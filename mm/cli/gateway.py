@@ -15,7 +15,8 @@ from mm.settings import get as get_settings
               help="Port to listen on (default MM_GATEWAY_PORT, 5001).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def gateway(host, port, log_level):
+def gateway(host: str | None, port: int | None, log_level: str) -> None:
+
     """Serve mm over HTTP: REST endpoints, an Ollama-compatible proxy, /metrics and a status page."""
     from mm.gateway.app import run
 

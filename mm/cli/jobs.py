@@ -8,13 +8,13 @@ import click
 
 
 @click.group()
-def jobs():
+def jobs() -> None:
     """Inspect jobs and dead letters."""
 
 
 @jobs.command()
 @click.argument("job_id")
-def status(job_id):
+def status(job_id: str) -> None:
     """Print a job's record (model, priority, status, times, node, error)."""
     import mm
 
@@ -25,7 +25,7 @@ def status(job_id):
 
 
 @jobs.command()
-def failed():
+def failed() -> None:
     """List jobs that exhausted their deliveries, with their reasons."""
     from mm import deadletters
 
@@ -38,7 +38,8 @@ def failed():
 
 @jobs.command()
 @click.argument("job_id")
-def retry(job_id):
+def retry(job_id: str) -> None:
+
     """Requeue a dead-lettered job (same id, fresh delivery count)."""
     from mm import deadletters
 

@@ -52,28 +52,28 @@ def models() -> None:
 
 @models.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def active(as_json):
+def active(as_json: bool) -> None:
     """Models used within MM_ACTIVE_WINDOW_S (default 10 minutes)."""
     _print(activity_lib.active_models(store.connect(), get_settings()), as_json)
 
 
 @models.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def idle(as_json):
+def idle(as_json: bool) -> None:
     """Models unused for more than MM_IDLE_THRESHOLD_S (default 30 minutes), or never used."""
     _print(activity_lib.idle_models(store.connect(), get_settings()), as_json)
 
 
 @models.command("activity")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def activity_cmd(as_json):
+def activity_cmd(as_json: bool) -> None:
     """Every model: last use, resident where, size, queue depth, jobs running."""
     _print(activity_lib.activity(store.connect(), get_settings()), as_json)
 
 
 @models.command()
 @click.argument("name")
-def report(name):
+def report(name: str) -> None:
     """Mark model NAME as used now (the gateway's POST /models/<name>/report)."""
     try:
         at = activity_lib.report(store.connect(), name)
@@ -118,7 +118,7 @@ def _follow(op: str, name: str, timeout: float) -> None:
 @models.command()
 @click.argument("name")
 @click.option("--timeout", default=600.0, show_default=True, help="Give up after this many seconds without progress.")
-def pull(name, timeout):
+def pull(name: str, timeout: float) -> None:
     """Pull model NAME into a node's runtime (through the leader), showing progress; it is then registered."""
     _follow("pull", name, timeout)
     click.echo(f"{name} pulled and registered")
@@ -127,7 +127,8 @@ def pull(name, timeout):
 @models.command()
 @click.argument("name")
 @click.option("--timeout", default=60.0, show_default=True, help="Give up after this many seconds without an answer.")
-def delete(name, timeout):
+def delete(name: str, timeout: float) -> None:
+
     """Delete model NAME from every runtime that lists it; refused while it is resident or has jobs queued."""
     _follow("delete", name, timeout)
     click.echo(f"{name} deleted")

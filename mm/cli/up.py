@@ -9,8 +9,11 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
+
 
 import click
 import httpx
@@ -48,7 +51,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _wait(condition, timeout: float, what: str, sup: Supervisor) -> None:
+def _wait(condition: Callable[[], object], timeout: float, what: str, sup: Supervisor) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if dead := sup.dead():
@@ -98,7 +101,7 @@ def _runtime_models(run_dir: Path) -> Path:
     return path
 
 
-def _interrupt(*_):
+def _interrupt(*_: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
@@ -111,7 +114,9 @@ def _interrupt(*_):
 @click.option("--demo", is_flag=True, help="Submit a demo batch and print its output.")
 @click.option("--exit", "exit_after", is_flag=True, help="Stop everything after the demo.")
 @click.option("--run-dir", type=click.Path(path_type=Path), default=Path(".mm-run"), show_default=True)
-def up(workers, slots, memory, flower, flower_port, demo, exit_after, run_dir):
+def up(workers: int, slots: int | None, memory: int, flower: bool, flower_port: int, demo: bool, exit_after: bool,
+       run_dir: Path) -> None:
+
     """Start mm on this machine; Ctrl-C stops it all."""
     settings = get_settings()
     slots = slots or settings.worker_slots
