@@ -12,16 +12,13 @@ import mm
 from mm import keys
 from mm.app import app
 from mm.settings import load
+from mm.workers.leader import Leader
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
-from mm.workers.leader import Leader
+from tests.support import GB, sim_model
 
-pytestmark = pytest.mark.faults
-
-GB = 1_000_000_000
-MODELS = [{"name": n, "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
-          for n in ("fa:1b", "fb:1b")]
+MODELS = [sim_model(n, load_bandwidth=10 * GB, eval_rate=2000) for n in ("fa:1b", "fb:1b")]
 OPTS = {"num_predict": 8}
 
 

@@ -13,11 +13,9 @@ from tests.faults.conftest import ran_twice
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
+from tests.support import GB, sim_model
 
-pytestmark = pytest.mark.faults
-
-GB = 1_000_000_000
-MODEL = {"name": "durable:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
+MODEL = sim_model("durable:1b", load_bandwidth=10 * GB, eval_rate=2000)
 OPTS = {"num_predict": 8}
 
 

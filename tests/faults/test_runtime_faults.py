@@ -14,11 +14,9 @@ from mm.errors import JobFailed
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack, sim_node
+from tests.support import GB, sim_model
 
-pytestmark = pytest.mark.faults
-
-GB = 1_000_000_000
-MODEL = {"name": "fragile:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 40}
+MODEL = sim_model("fragile:1b", load_bandwidth=10 * GB, eval_rate=40)
 LONG = {"num_predict": 200}  # five seconds of generation
 SHORT = {"num_predict": 4}
 

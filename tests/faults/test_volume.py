@@ -12,13 +12,13 @@ import mm
 from tests.faults.conftest import ran_twice
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
+from tests.support import GB, sim_model
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
-GB = 1_000_000_000
 JOBS = 10_000
-MODELS = [{"name": f"vol-{i:02d}:1b", "engine": "sim", "size": GB // 2, "load_bandwidth": 50 * GB,
-           "prompt_rate": 1_000_000, "eval_rate": 1_000_000, "parallel": 16} for i in range(20)]
+MODELS = [sim_model(f"vol-{i:02d}:1b", size=GB // 2, load_bandwidth=50 * GB, prompt_rate=1_000_000, eval_rate=1_000_000,
+                    parallel=16) for i in range(20)]
 
 
 def rss_bytes(pid: int) -> int:

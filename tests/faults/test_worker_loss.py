@@ -17,11 +17,9 @@ from tests.faults.conftest import ran_twice
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
+from tests.support import GB, sim_model
 
-pytestmark = pytest.mark.faults
-
-GB = 1_000_000_000
-SLOW = {"name": "slow:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 40, "parallel": 4}
+SLOW = sim_model("slow:1b", load_bandwidth=10 * GB, eval_rate=40, parallel=4)
 LONG_JOB = {"num_predict": 80, "seed": 1}  # two seconds of generation
 
 

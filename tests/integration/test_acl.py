@@ -13,10 +13,10 @@ import redis
 
 from tests.procs import Proc, free_port, wait_for
 from tests.stack import sim_node
+from tests.support import GB, sim_model
 
 REDIS_HA_DOC = Path(__file__).resolve().parents[2] / "docs" / "redis-ha.md"
-GB = 1_000_000_000
-MODEL = {"name": "acl:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
+MODEL = sim_model("acl:1b", load_bandwidth=10 * GB, eval_rate=2000)
 # The doc's password placeholders and what the tests put there.
 ACL_PASSWORDS = {"MM_PASSWORD": "mm-Pa55", "REPL_PASSWORD": "repl-Pa55", "SENTINEL_USER_PASSWORD": "sentinel-user-Pa55",
                  "ADMIN_PASSWORD": "admin-Pa55"}

@@ -25,10 +25,10 @@ from mm.cli import main as cli
 from mm.errors import UnknownModel
 from tests.procs import Proc, wait_for
 from tests.stack import REPO, sim_node
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
 IDLE_S = 2.0
-QUICK = {"name": "", "engine": "sim", "size": GB, "load_bandwidth": 8 * GB, "eval_rate": 2000}
+QUICK = sim_model("", load_bandwidth=8 * GB, eval_rate=2000)
 MODELS = [QUICK | {"name": n} for n in ("idle-a:1b", "active-b:1b", "pinned-c:1b", "warm-e:1b")]
 MODELS.append(QUICK | {"name": "busy-d:1b", "eval_rate": 20})  # 200 tokens: 10 s in flight
 

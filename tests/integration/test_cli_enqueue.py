@@ -20,11 +20,10 @@ import mm
 from mm import keys, registry
 from tests.procs import wait_for
 from tests.stack import sim_node
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
-SLOW = {"name": "sim-slow:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "eval_rate": 8, "parallel": 2}
-FAST = {"name": "sim-fast:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "eval_rate": 2_000,
-        "parallel": 4}
+SLOW = sim_model("sim-slow:1b", load_bandwidth=4 * GB, eval_rate=8, parallel=2)
+FAST = sim_model("sim-fast:1b", load_bandwidth=4 * GB, eval_rate=2_000, parallel=4)
 MEMORY = 3 * GB
 CLI = [sys.executable, "-c", "from mm.cli import main; main()"]
 UNROUNDED = re.compile(r"\d\.\d{3,}\s?s\b")  # 72.29679465293884s

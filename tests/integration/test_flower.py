@@ -10,12 +10,11 @@ import httpx
 from tests.procs import Proc, free_port, wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import REPO, Stack
-
-GB = 1_000_000_000
+from tests.support import GB, sim_model
 
 
 def test_flower_refuses_without_credentials_and_lists_mm_workers_with_them(tmp_path, redis_url):
-    runtime = start_runtime(tmp_path, engine="sim", models=[{"name": "fl:1b", "engine": "sim", "size": GB}])
+    runtime = start_runtime(tmp_path, engine="sim", models=[sim_model("fl:1b")])
     stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB)
     port = free_port()
     flower = Proc([sys.executable, "-m", "celery", "-A", "mm.app", "flower", f"--port={port}", "--address=127.0.0.1",

@@ -29,19 +29,15 @@ from mm.settings import get as get_settings
 from tests.procs import Proc, free_port, wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import REPO, Stack
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
 MODELS = [
-    {"name": "sim-a:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "prompt_rate": 50_000,
-     "eval_rate": 2_000, "parallel": 4},
-    {"name": "sim-b:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "prompt_rate": 50_000,
-     "eval_rate": 2_000, "parallel": 4},
+    sim_model("sim-a:1b", load_bandwidth=4 * GB, prompt_rate=50_000, eval_rate=2_000, parallel=4),
+    sim_model("sim-b:1b", load_bandwidth=4 * GB, prompt_rate=50_000, eval_rate=2_000, parallel=4),
     # Loads in 5 s and generates slowly: a backlog builds up while it loads (priority test).
-    {"name": "sim-slow:1b", "engine": "sim", "size": GB, "load_bandwidth": GB // 5, "prompt_rate": 50_000,
-     "eval_rate": 500, "parallel": 4},
+    sim_model("sim-slow:1b", load_bandwidth=GB // 5, prompt_rate=50_000, eval_rate=500, parallel=4),
     # Every generation fails after two tokens.
-    {"name": "sim-fail:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "eval_rate": 2_000,
-     "fail_after": 2},
+    sim_model("sim-fail:1b", load_bandwidth=4 * GB, eval_rate=2_000, fail_after=2),
 ]
 MEMORY = 6 * GB
 OPTS = {"num_predict": 8, "seed": 1}

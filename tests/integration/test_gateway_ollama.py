@@ -19,15 +19,15 @@ from mm import client, keys, model_ops, registry
 from tests.gateway_proc import ollama_stack, start_gateway
 from tests.procs import wait_for
 from tests.stack import REPO
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
-FAST = {"engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "prompt_rate": 50_000, "eval_rate": 2_000}
+FAST = {"load_bandwidth": 4 * GB, "prompt_rate": 50_000, "eval_rate": 2_000}
 MODELS = [
-    {"name": "sim-a:1b", **FAST},
-    {"name": "sim-gone:1b", **FAST},
-    {"name": "sim-slow:1b", **FAST, "load_bandwidth": GB // 5},  # loads in 5 s: its jobs wait queued
-    {"name": "sim-new:1b", **FAST, "pulled": False},  # known to the runtime, listed once pulled
-    {"name": "sim-cli:1b", **FAST, "pulled": False},
+    sim_model("sim-a:1b", **FAST),
+    sim_model("sim-gone:1b", **FAST),
+    sim_model("sim-slow:1b", **(FAST | {"load_bandwidth": GB // 5})),  # loads in 5 s: its jobs wait queued
+    sim_model("sim-new:1b", **FAST, pulled=False),  # known to the runtime, listed once pulled
+    sim_model("sim-cli:1b", **FAST, pulled=False),
 ]
 MEMORY = 4 * GB
 API_KEY = "test-key-0123456789"

@@ -24,8 +24,8 @@ from mm import keys, registry
 from mm.errors import JobFailed
 from tests.procs import Proc, free_port, wait_for
 from tests.stack import REPO, sim_node
+from tests.support import GB
 
-GB = 1_000_000_000
 NUM_CTX = 64
 CAPABLE = "sim-capable:1b"  # tools, thinking, insert
 PLAIN = "sim-plain:1b"

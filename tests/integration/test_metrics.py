@@ -25,8 +25,8 @@ from mm.errors import ValidationError
 from mm.rollup import HOUR, MINUTE
 from tests.procs import wait_for
 from tests.stack import sim_node
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
 OPTS = {"num_predict": 16, "seed": 1}
 
 
@@ -94,9 +94,8 @@ def write_traffic(r, rng, start, end, per_minute, models=("m-a:1b", "m-b:1b"), l
 
 def test_every_finished_job_leaves_one_sample_failures_with_their_error_class(tmp_path, redis_url, r):
     models = [
-        {"name": "sim-ok:1b", "engine": "sim", "size": GB, "load_bandwidth": 8 * GB, "eval_rate": 2000},
-        {"name": "sim-bad:1b", "engine": "sim", "size": GB, "load_bandwidth": 8 * GB, "eval_rate": 2000,
-         "fail_after": 2},
+        sim_model("sim-ok:1b", load_bandwidth=8 * GB, eval_rate=2000),
+        sim_model("sim-bad:1b", load_bandwidth=8 * GB, eval_rate=2000, fail_after=2),
     ]
     with sim_node(tmp_path, redis_url, models, 4 * GB, runtime_retries=0):
         good = [mm.submit("sim-ok:1b", f"q {i}", options=OPTS) for i in range(5)]

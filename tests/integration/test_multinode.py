@@ -11,9 +11,9 @@ from mm import keys
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
-MODELS = [{"name": n, "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 400, "parallel": 4}
+MODELS = [sim_model(n, load_bandwidth=10 * GB, eval_rate=400, parallel=4)
           for n in ("mn-a:1b", "mn-b:1b")]
 MEMORY = 1_800_000_000  # one model per node
 OPTS = {"num_predict": 20}

@@ -18,13 +18,13 @@ import pytest
 import redis
 
 from tests.gateway_proc import ollama_stack
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
-FAST = {"engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "prompt_rate": 50_000, "eval_rate": 2_000}
+FAST = {"load_bandwidth": 4 * GB, "prompt_rate": 50_000, "eval_rate": 2_000}
 CHAT_MODEL, EMBED_MODEL = "sim-a:1b", "sim-embed:1b"
 MODELS = [
-    {"name": CHAT_MODEL, **FAST},
-    {"name": EMBED_MODEL, **FAST, "kind": "embed", "embedding_dim": 64},
+    sim_model(CHAT_MODEL, **FAST),
+    sim_model(EMBED_MODEL, **FAST, kind="embed", embedding_dim=64),
 ]
 MEMORY = 4 * GB
 PREDICT = 4

@@ -20,12 +20,11 @@ from mm.errors import JobFailed, StaleToken, UnknownModel, ValidationError
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack, sim_node
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
 # Three models of 1 GB; 1.8 GB of memory holds one of them at a time.
 MODELS = [
-    {"name": name, "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "prompt_rate": 50_000,
-     "eval_rate": 2_000, "parallel": 4}
+    sim_model(name, load_bandwidth=4 * GB, prompt_rate=50_000, eval_rate=2_000, parallel=4)
     for name in ("sim-a:1b", "sim-b:1b", "sim-c:1b")
 ]
 MEMORY = 1_800_000_000
@@ -170,7 +169,7 @@ def test_chat_and_embed_jobs_run(stack):
 
 
 def test_a_model_larger_than_every_node_fails_its_jobs_with_a_reason(tmp_path, redis_url):
-    big = [{"name": "huge:70b", "engine": "sim", "size": 40 * GB, "load_bandwidth": 40 * GB}]
+    big = [sim_model("huge:70b", size=40 * GB, load_bandwidth=40 * GB)]
     rt = start_runtime(tmp_path, engine="sim", models=big, memory=100 * GB)
     s = Stack(tmp_path, redis_url, rt.url, memory_budget=MEMORY)
     try:
@@ -255,7 +254,7 @@ def test_mm_check_reports_live_parts_healthy_and_names_missing_ones(stack):
 
 
 def test_an_embedding_only_model_is_loaded_and_serves_embed_jobs(tmp_path, redis_url):
-    models = [{"name": "embed-only:1b", "engine": "sim", "kind": "embed", "size": GB // 2, "load_bandwidth": 4 * GB}]
+    models = [sim_model("embed-only:1b", kind="embed", size=GB // 2, load_bandwidth=4 * GB)]
     with sim_node(tmp_path, redis_url, models, MEMORY) as s:
         vectors = mm.submit("embed-only:1b", ["a", "b", "c"], kind="embed").get(timeout=60)["embeddings"]
 

@@ -5,12 +5,13 @@ import pytest
 import mm
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
+from tests.support import GB, sim_model
 
 pytestmark = pytest.mark.llama
 
 MODELS = [
     {"name": "gemma3:270m", "engine": "llama"},
-    {"name": "sim-a:1b", "engine": "sim", "size": 1_000_000_000, "load_bandwidth": 4_000_000_000},
+    sim_model("sim-a:1b", load_bandwidth=4 * GB),
 ]
 
 

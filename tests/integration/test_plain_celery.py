@@ -19,12 +19,10 @@ from mm.app import INFER_TASK, app
 from mm.scheduling.reader import read_demand
 from tests.procs import wait_for
 from tests.stack import REPO, sim_node
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
-MODEL = {"name": "sim-a:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "prompt_rate": 50_000,
-         "eval_rate": 5_000, "parallel": 4}
-EMBEDDER = {"name": "sim-embed:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "kind": "embed",
-            "embedding_dim": 8}
+MODEL = sim_model("sim-a:1b", load_bandwidth=4 * GB, prompt_rate=50_000, eval_rate=5_000, parallel=4)
+EMBEDDER = sim_model("sim-embed:1b", load_bandwidth=4 * GB, kind="embed", embedding_dim=8)
 REQUEST = {"model": MODEL["name"], "prompt": "hello", "options": {"num_predict": 4, "seed": 1}}
 
 

@@ -18,9 +18,9 @@ import redis
 from mm import store
 from tests.procs import Proc, free_port, wait_for
 from tests.stack import sim_node
+from tests.support import GB, require_binary, sim_model
 
-GB = 1_000_000_000
-MODEL = {"name": "tls:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
+MODEL = sim_model("tls:1b", load_bandwidth=10 * GB, eval_rate=2000)
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -50,7 +50,7 @@ def tls_url(port: int, pki: Path, ca: str = "ca", db: int = 0) -> str:
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory):
     """(port, pki dir) of a redis-server that speaks only TLS and requires a client certificate."""
-    assert shutil.which("openssl"), "the openssl CLI is missing (apt-get install -y openssl)"
+    require_binary("openssl")
     pki = tmp_path_factory.mktemp("pki")
     make_ca(pki, "ca")
     make_ca(pki, "other-ca")

@@ -15,9 +15,9 @@ from mm import keys
 from mm.app import INFER_TASK, app
 from tests.procs import Proc, free_port, wait_for
 from tests.stack import sim_node
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
-MODEL = {"name": "secure:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
+MODEL = sim_model("secure:1b", load_bandwidth=10 * GB, eval_rate=2000)
 OPTS = {"num_predict": 4}
 PASSWORD = "s3cret-Pa55word-for-tests"
 

@@ -21,15 +21,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from mm import keys
+from mm import keys, metrics
 from tests.integration.test_acl import ACL_PASSWORDS, acl_config_lines
 from tests.procs import Proc, free_port, wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
+from tests.support import GB, require_binary, sim_model
 
-GB = 1_000_000_000
-MODELS = [{"name": name, "engine": "sim", "size": GB, "load_bandwidth": 8 * GB, "prompt_rate": 50_000,
-           "eval_rate": 2_000, "parallel": 4} for name in ("sent-a:1b", "sent-b:1b")]
+MODELS = [sim_model(name, load_bandwidth=8 * GB, prompt_rate=50_000, eval_rate=2_000, parallel=4)
+          for name in ("sent-a:1b", "sent-b:1b")]
 MEMORY = 4 * GB
 MASTER = "mymaster"
 SENTINEL_PASSWORD = "sentinels-own-Pa55"
@@ -51,8 +51,7 @@ class SentinelCluster:
         self.primary = free_port()
         self.replica = free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
-        for binary in ("redis-server", "redis-sentinel"):
-            assert shutil.which(binary), f"{binary} is not installed (apt-get install -y redis-server redis-sentinel)"
+        self.sentinel_binary = require_binary("redis-sentinel")
 
     @property
     def url(self) -> str:
@@ -94,7 +93,7 @@ class SentinelCluster:
             f"sentinel failover-timeout {MASTER} 4000",
             f"sentinel parallel-syncs {MASTER} 1",
         ]) + "\n")
-        self.sentinels[port] = Proc([shutil.which("redis-sentinel"), str(home / "sentinel.conf")],
+        self.sentinels[port] = Proc([self.sentinel_binary, str(home / "sentinel.conf")],
                                     log=home / "sentinel.log")
 
     def start(self) -> None:
@@ -128,8 +127,8 @@ class SentinelCluster:
         primary = self.node(self.primary)
         primary.acl_setuser("repl", enabled=False)
         primary.client_kill_filter(user="repl")
-        time.sleep(0.2)
-        assert self.node(self.replica).info("replication")["master_link_status"] == "down"
+        wait_for(lambda: self.node(self.replica).info("replication")["master_link_status"] == "down", 10,
+                 what="the replica to lose its link to the primary")
 
     def stop(self) -> None:
         for proc in [*self.sentinels.values(), *self.nodes.values()]:
@@ -253,6 +252,11 @@ def whereabouts(r: redis.Redis, job: dict, killed_wall: float) -> dict:
             "result": bool(r.exists(f"celery-task-meta-{job['id']}")), "unacked": unacked, "queued": queued}
 
 
+def finished_jobs(r: redis.Redis) -> int:
+    """Jobs that ended well, by the one "ok" sample a worker writes for each."""
+    return sum(1 for s in metrics.raw_samples(r, 0, time.time() + 1) if s["status"] == "ok")
+
+
 def wait_failover(cluster: SentinelCluster, old: int, killed_at: float) -> float:
     """Seconds from the kill until the sentinels name a new master that answers as a master."""
     wait_for(lambda: cluster.master_port() != old, 30, interval=0.05, what="the sentinels to fail over")
@@ -267,6 +271,7 @@ def test_jobs_keep_flowing_through_a_sentinel_failover(cluster, mm_on_sentinel):
     warm = cli(url, "enqueue", MODELS[0]["name"], "before the failover", "--wait", "--num-predict", "4")
     assert warm.returncode == 0, warm.stderr
     fence_before = int(cluster.node(cluster.primary).get(keys.FENCE))
+    done_before = finished_jobs(cluster.node(cluster.primary))
 
     # Jobs of 0.15 s (300 tokens at 2,000/s), so that some are running when the primary dies.
     until = time.time() + 7
@@ -274,7 +279,8 @@ def test_jobs_keep_flowing_through_a_sentinel_failover(cluster, mm_on_sentinel):
     submitter = subprocess.Popen([sys.executable, "-c", SUBMITTER, *args], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=os.environ | {"MM_REDIS_URL": url})
     assert submitter.stderr.readline().strip() == "ready"
-    time.sleep(1.5)  # jobs flow through the primary for a while
+    wait_for(lambda: finished_jobs(cluster.node(cluster.primary)) >= done_before + 10, 30,
+             what="ten jobs to flow through the primary")
     killed_at, killed_wall = time.monotonic(), time.time()
     cluster.kill(cluster.primary)
     failover_s = wait_failover(cluster, cluster.primary, killed_at)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 
@@ -10,14 +9,13 @@ import mm
 from tests.integration.test_gateway import OPTS, start_gateway
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
+from tests.support import GB, require_binary, sim_model
 
-GB = 1_000_000_000
-MODELS = [{"name": "page-a:1b", "engine": "sim", "size": GB, "load_bandwidth": 4 * GB, "eval_rate": 2000}]
+MODELS = [sim_model("page-a:1b", load_bandwidth=4 * GB, eval_rate=2000)]
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("chromium")
-    assert binary, "chromium is not installed (apt-get install -y chromium)"
+    binary = require_binary("chromium")
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

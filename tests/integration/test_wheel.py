@@ -17,9 +17,9 @@ import pytest
 from packaging.requirements import Requirement
 
 from tests.stack import REPO, sim_node
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
-MODEL = {"name": "wheel:1b", "engine": "sim", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 2000}
+MODEL = sim_model("wheel:1b", load_bandwidth=10 * GB, eval_rate=2000)
 SERVER_MODULES = ("ollama", "tornado", "flower", "prometheus_client", "pynvml", "httpx", "llama_cpp")
 # A project's own Celery config: what mm must not pick up.
 PROJECT_CONFIG = 'broker_url = "amqp://guest@nowhere//"\ntask_acks_late = False\n'

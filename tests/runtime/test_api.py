@@ -15,13 +15,13 @@ import pytest
 
 from tests.procs import wait_for
 from tests.runtime_server import REPO, RuntimeProc, start_runtime
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
 MODELS = [
-    {"name": "sim-a:1b", "size": GB, "load_bandwidth": 10 * GB, "prompt_rate": 5000, "eval_rate": 500},
-    {"name": "sim-slow:1b", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 10, "parallel": 1},
-    {"name": "sim-faulty:1b", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 500, "fail_after": 3},
-    {"name": "sim-embed:335m", "size": GB // 2, "load_bandwidth": 10 * GB, "kind": "embed", "embedding_dim": 64},
+    sim_model("sim-a:1b", load_bandwidth=10 * GB, prompt_rate=5000, eval_rate=500),
+    sim_model("sim-slow:1b", load_bandwidth=10 * GB, eval_rate=10, parallel=1),
+    sim_model("sim-faulty:1b", load_bandwidth=10 * GB, eval_rate=500, fail_after=3),
+    sim_model("sim-embed:335m", size=GB // 2, load_bandwidth=10 * GB, kind="embed", embedding_dim=64),
 ]
 
 

@@ -10,16 +10,16 @@ import ollama
 import pytest
 
 from tests.runtime_server import RuntimeProc, start_runtime
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
 CAPABLE = "sim-capable:1b"
 PLAIN = "sim-plain:1b"
 EMBED = "sim-embed:335m"
 MODELS = [
-    {"name": CAPABLE, "size": GB, "load_bandwidth": 10 * GB, "prompt_rate": 50_000, "eval_rate": 2000,
-     "num_ctx": 64, "capabilities": ["tools", "thinking", "insert"]},
-    {"name": PLAIN, "size": GB, "load_bandwidth": 10 * GB, "prompt_rate": 50_000, "eval_rate": 2000, "num_ctx": 64},
-    {"name": EMBED, "size": GB // 2, "load_bandwidth": 10 * GB, "kind": "embed", "embedding_dim": 32, "num_ctx": 64},
+    sim_model(CAPABLE, load_bandwidth=10 * GB, prompt_rate=50_000, eval_rate=2000, num_ctx=64,
+              capabilities=["tools", "thinking", "insert"]),
+    sim_model(PLAIN, load_bandwidth=10 * GB, prompt_rate=50_000, eval_rate=2000, num_ctx=64),
+    sim_model(EMBED, size=GB // 2, load_bandwidth=10 * GB, kind="embed", embedding_dim=32, num_ctx=64),
 ]
 WEATHER = {"type": "function", "function": {
     "name": "weather", "description": "The weather in a city",

@@ -8,11 +8,11 @@ import ollama
 import pytest
 
 from tests.runtime_server import RuntimeProc, start_runtime
+from tests.support import GB, sim_model
 
-GB = 1_000_000_000
 MODELS = [
-    {"name": "sim-a:1b", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 500},
-    {"name": "sim-later:1b", "size": GB, "load_bandwidth": 10 * GB, "eval_rate": 500, "pulled": False},
+    sim_model("sim-a:1b", load_bandwidth=10 * GB, eval_rate=500),
+    sim_model("sim-later:1b", load_bandwidth=10 * GB, eval_rate=500, pulled=False),
 ]
 
 

@@ -13,8 +13,7 @@ from bench.sim_baselines import OLLAMA_ROWS, OllamaSim
 from bench.simcore import Trace, TraceJob
 from mm.runtime import ollama_rules as rules
 from mm.runtime.catalog import ModelSpec
-
-GB = 1_000_000_000
+from tests.support import GB
 
 
 def spec(name: str, size_gb: float, parallel: int = 4) -> ModelSpec:

@@ -2,8 +2,7 @@
 
 from mm.scheduling.policy import plan
 from mm.scheduling.snapshot import Demand, Load, ModelInfo, Node, Resident, Snapshot, Worker
-
-GB = 1_000_000_000
+from tests.support import GB
 
 
 def node(name, free, total=24 * GB, resident=None):

@@ -3,8 +3,7 @@
 from bench.sim_mm import MMConfig, MMSim
 from bench.simcore import Trace, TraceJob
 from mm.runtime.catalog import ModelSpec
-
-GB = 1_000_000_000
+from tests.support import GB
 
 
 def test_job_ends_do_not_postpone_the_periodic_tick():
