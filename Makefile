@@ -34,7 +34,7 @@ apt_commands = missing=""; for c in $(1); do command -v $$c >/dev/null || missin
 		apt-get install -y -q --no-install-recommends $$missing); \
 	fi
 
-.PHONY: venv install install-test demo test test-fast lint typecheck shell
+.PHONY: venv install install-test demo test test-unit test-fast lint typecheck shell
 
 # The virtual environment, made by the system's python3 (Debian splits its venv module into python3-venv).
 $(BIN)/pip:
@@ -68,8 +68,13 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV_PATH) $(BIN)/mm up --demo $(DEMO_FLAGS)
 
+# Every test this machine can run: the unit, integration and faults tiers (tests/conftest.py).
 test: install-test
 	$(VENV_PATH) $(BIN)/python -m pytest
+
+# The unit tier: pure code, no services or child processes, in seconds.
+test-unit: install-test
+	$(VENV_PATH) $(BIN)/python -m pytest -m unit
 
 test-fast: install-test
 	$(VENV_PATH) $(BIN)/python -m pytest -m "not llama and not slow"
