@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from mm import keys
+from mm import keys, replies
 
 MAX_RUNS = 1000
 
@@ -34,8 +34,8 @@ def record_skip(r: redis.Redis, task: str) -> None:
 
 def runs(r: redis.Redis, count: int = MAX_RUNS) -> list[dict[str, Any]]:
     """Periodic runs done, oldest first."""
-    return [json.loads(data[b"run"]) for _id, data in r.xrange(keys.BEAT_RUNS, count=count)]
+    return [json.loads(data[b"run"]) for _id, data in replies.entries(r.xrange(keys.BEAT_RUNS, count=count))]
 
 
 def skipped(r: redis.Redis) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in r.hgetall(keys.BEAT_SKIPPED).items()}
+    return {replies.text(k): int(v) for k, v in r.hgetall(keys.BEAT_SKIPPED).items()}

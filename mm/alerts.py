@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from mm import events, keys, metrics, quality, registry
+from mm import events, keys, metrics, quality, registry, replies
 from mm.alert_rules import JOB_METRICS, Rule, advance, parse_rules
 from mm.rollup import summarize
 from mm.settings import Settings
@@ -84,7 +84,7 @@ def evaluate(r: redis.Redis, settings: Settings, at: float | None = None) -> lis
     configured = rules(settings)
     jobs = _job_figures(r, settings, at)
     quality_ = _quality_figures(r, settings, at)
-    states = {k.decode(): json.loads(v) for k, v in r.hgetall(keys.ALERT_STATE).items()}
+    states = {replies.text(k): json.loads(v) for k, v in r.hgetall(keys.ALERT_STATE).items()}
     transitions = []
     seen = set()
     for rule in configured:
@@ -166,4 +166,4 @@ def pending(r: redis.Redis) -> list[dict[str, Any]]:
 
 def recent(r: redis.Redis, count: int = 20) -> list[dict[str, Any]]:
     """The newest alert transitions (firing and cleared), newest first."""
-    return [json.loads(data[b"alert"]) for _id, data in r.xrevrange(keys.ALERTS, count=count)]
+    return [json.loads(data[b"alert"]) for _id, data in replies.entries(r.xrevrange(keys.ALERTS, count=count))]

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from mm import keys
+from mm import keys, replies
 
 MAX_EVENTS = 10_000
 
@@ -25,7 +25,7 @@ def emit(r: redis.Redis, kind: str, **fields: Any) -> None:
 def recent(r: redis.Redis, count: int = 100, model: str | None = None) -> list[dict[str, Any]]:
     """The newest events first, optionally only those of ``model``."""
     out = []
-    for _id, data in r.xrevrange(keys.EVENTS, count=count if model is None else MAX_EVENTS):
+    for _id, data in replies.entries(r.xrevrange(keys.EVENTS, count=count if model is None else MAX_EVENTS)):
         event = json.loads(data[b"event"])
         if model is None or event.get("model") == model:
             out.append(event)

@@ -13,11 +13,11 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from mm import keys
+from mm import keys, replies
 from mm.errors import ValidationError
 from mm.rollup import (
     HOUR,
@@ -32,6 +32,10 @@ from mm.rollup import (
 from mm.settings import Settings
 from mm.settings import get as get_settings
 
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+
 log = logging.getLogger("mm.metrics")
 
 # A bucket is rolled up once Redis time is this far past its end (stream ids never go back in time).
@@ -39,7 +43,7 @@ GRACE_S = 2.0
 PAGE = 5000
 
 
-def _check_sample(sample: dict[str, Any]) -> dict[str, str]:
+def _check_sample(sample: dict[str, Any]) -> dict[FieldT, EncodableT]:
     unknown = sorted(set(sample) - set(SAMPLE_FIELDS))
     if unknown:
         raise ValidationError(unknown[0], f"unknown sample field (known: {', '.join(SAMPLE_FIELDS)})")
@@ -48,7 +52,7 @@ def _check_sample(sample: dict[str, Any]) -> dict[str, str]:
             raise ValidationError(name, "is required")
     if sample["status"] not in STATUSES:
         raise ValidationError("status", f"must be one of {STATUSES}, not {sample['status']!r}")
-    encoded = {}
+    encoded: dict[FieldT, EncodableT] = {}  # str to str; redis-py's xadd takes this type
     for name, typ in SAMPLE_FIELDS.items():
         value = sample.get(name, "" if typ is str else 0)
         if typ is str:
@@ -120,11 +124,11 @@ def _xrange(r: redis.Redis, key: str, start: float, end: float) -> Iterator[tupl
     """Entries with ``start <= time < end`` (epoch seconds), paged."""
     low, high = f"{int(start * 1000)}-0", f"{int(end * 1000) - 1}-18446744073709551615"
     while True:
-        page = r.xrange(key, low, high, count=PAGE)
+        page = replies.entries(r.xrange(key, low, high, count=PAGE))
         yield from page
         if len(page) < PAGE:
             return
-        low = "(" + page[-1][0].decode()
+        low = "(" + replies.text(page[-1][0])
 
 
 def raw_samples(r: redis.Redis, start: float, end: float, model: str | None = None) -> list[dict[str, Any]]:
@@ -153,11 +157,11 @@ def now(r: redis.Redis) -> float:
 
 
 def _oldest_sample_at(r: redis.Redis) -> float | None:
-    first = r.xrange(keys.METRICS_RAW, count=1)
+    first = replies.entries(r.xrange(keys.METRICS_RAW, count=1))
     return _id_time(first[0][0]) if first else None
 
 
-def _store(pipe, resolution: str, model: str, start: int, figures: dict[str, Any]) -> None:
+def _store(pipe: redis.client.Pipeline, resolution: str, model: str, start: int, figures: dict[str, Any]) -> None:
     key = keys.metrics_rollup(resolution, model)
     pipe.zremrangebyscore(key, start, start)
     pipe.zadd(key, {json.dumps({"start": start, "model": model} | figures): start})
@@ -221,7 +225,7 @@ def rollup(r: redis.Redis, settings: Settings, at: float | None = None) -> dict[
 def _summed_moves(r: redis.Redis, hour: int) -> dict[str, dict[str, int]]:
     moved: dict[str, dict[str, int]] = {}
     for model in _members(r, keys.METRICS_MODELS):
-        for raw in r.zrangebyscore(keys.metrics_rollup("minute", model), hour, hour + HOUR - 1):
+        for raw in replies.members(r.zrangebyscore(keys.metrics_rollup("minute", model), hour, hour + HOUR - 1)):
             figures = json.loads(raw)
             if figures["loads"] or figures["unloads"]:
                 total = moved.setdefault(model, {"loads": 0, "unloads": 0})
@@ -231,7 +235,7 @@ def _summed_moves(r: redis.Redis, hour: int) -> dict[str, dict[str, int]]:
 
 
 def _members(r: redis.Redis, key: str) -> list[str]:
-    return sorted(m.decode() for m in r.smembers(key))
+    return sorted(replies.text(m) for m in r.smembers(key))
 
 
 def trim(r: redis.Redis, settings: Settings, at: float) -> int:
@@ -261,7 +265,9 @@ def series(r: redis.Redis, model: str, resolution: str = "minute", start: float 
         raise ValidationError("resolution", f"must be one of {sorted(RESOLUTIONS)}, not {resolution!r}")
     low = "-inf" if start is None else start
     high = "+inf" if end is None else end
-    return [json.loads(raw) for raw in r.zrangebyscore(keys.metrics_rollup(resolution, model), low, high)]
+    key = keys.metrics_rollup(resolution, model)
+    return [json.loads(raw) for raw in replies.members(r.zrangebyscore(key, low, high))]
+
 
 
 def models(r: redis.Redis) -> list[str]:

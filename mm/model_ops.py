@@ -19,12 +19,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from mm import keys
+from mm import keys, replies
 from mm.runtime.catalog import normalize_name
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 OPS = ("pull", "delete")
 STREAM_TTL_S = 3600
@@ -77,9 +80,9 @@ def pending(r: redis.Redis) -> list[Request]:
     for op_id, raw in r.hgetall(keys.MODEL_OP_REQUESTS).items():
         try:
             fields = json.loads(raw)
-            found.append(Request(op_id.decode(), fields["op"], fields["model"], float(fields["at"])))
+            found.append(Request(replies.text(op_id), fields["op"], fields["model"], float(fields["at"])))
         except (ValueError, KeyError, TypeError):
-            found.append(Request(op_id.decode(), "", "", 0.0))  # malformed: the leader refuses it
+            found.append(Request(replies.text(op_id), "", "", 0.0))  # malformed: the leader refuses it
     return sorted(found, key=lambda req: req.at)
 
 
@@ -88,7 +91,8 @@ def withdraw(r: redis.Redis, op_id: str) -> None:
     r.hdel(keys.MODEL_OP_REQUESTS, op_id)
 
 
-def _append(r: redis.Redis, op_id: str, fields: dict[str, str]) -> None:
+def _append(r: redis.Redis, op_id: str, fields: dict[FieldT, EncodableT]) -> None:
+
     pipe = r.pipeline(transaction=False)
     pipe.xadd(keys.model_op_stream(op_id), fields)
     pipe.expire(keys.model_op_stream(op_id), STREAM_TTL_S)
@@ -125,13 +129,16 @@ def follow(r: redis.Redis, op_id: str, idle_timeout_s: float,
         ModelOpError: the operation failed or was refused.
         TimeoutError: nothing was heard of it for ``idle_timeout_s`` (no leader, or a node gone).
     """
-    stream, after = keys.model_op_stream(op_id), "0-0"
+    stream = keys.model_op_stream(op_id)
+    after: bytes | str = "0-0"  # then the id of the last entry read
+
     waiting: set[str] | None = None
     finished: set[str] = set()
     heard = time.monotonic()
     while not stop():
-        reply = r.xread({stream: after}, block=READ_BLOCK_MS, count=256)
-        for _name, entries in reply or []:
+        reply = replies.streams(r.xread({stream: after}, block=READ_BLOCK_MS, count=256))
+        for _name, entries in reply:
+
             for entry_id, fields in entries:
                 after, heard = entry_id, time.monotonic()
                 if b"error" in fields:

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from mm import keys
+from mm import keys, replies
 
 STREAM_TTL_S = 3600
 MAX_CHUNKS = 100_000
@@ -32,8 +32,8 @@ def publish_error(r: redis.Redis, job_id: str, message: str) -> None:
 
 def read(r: redis.Redis, job_id: str, after: str, block_ms: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """Entries after ``after`` (waiting up to ``block_ms``): (id, {"chunk": ...} or {"error": ...})."""
-    reply = r.xread({keys.job_stream(job_id): after}, block=block_ms, count=256)
-    for _stream, entries in reply or []:
+    reply = replies.streams(r.xread({keys.job_stream(job_id): after}, block=block_ms, count=256))
+    for _stream, entries in reply:
         for entry_id, fields in entries:
             if b"error" in fields:
                 yield entry_id.decode(), {"error": fields[b"error"].decode()}

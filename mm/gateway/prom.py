@@ -26,7 +26,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from mm import alerts, keys, metrics, registry
+from mm import alerts, keys, metrics, registry, replies
 from mm.gateway import status
 from mm.gateway.base import BaseHandler, Gateway
 from mm.scheduling.reader import read_demand
@@ -55,7 +55,9 @@ class _Histogram:
         self.counts[-1] += 1
 
     def buckets(self) -> list[tuple[str, float]]:
-        out, running = [], 0
+        out: list[tuple[str, float]] = []
+        running = 0
+
         for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             out.append((bound, running))
@@ -77,9 +79,9 @@ class Totals:
 
     def _read(self, r: redis.Redis, key: str, after: str) -> Iterator[tuple[str, dict[bytes, bytes]]]:
         while True:
-            page = r.xrange(key, "(" + after, "+", count=PAGE)
+            page = replies.entries(r.xrange(key, "(" + after, "+", count=PAGE))
             for entry_id, data in page:
-                after = entry_id.decode()
+                after = replies.text(entry_id)
                 yield after, data
             if len(page) < PAGE:
                 return

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from mm import alerts, keys, metrics, registry
+from mm import alerts, keys, metrics, registry, replies
 from mm.rollup import RESOLUTIONS, bucket_start, group_by_bucket, summarize
 from mm.scheduling.reader import read_demand, read_records
 from mm.settings import Settings
@@ -28,7 +28,7 @@ def iso(ts: float | None) -> str | None:
 def leader(r: redis.Redis) -> dict[str, Any]:
     """Who holds the broker lease now, and the newest fencing token issued."""
     owner, fence = r.mget(keys.BROKER_LEASE, keys.FENCE)
-    return {"owner": owner.decode() if owner else None, "fence": int(fence) if fence else 0}
+    return {"owner": replies.text(owner) if owner else None, "fence": int(fence) if fence else 0}
 
 
 def queues(r: redis.Redis, models: list[str], now: float) -> dict[str, dict[str, Any]]:
@@ -139,7 +139,8 @@ def stats(r: redis.Redis, settings: Settings, now: float | None = None) -> dict[
     }
 
 
-def _decode_message(raw: bytes) -> dict[str, Any]:
+def _decode_message(raw: bytes | str) -> dict[str, Any]:
+
     try:
         headers = json.loads(raw).get("headers", {})
     except (ValueError, AttributeError):
@@ -153,8 +154,8 @@ def recent_jobs(r: redis.Redis, n: int, now: float | None = None) -> dict[str, A
     records = read_records(r)
     running = []
     for hostname in sorted(records.workers):
-        for job_id in sorted(j.decode() for j in r.smembers(keys.worker_inflight(hostname))):
-            record = {k.decode(): v.decode() for k, v in r.hgetall(keys.job(job_id)).items()}
+        for job_id in sorted(replies.text(j) for j in r.smembers(keys.worker_inflight(hostname))):
+            record = {replies.text(k): replies.text(v) for k, v in r.hgetall(keys.job(job_id)).items()}
             started = float(record.get("started_at") or 0) or None
             running.append({"job_id": job_id, "model": record.get("model"), "priority": record.get("priority"),
                             "kind": record.get("kind"), "worker": hostname, "node": record.get("node"),
@@ -163,13 +164,15 @@ def recent_jobs(r: redis.Redis, n: int, now: float | None = None) -> dict[str, A
     for model in sorted(registry.names(r)):
         for step in keys.PRIORITY_STEPS:
             for message in reversed(r.lrange(keys.priority_list(model, step), -n, -1)):
+
                 item = _decode_message(message)
                 submitted = item.get("submitted_at")
                 queued.append({"job_id": item.get("job_id"), "model": model, "priority": keys.PRIORITY_NAMES[step],
                                "submitted_at": submitted,
                                "waiting_s": round(now - float(submitted), 3) if submitted else None})
     queued.sort(key=lambda j: j["submitted_at"] or 0)
-    finished = [metrics._decode_sample(entry_id, data) for entry_id, data in r.xrevrange(keys.METRICS_RAW, count=n)]
+    newest = replies.entries(r.xrevrange(keys.METRICS_RAW, count=n))
+    finished = [metrics._decode_sample(entry_id, data) for entry_id, data in newest]
     return {"running": running, "queued": queued[:n], "finished": finished}
 
 
