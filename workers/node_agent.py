@@ -23,6 +23,7 @@ from mm.lease import check_fence
 from mm.memory import MemoryMonitor
 from mm.settings import Settings
 from mm.scheduling.reader import read_records
+from mm.workers.heartbeat import Heartbeat
 
 log = logging.getLogger("mm.node")
 
@@ -65,8 +66,7 @@ class NodeAgent:
         self.ops: dict[str, dict[str, Any]] = {}  # model -> the last operation on it
         self._last_sync = 0.0
         self._shown: dict[tuple[str, str], dict[str, Any]] = {}  # (model, digest) -> facts from /api/show
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heartbeat = Heartbeat("mm-node-agent", settings.heartbeat_s, self._beat, log, "node state publish failed")
 
     # --- state -------------------------------------------------------------------------
     def resident(self) -> list[dict[str, Any]]:
@@ -133,27 +133,20 @@ class NodeAgent:
         return self._shown[key]
 
     def start(self) -> None:
-        """Publish state every heartbeat in a background thread."""
-        self._thread = threading.Thread(target=self._run, name="mm-node-agent", daemon=True)
-        self._thread.start()
+        """Sync the registry and publish state every heartbeat in a background thread."""
+        self._heartbeat.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        """Stop the heartbeat and take this node's state out of Redis."""
+        self._heartbeat.stop()
         self.r.delete(keys.node_state(self.node))
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sync_registry()
-            except Exception as exc:  # the runtime is down or restarting; publish() reports it
-                log.warning("registry sync from %s failed: %s", self.settings.runtime_url, exc)
-            try:
-                self.publish()
-            except Exception:
-                log.exception("node state publish failed")
-            self._stop.wait(self.settings.heartbeat_s)
+    def _beat(self) -> None:
+        try:
+            self.sync_registry()
+        except Exception as exc:  # the runtime is down or restarting; publish() reports it
+            log.warning("registry sync from %s failed: %s", self.settings.runtime_url, exc)
+        self.publish()
 
     # --- commands ----------------------------------------------------------------------
     def _fenced(self, op: str, model: str, token: int, body: Callable[[], dict[str, Any]],

@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 from mm import keys
+from mm.workers.heartbeat import Heartbeat
 
 log = logging.getLogger("mm.worker")
 
@@ -33,8 +34,7 @@ class WorkerState:
         self.last_job_at = 0.0
         self.consumer = None  # the Celery consumer, to (un)bind queues from a task thread
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heartbeat = Heartbeat("mm-worker-state", heartbeat_s, self._beat, log, "worker state publish failed")
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
@@ -80,13 +80,12 @@ class WorkerState:
         return True
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="mm-worker-state", daemon=True)
-        self._thread.start()
+        """Publish this record and prune the in-flight set every heartbeat in a background thread."""
+        self._heartbeat.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        """Stop the heartbeat and take this worker's record out of Redis."""
+        self._heartbeat.stop()
         pipe = self.r.pipeline()
         pipe.delete(keys.worker_state(self.hostname))
         pipe.srem(keys.WORKERS, self.hostname)
@@ -105,14 +104,9 @@ class WorkerState:
             log.warning("%d jobs in %s's in-flight set are not running here; the leader requeues them unless done",
                         len(stale), self.hostname)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.publish()
-                self.prune_inflight()
-            except Exception:
-                log.exception("worker state publish failed")
-            self._stop.wait(self.heartbeat_s)
+    def _beat(self) -> None:
+        self.publish()
+        self.prune_inflight()
 
 
 # The one instance of this process, set by the bootstep when the process is a model-worker.

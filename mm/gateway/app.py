@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import tornado.web
 
-from mm import store
+from mm import serving, store
 from mm.gateway import jobs, models, monitor, openapi, pages, prom, proxy, pulls, quality
 from mm.gateway.base import DRAIN_FACTOR, HARD_MAX_HEADER_BYTES, Gateway, NotFoundHandler
 from mm.settings import Settings
@@ -47,17 +46,9 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     )
     log.info("gateway listening on http://%s:%d (auth %s, max body %d bytes)", host, port,
              "on" if gw.api_keys else "off", settings.gateway_max_body)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await serving.until_signalled()
     log.info("gateway shutting down")
-    server.stop()
-    try:
-        await asyncio.wait_for(server.close_all_connections(), timeout=5)
-    except TimeoutError:
-        log.warning("connections still open after 5s; closing anyway")
+    await serving.close(server, log)
     gw.close()
     log.info("gateway stopped")
 

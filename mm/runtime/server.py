@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import tornado.web
 
+from mm import serving
 from mm.runtime import api, api_models
 from mm.runtime.catalog import Catalog, ModelSpec
 from mm.runtime.engines import make_engine
@@ -51,18 +51,9 @@ async def serve(specs: list[ModelSpec], host: str, port: int, memory: int, evict
     log.info("listening on http://%s:%d models=%s memory=%s evict=%s", host, port,
              ",".join(spec.name for spec in specs), human_bytes(memory), evict)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
+    await serving.until_signalled()
     log.info("shutting down")
-    server.stop()
-    try:
-        await asyncio.wait_for(server.close_all_connections(), timeout=5)
-    except TimeoutError:
-        log.warning("connections still open after 5s; closing anyway")
+    await serving.close(server, log)
     await scheduler.close()
     for engine in engines.values():
         await engine.close()
