@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from mm import events, keys, registry
+from mm import events, keys, registry, replies
 from mm.errors import UnknownModel
 from mm.settings import Settings
 
@@ -51,8 +51,8 @@ class ModelActivity:
         return asdict(self)
 
 
-def _str_map(raw: dict[bytes, bytes]) -> dict[str, float]:
-    return {k.decode(): float(v) for k, v in raw.items()}
+def _str_map(raw: dict[bytes | str, bytes | str]) -> dict[str, float]:
+    return {replies.text(k): float(v) for k, v in raw.items()}
 
 
 def last_used(r: redis.Redis) -> dict[str, float]:

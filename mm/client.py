@@ -9,17 +9,21 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from mm import keys, registry, store, streams
+from mm import keys, registry, replies, store, streams
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed, JobLost
 from mm.settings import get as get_settings
 from mm.validation import JobRequest, ModelFacts, validate
+
+if TYPE_CHECKING:
+    from celery.backends.redis import RedisBackend
+    from redis.typing import EncodableT, FieldT
 
 STATUSES = ("pending", "queued", "running", "complete", "failed")
 KNOWN_MODELS_TTL_S = 5.0  # a removed model is refused at most this long after it left every runtime
@@ -46,7 +50,7 @@ class Job:
     def record(self) -> dict[str, Any]:
         """The job's record: model, priority, status, timestamps, node, error."""
         raw = store.connect().hgetall(keys.job(self.id))
-        record = {k.decode(): v.decode() for k, v in raw.items()}
+        record = {replies.text(k): replies.text(v) for k, v in raw.items()}
         if record:
             status, completed_at = self._settled(record.get("status", "pending"))
             record["status"] = status
@@ -57,12 +61,12 @@ class Job:
     def status(self) -> str:
         """pending, queued, running, complete or failed."""
         status = store.connect().hget(keys.job(self.id), "status")
-        return self._settled(status.decode() if status else "pending")[0]
+        return self._settled(replies.text(status) if status else "pending")[0]
 
     def _settled(self, status: str) -> tuple[str, float | None]:
         # A worker closes the record just after Celery stored the outcome: the outcome wins.
         if status in ("queued", "running"):
-            result = AsyncResult(self.id, app=app)
+            result: AsyncResult[Any] = AsyncResult(self.id, app=app)
             settled = {"SUCCESS": "complete", "FAILURE": "failed"}.get(result.state)
             if settled:
                 return settled, result.date_done.timestamp() if result.date_done else None
@@ -89,7 +93,7 @@ class Job:
                     pass
                 except redis.ConnectionError:  # Redis restarting: keep waiting until the deadline
                     time.sleep(min(0.5, max(left, 0.001)))
-                if deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and timeout is not None and time.monotonic() >= deadline:
                     raise TimeoutError(self._not_ended(timeout))
                 self._check_not_lost(result)
         finally:
@@ -129,7 +133,7 @@ class Job:
                         return
                 if got:
                     continue
-                if deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and timeout is not None and time.monotonic() >= deadline:
                     raise TimeoutError(self._not_ended(timeout))
                 if result.state == "FAILURE" or self.status() == "failed":
                     raise self._failure("failed")
@@ -161,7 +165,7 @@ def _unsubscribe(result: AsyncResult) -> None:
     AsyncResult.__del__"). A later ``get`` subscribes again.
     """
     try:
-        result.backend.remove_pending_result(result)
+        cast("RedisBackend", result.backend).remove_pending_result(result)  # mm's result backend
     except redis.ConnectionError:
         pass  # the subscription went with the connection
 
@@ -201,7 +205,7 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
         r.delete(keys.job(job_id))  # a retry: its old record must not hold a final status
     job_id = job_id or str(uuid.uuid4())
     now = time.time()
-    record = {
+    record: dict[FieldT, EncodableT] = {
         "id": job_id, "model": request.model, "kind": request.kind, "priority": request.priority,
         "submitted_at": now, "metadata": json.dumps(request.metadata),
     }
@@ -216,8 +220,11 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
             headers={"mm_submitted": now},
         )
     except Exception as exc:
-        r.pipeline().hset(keys.job(job_id), mapping={**record, "status": "failed", "error": f"enqueue failed: {exc}"}) \
-            .expire(keys.job(job_id), expires_s).execute()
+        failed = r.pipeline()
+        failed.hset(keys.job(job_id), mapping={**record, "status": "failed", "error": f"enqueue failed: {exc}"})
+        failed.expire(keys.job(job_id), expires_s)
+        failed.execute()
+
         raise
     # Written after the send, in the same round trip as the leader's wake-up; a worker may have
     # started the job already, so the status is set only if it has none yet.

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.result import AsyncResult
 
-from mm import keys, store
+from mm import keys, replies, store
 from mm.app import app
 
 if TYPE_CHECKING:
@@ -20,7 +20,6 @@ def listing() -> list[dict[str, Any]]:
 
 
 def retry(job_id: str) -> Job:
-
     """Requeue a dead-lettered job under the same id with a fresh delivery count; return its Job."""
     from mm.client import _enqueue
     from mm.validation import JobRequest
@@ -34,11 +33,11 @@ def retry(job_id: str) -> Job:
         priority = r.hget(keys.job(job_id), "priority")
         fields = {k: request.get(k) for k in ("model", "kind", "prompt", "messages", "format", "system")}
         job_request = JobRequest(
-            priority=priority.decode() if priority else "normal", options=request.get("options", {}),
+            priority=replies.text(priority) if priority else "normal", options=request.get("options", {}),
             images=request.get("images", []), metadata=request.get("metadata", {}), **fields,
         )
         AsyncResult(job_id, app=app).forget()
         r.delete(keys.deliveries(job_id))
-        r.lrem(keys.DEAD_LETTERS, 1, raw)
+        r.lrem(keys.DEAD_LETTERS, 1, raw)  # type: ignore[arg-type]  # redis-py types the value as str; it is bytes
         return _enqueue(job_request, job_id=job_id)
     raise KeyError(f"no dead-lettered job {job_id}")

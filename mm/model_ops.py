@@ -92,7 +92,6 @@ def withdraw(r: redis.Redis, op_id: str) -> None:
 
 
 def _append(r: redis.Redis, op_id: str, fields: dict[FieldT, EncodableT]) -> None:
-
     pipe = r.pipeline(transaction=False)
     pipe.xadd(keys.model_op_stream(op_id), fields)
     pipe.expire(keys.model_op_stream(op_id), STREAM_TTL_S)

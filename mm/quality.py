@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from mm import keys, store
+from mm import keys, replies, store
 from mm.errors import ValidationError
 from mm.rollup import percentile
 from mm.settings import Settings
@@ -113,10 +113,10 @@ def events(name: str, version: str, start: float | datetime | None = None, end: 
     _check_name("version", version)
     low = "-inf" if start is None else _check_time("start", start)
     high = "+inf" if end is None else _check_time("end", end)
-    if start is not None and end is not None and low > high:
+    if isinstance(low, float) and isinstance(high, float) and low > high:  # both given
         raise ValidationError("start", f"start ({low}) is after end ({high})")
     r = r or store.connect()
-    return [json.loads(raw) for raw in r.zrangebyscore(keys.quality_series(name, version), low, high)]
+    return [json.loads(raw) for raw in replies.members(r.zrangebyscore(keys.quality_series(name, version), low, high))]
 
 
 def summarize(events_: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -149,4 +149,4 @@ def metric_stats(name: str, version: str, start: float | datetime | None = None,
 
 def series(r: redis.Redis) -> list[tuple[str, str]]:
     """Every (name, version) with events."""
-    return sorted(tuple(m.decode().split("|", 1)) for m in r.smembers(keys.QUALITY_SERIES))  # type: ignore[misc]
+    return sorted(tuple(replies.text(m).split("|", 1)) for m in r.smembers(keys.QUALITY_SERIES))  # type: ignore[misc]

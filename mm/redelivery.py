@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import redis
 
-from mm import keys
+from mm import keys, replies
 
 UNACKED = "unacked"  # kombu's default unacked_key / unacked_index_key
 UNACKED_INDEX = "unacked_index"
@@ -55,7 +55,7 @@ def _restore_tag(r: redis.Redis, tag: str, requeue: bool = True) -> bool:
         pipe.hset(keys.job(payload["headers"]["id"]), "status", "queued")
         return True
 
-    return r.transaction(transaction, UNACKED, value_from_callable=True)
+    return replies.transacted(r, transaction, UNACKED)
 
 
 def restore_jobs(r: redis.Redis, job_ids: set[str], finished: Finished) -> list[str]:
@@ -76,7 +76,7 @@ def stranded_jobs(r: redis.Redis, running: set[str], delivered_before: float, fi
     outcome and must run again. (One delivered more than the grace ago and not yet started would
     run twice; a worker starts what it takes at once.)
     """
-    tags = [t.decode() for t in r.zrangebyscore(UNACKED_INDEX, "-inf", delivered_before)]
+    tags = [t.decode() for t in replies.members(r.zrangebyscore(UNACKED_INDEX, "-inf", delivered_before))]
     held = {}
     for tag, raw in zip(tags, r.hmget(UNACKED, tags) if tags else [], strict=True):
         if raw is None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
 
-from mm import keys
+from mm import keys, replies
 from mm.settings import Settings
 from mm.validation import ModelFacts
 
@@ -93,7 +93,7 @@ def sync_node(r: redis.Redis, node: str, tags: Iterable[dict[str, Any]], setting
 
     # Read-modify-write under WATCH, so a concurrent pin or learned size is never overwritten.
     def merge(pipe: redis.client.Pipeline) -> list[str]:
-        existing = {k.decode(): decode(v) for k, v in pipe.hgetall(keys.MODELS).items()}
+        existing = {replies.text(k): decode(v) for k, v in pipe.hgetall(keys.MODELS).items()}
         added, writes, deletes = [], {}, []
         for name, tag in listed.items():
             entry = existing.get(name)
@@ -132,10 +132,10 @@ def sync_node(r: redis.Redis, node: str, tags: Iterable[dict[str, Any]], setting
             pipe.hdel(keys.MODELS, *deletes)
         return added
 
-    return r.transaction(merge, keys.MODELS, value_from_callable=True)
+    return replies.transacted(r, merge, keys.MODELS)
 
 
-def _update(r: redis.Redis, name: str, change) -> ModelEntry | None:
+def _update(r: redis.Redis, name: str, change: Callable[[ModelEntry], bool]) -> ModelEntry | None:
     """Apply ``change(entry)`` to one entry under WATCH; None if the model is not registered."""
 
     def txn(pipe: redis.client.Pipeline) -> ModelEntry | None:
@@ -146,7 +146,7 @@ def _update(r: redis.Redis, name: str, change) -> ModelEntry | None:
             pipe.hset(keys.MODELS, name, json.dumps(asdict(entry)))
         return entry
 
-    return r.transaction(txn, keys.MODELS, value_from_callable=True)
+    return replies.transacted(r, txn, keys.MODELS)
 
 
 def learn_size(r: redis.Redis, name: str, size: int) -> None:

@@ -8,16 +8,29 @@ clients return, in one place.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 if TYPE_CHECKING:
+    import redis
     from redis.typing import StreamRangeResponse, XReadResponse, ZSetRangeResponse
+
+T = TypeVar("T")
 
 # A stream entry: its id and its fields.
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
-def text(reply: bytes | str) -> str:
+def transacted(r: redis.Redis, func: Callable[[redis.client.Pipeline], T], *watches: str) -> T:
+    """What ``func`` returns, run as ``r.transaction(func, *watches, value_from_callable=True)``:
+    under WATCH of ``watches``, again until no watched key changed. (redis-py types ``func`` as
+    returning None, and the call's value as the pipeline's results.)"""
+    value = r.transaction(func, *watches, value_from_callable=True)  # type: ignore[arg-type]
+    return cast(T, value)
+
+
+def text(
+reply: bytes | str) -> str:
     """A reply (a value, a key, a member, an entry id) as text."""
     return reply.decode() if isinstance(reply, bytes) else reply
 

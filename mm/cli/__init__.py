@@ -64,7 +64,6 @@ class LazyGroup(click.Group):
             return _unavailable(name, message)
 
     def invoke(self, ctx: click.Context) -> Any:
-
         import redis
 
         try:

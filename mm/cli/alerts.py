@@ -30,7 +30,6 @@ def _value(value: float | None) -> str:
 @click.option("--rules", "show_rules", is_flag=True, help="Print the configured rules (MM_ALERT_RULES) and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def alerts(count: int, show_rules: bool, as_json: bool) -> None:
-
     """Alerts firing now, pending conditions and the most recent transitions."""
     settings = get_settings()
     if show_rules:

@@ -8,7 +8,7 @@ import time
 import click
 import redis
 
-from mm import keys, store
+from mm import keys, replies, store
 
 
 def problems(node: str | None, worker: str | None, beat_within: float | None) -> list[str]:
@@ -28,7 +28,7 @@ def problems(node: str | None, worker: str | None, beat_within: float | None) ->
     if worker and not r.exists(keys.worker_state(worker)):
         found.append(f"model-worker {worker} has not reported recently")
     if beat_within is not None:
-        last = r.xrevrange(keys.BEAT_RUNS, count=1)
+        last = replies.entries(r.xrevrange(keys.BEAT_RUNS, count=1))
         at = json.loads(last[0][1][b"run"])["at"] if last else 0.0
         if time.time() - at > beat_within:
             found.append(f"no beat job ran in the last {beat_within:.0f}s")
@@ -40,7 +40,6 @@ def problems(node: str | None, worker: str | None, beat_within: float | None) ->
 @click.option("--worker", help="Require this model-worker's heartbeat (its Celery hostname).")
 @click.option("--beat-within", type=float, help="Require a beat job to have run within this many seconds.")
 def check(node: str | None, worker: str | None, beat_within: float | None) -> None:
-
     """Exit 0 if Redis answers and the named parts are alive; else print why and exit 1."""
     found = problems(node, worker, beat_within)
     for problem in found:

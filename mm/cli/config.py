@@ -20,7 +20,6 @@ def redact(value: object) -> object:
 @click.command()
 @click.option("--markdown", is_flag=True, help="Print the table of docs/settings.md (defaults, not current values).")
 def config(markdown: bool) -> None:
-
     """Show mm's settings (MM_* environment variables)."""
     rows = settings_module.describe()
     if markdown:

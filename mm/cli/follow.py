@@ -49,7 +49,6 @@ class Follower:
     """
 
     def __init__(self, job: Job, deadline: float, *, out: TextIO | None = None, err: TextIO | None = None) -> None:
-
         self.job = job
         self.deadline = deadline  # time.monotonic() after which the CLI stops waiting
         self.out = out or sys.stdout

@@ -16,7 +16,6 @@ from mm.settings import get as get_settings
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def gateway(host: str | None, port: int | None, log_level: str) -> None:
-
     """Serve mm over HTTP: REST endpoints, an Ollama-compatible proxy, /metrics and a status page."""
     from mm.gateway.app import run
 

@@ -39,7 +39,6 @@ def failed() -> None:
 @jobs.command()
 @click.argument("job_id")
 def retry(job_id: str) -> None:
-
     """Requeue a dead-lettered job (same id, fresh delivery count)."""
     from mm import deadletters
 

@@ -128,7 +128,6 @@ def pull(name: str, timeout: float) -> None:
 @click.argument("name")
 @click.option("--timeout", default=60.0, show_default=True, help="Give up after this many seconds without an answer.")
 def delete(name: str, timeout: float) -> None:
-
     """Delete model NAME from every runtime that lists it; refused while it is resident or has jobs queued."""
     _follow("delete", name, timeout)
     click.echo(f"{name} deleted")

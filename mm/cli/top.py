@@ -100,7 +100,6 @@ def frame(stats: dict[str, Any], jobs: dict[str, Any], width: int = 100) -> str:
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 60),
               help="Seconds between frames.")
 def top(once: bool, interval: float) -> None:
-
     """A live view of nodes, memory, resident models, queues, running jobs and alerts."""
     r = store.connect()
     settings = get_settings()

@@ -140,7 +140,6 @@ def stats(r: redis.Redis, settings: Settings, now: float | None = None) -> dict[
 
 
 def _decode_message(raw: bytes | str) -> dict[str, Any]:
-
     try:
         headers = json.loads(raw).get("headers", {})
     except (ValueError, AttributeError):

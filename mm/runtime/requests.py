@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,8 @@ class _Fields:
         return BadRequest(
             f"json: cannot unmarshal {_go_type(value)} into Go struct field {self.struct}.{key} of type {want}")
 
+    # The methods str, bool and int hide the builtins in the class body: the annotations after
+    # them name the builtins as builtins.str, builtins.bool and builtins.int.
     def str(self, key: str, default: str = "") -> str:
         value = self.data.get(key)
         if value is None:
@@ -61,7 +64,7 @@ class _Fields:
             raise self._fail(key, value, "string")
         return value
 
-    def bool(self, key: str, default: bool | None) -> bool | None:
+    def bool(self, key: builtins.str, default: bool | None) -> bool | None:
         value = self.data.get(key)
         if value is None:
             return default
@@ -69,7 +72,7 @@ class _Fields:
             raise self._fail(key, value, "bool")
         return value
 
-    def strings(self, key: str) -> list[str]:
+    def strings(self, key: builtins.str) -> list[builtins.str]:
         value = self.data.get(key)
         if value is None:
             return []
@@ -78,7 +81,7 @@ class _Fields:
             raise self._fail(key, bad, "string" if isinstance(value, list) else "[]string")
         return value
 
-    def object(self, key: str) -> dict[str, Any]:
+    def object(self, key: builtins.str) -> dict[builtins.str, Any]:
         value = self.data.get(key)
         if value is None:
             return {}
@@ -86,7 +89,7 @@ class _Fields:
             raise self._fail(key, value, "map[string]interface {}")
         return value
 
-    def model(self) -> str:
+    def model(self) -> builtins.str:
         name = self.str("model") or self.str("name")
         if not name.strip():
             raise BadRequest("model is required")
@@ -101,7 +104,7 @@ class _Fields:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
 
-    def images(self, key: str = "images") -> list[str]:
+    def images(self, key: builtins.str = "images") -> list[builtins.str]:
         images = self.strings(key)
         for image in images:
             try:
@@ -110,7 +113,7 @@ class _Fields:
                 raise BadRequest("illegal base64 data in images") from None
         return images
 
-    def int(self, key: str) -> int:
+    def int(self, key: builtins.str) -> int:
         value = self.data.get(key)
         if value is None:
             return 0
@@ -118,7 +121,7 @@ class _Fields:
             raise self._fail(key, value, "int")
         return value
 
-    def ints(self, key: str) -> list[int]:
+    def ints(self, key: builtins.str) -> list[builtins.int]:
         value = self.data.get(key)
         if value is None:
             return []
@@ -126,7 +129,7 @@ class _Fields:
             raise self._fail(key, value, "[]int")
         return value
 
-    def objects(self, key: str, want: str) -> list[dict[str, Any]]:
+    def objects(self, key: builtins.str, want: builtins.str) -> list[dict[builtins.str, Any]]:
         value = self.data.get(key)
         if value is None:
             return []
@@ -134,7 +137,7 @@ class _Fields:
             raise self._fail(key, value, want)
         return value
 
-    def think(self) -> bool | str | None:
+    def think(self) -> builtins.bool | builtins.str | None:
         """Ollama's ``think``: a bool or a level (``low``, ``medium``, ``high``, ``max``)."""
         value = self.data.get("think")
         if value is None or isinstance(value, bool):
@@ -144,7 +147,7 @@ class _Fields:
         raise BadRequest(f"invalid think value: {json.dumps(value)} (must be \"high\", \"medium\", \"low\", "
                          "\"max\", true, or false)")
 
-    def top_logprobs(self) -> int:
+    def top_logprobs(self) -> builtins.int:
         value = self.int("top_logprobs")
         if not 0 <= value <= 20:
             raise BadRequest("top_logprobs must be between 0 and 20")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from mm import keys, registry
+from mm.replies import members, text
 from mm.scheduling.snapshot import Demand, ModelInfo, Node, Resident, Snapshot, Worker
 from mm.settings import Settings
 
@@ -49,7 +51,8 @@ def read_demand(r: redis.Redis, models: list[str], now: float) -> dict[str, Dema
     per_model = 2 * len(keys.PRIORITY_STEPS)
     for i, model in enumerate(models):
         chunk = replies[i * per_model:(i + 1) * per_model]
-        queued, oldest = {}, {}
+        queued: dict[str, int] = {}
+        oldest: dict[str, float] = {}
         for j, step in enumerate(keys.PRIORITY_STEPS):
             count = int(chunk[2 * j])
             if count:  # two steps (6 and 9) share the low class
@@ -62,7 +65,8 @@ def read_demand(r: redis.Redis, models: list[str], now: float) -> dict[str, Dema
     return demand
 
 
-def _load_json_records(r: redis.Redis, index_keys: list[str], key_of) -> dict[str, dict[str, Any]]:
+def _load_json_records(r: redis.Redis, index_keys: list[str],
+                       key_of: Callable[[str], str]) -> dict[str, dict[str, Any]]:
     if not index_keys:
         return {}
     values = r.mget([key_of(k) for k in index_keys])
@@ -71,8 +75,8 @@ def _load_json_records(r: redis.Redis, index_keys: list[str], key_of) -> dict[st
 
 def read_records(r: redis.Redis) -> ClusterRecords:
     """Live node and worker records (expired ones are absent)."""
-    node_names = [n.decode() for n in r.zrange(keys.NODES, 0, -1)]
-    worker_names = sorted(w.decode() for w in r.smembers(keys.WORKERS))
+    node_names = [n.decode() for n in members(r.zrange(keys.NODES, 0, -1))]
+    worker_names = sorted(text(w) for w in r.smembers(keys.WORKERS))
     records = ClusterRecords(_load_json_records(r, node_names, keys.node_state),
                              _load_json_records(r, worker_names, keys.worker_state))
     records.gone_workers = [w for w in worker_names if w not in records.workers]
@@ -111,7 +115,8 @@ def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, 
         for name, e in entries.items()
     }
     demand = read_demand(r, sorted(models), now)
-    activity = {k.decode(): float(v) for k, v in r.hgetall(keys.ACTIVITY).items()}
+    activity = {text(k): float(v) for k, v in r.hgetall(keys.ACTIVITY).items()}
+
 
     workers_by_node: dict[str, list[Worker]] = {}
     running_by_node: dict[str, dict[str, int]] = {}
