@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings
 
 from tests.procs import Proc, free_port, wait_for
+from tests.support import in_ci
 
 TESTS = Path(__file__).resolve().parent
 # tier -> the folders and files (relative to tests/) whose tests it holds
@@ -33,6 +35,12 @@ TIERS = {
 }
 # What each collected test is, for tests/unit/test_tiers.py: nodeid -> (tier markers, fixtures it uses).
 COLLECTED = pytest.StashKey[dict[str, tuple[list[str], list[str]]]]()
+
+# Property tests: enough examples to keep the unit tier in seconds, and five times more in CI.
+# HYPOTHESIS_PROFILE=thorough runs CI's count anywhere.
+settings.register_profile("quick", max_examples=200, deadline=None)
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("thorough" if in_ci() else "quick"))
 
 # Chosen before any test imports mm, so the Celery app and every child process use this Redis.
 REDIS_PORT = free_port()

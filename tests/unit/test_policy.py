@@ -744,7 +744,7 @@ def snapshots(draw) -> Snapshot:
                     aging_s=draw(st.sampled_from([0.0, 5.0, 60.0])))
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(snapshots())
 def test_random_snapshots_never_yield_an_action_that_breaks_an_invariant(s):
     actions = plan(s)

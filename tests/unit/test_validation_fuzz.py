@@ -2,7 +2,7 @@
 
 import json
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from mm.errors import ValidationError
@@ -23,7 +23,6 @@ json_values = st.recursive(
 option_keys = st.sampled_from(["num_predict", "temperature", "seed", "stop", "top_k", "num_ctx", "bogus"])
 
 
-@settings(max_examples=400, deadline=None)
 @given(
     model=st.one_of(st.sampled_from(sorted(KNOWN)), json_values),
     kind=st.one_of(st.sampled_from(["generate", "chat", "embed"]), json_values),
@@ -55,7 +54,6 @@ facts = st.one_of(st.none(), st.builds(
     max_num_predict=st.integers(0, 100)))
 
 
-@settings(max_examples=400, deadline=None)
 @given(
     kind=st.sampled_from(["generate", "chat", "embed"]),
     prompt=st.one_of(st.text(max_size=250), st.lists(st.text(max_size=20), max_size=3)),
