@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +141,7 @@ def _parse(raw: str, typ: Any, name: str) -> Any:
         raise ValueError(f"{env_name(name)}={raw!r} is not a valid {typ}") from None
 
 
-def load(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from ``MM_*`` variables in ``environ`` (default ``os.environ``)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}

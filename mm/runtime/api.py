@@ -7,11 +7,11 @@ import contextlib
 import json
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 from mm.runtime.catalog import ModelSpec
 from mm.runtime.durations import ns, rfc3339
-from mm.runtime.engines.base import Engine, Stats, Thinking
+from mm.runtime.engines.base import Engine, ScoresTokens, Stats, Thinking
 from mm.runtime.errors import BadRequest
 from mm.runtime.handlers import BaseHandler, api_call
 from mm.runtime.requests import InferenceRequest, parse_chat, parse_embed, parse_generate
@@ -85,6 +85,7 @@ class InferenceHandler(BaseHandler):
         logprobs: list[dict[str, Any]] = []
         stats: Stats | None = None
         job, engine = req.job, runner.engine
+        scorer = cast(ScoresTokens, engine)  # asked only for logprobs, which check_capabilities allows only if it is
         generation = engine.generate(runner.loaded, job)
         async with contextlib.aclosing(generation):
             async for item in generation:
@@ -99,13 +100,13 @@ class InferenceHandler(BaseHandler):
                     for piece in item:  # one line per token, one flush per wake-up
                         frame = self._frame(req.model, "" if thinking else piece, False, piece if thinking else "")
                         if job.logprobs and not thinking:
-                            frame["logprobs"] = engine.logprobs([piece], job.top_logprobs)
+                            frame["logprobs"] = scorer.logprobs([piece], job.top_logprobs)
                         self.write(_dumps(frame))
                     await self.flush()
                 else:
                     (thoughts if thinking else pieces).extend(item)
                     if job.logprobs and not thinking:
-                        logprobs.extend(engine.logprobs(item, job.top_logprobs))
+                        logprobs.extend(scorer.logprobs(item, job.top_logprobs))
         assert stats is not None, "engine ended without stats"
         if stats.tool_calls:
             calls = self._frame(req.model, "", False)

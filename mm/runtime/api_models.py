@@ -96,7 +96,7 @@ class PsHandler(BaseHandler):
     """GET /api/ps: the models loaded (or loading) now, latest expiry first, as Ollama sorts them."""
 
     def get(self) -> None:
-        models = []
+        models: list[dict[str, Any]] = []
         for runner in self.state.scheduler.resident():
             spec = runner.spec
             expires = expiry_time(runner.expires_in())

@@ -48,6 +48,7 @@ def _assign_node(snapshot: Snapshot, name: str, node: Node, scores: dict[str, fl
                  doomed: set[tuple[str, str]], unbound: set[tuple[str, str]], unbinds: list[Unbind]) -> list[Bind]:
     free: list[Worker] = []
     by_model: dict[str, list[Worker]] = {}
+    worker: Worker | None  # None when no worker can be taken
     for worker in sorted(node.workers, key=lambda w: w.hostname):
         if worker.bound is None or (name, worker.hostname) in unbound:
             free.append(worker)
@@ -101,7 +102,7 @@ def _assign_node(snapshot: Snapshot, name: str, node: Node, scores: dict[str, fl
 def _surplus(snapshot: Snapshot, node: Node, model: str, by_model: dict[str, list[Worker]],
              fresh: set[str]) -> list[Worker]:
     """Workers of other backlogged models that keep their own need without them (none bound this tick)."""
-    spare = []
+    spare: list[Worker] = []
     for other, workers in sorted(by_model.items()):
         if other == model:
             continue

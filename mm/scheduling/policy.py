@@ -330,7 +330,9 @@ def _place(snapshot: Snapshot, scores: dict[str, float], challengers: list[tuple
                 heapq.heappop(heap)
         if -by_free[0][0] >= need:
             # spread: the heap's top has the most free memory; binpack looks for the tightest fit.
-            room = rooms[by_free[0][1]] if snapshot.placement != "binpack" else _fitting(snapshot, rooms, need)
+            fitting = rooms[by_free[0][1]] if snapshot.placement != "binpack" else _fitting(snapshot, rooms, need)
+            assert fitting is not None  # the heap's top fits, so some room does
+            room = fitting
             victims = []
         elif need > -by_freeable[0][0] or (smallest_failed is not None and need >= smallest_failed):
             continue

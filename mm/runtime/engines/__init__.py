@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mm.runtime.engines.base import Engine
 
 
-def make_engine(name: str) -> Engine:
+def make_engine(name: str) -> Engine[Any]:
     """Build the engine called ``name``; llama.cpp is imported only when asked for."""
     if name == "sim":
         from mm.runtime.engines.sim import SimEngine

