@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from celery.schedules import schedstate, schedule
 
 from mm import keys
+from mm.settings import Settings
 from mm.settings import get as get_settings
 
 IDLE_SHUTDOWN = "mm.beat.idle_shutdown"
@@ -50,14 +52,14 @@ class aligned(schedule):
     def _next_boundary(self, now: float) -> float:
         return (slot_of(now, self.seconds) + 1) * self.seconds
 
-    def remaining_estimate(self, last_run_at) -> timedelta:
+    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
         now = time.time()
         last = self.maybe_make_aware(last_run_at).timestamp()
         if slot_of(now, self.seconds) > slot_of(last, self.seconds):
             return timedelta(0)
         return timedelta(seconds=self._next_boundary(now) - now)
 
-    def is_due(self, last_run_at) -> schedstate:
+    def is_due(self, last_run_at: datetime) -> schedstate:
         now = time.time()
         last = self.maybe_make_aware(last_run_at).timestamp()
         due = slot_of(now, self.seconds) > slot_of(last, self.seconds)
@@ -67,10 +69,10 @@ class aligned(schedule):
         return f"<aligned every {self.seconds:g}s>"
 
 
-def build(settings=None) -> dict:
+def build(settings: Settings | None = None) -> dict[str, dict[str, Any]]:
     """The ``beat_schedule`` for ``settings`` (default: the process's)."""
     settings = settings or get_settings()
-    entries = {}
+    entries: dict[str, dict[str, Any]] = {}
     for task, attr in INTERVAL_SETTINGS.items():
         seconds = float(getattr(settings, attr))
         if not seconds > 0:
