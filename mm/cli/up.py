@@ -101,6 +101,41 @@ def _runtime_models(run_dir: Path) -> Path:
     return path
 
 
+def _start_runtime(sup: Supervisor, run_dir: Path, memory: int, memory_budget: int) -> tuple[str, int]:
+    """Return the runtime's URL and the node's memory budget: the Ollama-API runtime that answers at
+    MM_RUNTIME_URL (or Ollama's default), else the embedded one started here within ``memory``."""
+    runtime_url = os.environ.get("MM_RUNTIME_URL") or OLLAMA_DEFAULT
+    if _answers(runtime_url):
+        click.echo(f"using the Ollama-API runtime at {runtime_url}")
+        return runtime_url, memory_budget
+    port = _free_port()
+    runtime_url = f"http://127.0.0.1:{port}"
+    sup.spawn("runtime", [sys.executable, "-c", "from mm.cli import main; main()", "runtime", "--engine", "sim",
+                          "--port", str(port), "--models", str(_runtime_models(run_dir)), "--memory", str(memory)])
+    _wait(lambda: _answers(runtime_url), 60, "the embedded runtime", sup)
+    click.echo(f"started the embedded runtime at {runtime_url}")
+    return runtime_url, memory_budget or memory
+
+
+def _start_celery(sup: Supervisor, node: str, workers: int, slots: int, flower: bool, flower_port: int) -> None:
+    """Start the gpu-broker, ``workers`` model-workers, beat and (with ``flower``) Flower."""
+    celery = [sys.executable, "-m", "celery", "-A", "mm.app"]
+    # Celery's processes restart when they exit, as under compose or systemd: a worker can exit on
+    # a broker connection loss (kombu 5.7), and Redis restarting should not stop mm.
+    sup.spawn("gpu-broker", [*celery, "worker", "-Q", f"{keys.node_queue(node)},{keys.BEAT_QUEUE}", "-c", "1",
+                             "-P", "threads", "-n", f"gpu-broker@{node}", "--without-gossip", "-l", "INFO"],
+              restart=True)
+    for i in range(1, workers + 1):
+        sup.spawn(f"model-worker-{i}", [*celery, "worker", "-P", "threads", "-c", str(slots),
+                                        "-n", f"model-{i}@{node}", "--without-gossip", "-l", "INFO"], restart=True)
+    sup.spawn("beat", [*celery, "beat", "-l", "INFO"], restart=True)
+    if flower:
+        args = [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"]
+        if os.environ.get("MM_FLOWER_BASIC_AUTH"):
+            args.append(f"--basic-auth={os.environ['MM_FLOWER_BASIC_AUTH']}")
+        sup.spawn("flower", args, restart=True)
+
+
 def _interrupt(*_: object) -> NoReturn:
     raise KeyboardInterrupt
 
@@ -116,7 +151,6 @@ def _interrupt(*_: object) -> NoReturn:
 @click.option("--run-dir", type=click.Path(path_type=Path), default=Path(".mm-run"), show_default=True)
 def up(workers: int, slots: int | None, memory: int, flower: bool, flower_port: int, demo: bool, exit_after: bool,
        run_dir: Path) -> None:
-
     """Start mm on this machine; Ctrl-C stops it all."""
     settings = get_settings()
     slots = slots or settings.worker_slots
@@ -125,37 +159,11 @@ def up(workers: int, slots: int | None, memory: int, flower: bool, flower_port: 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         redis_url = _start_redis(sup, settings.redis_url, run_dir)
-        runtime_url = os.environ.get("MM_RUNTIME_URL") or OLLAMA_DEFAULT
-        memory_budget = settings.memory_budget
-        if _answers(runtime_url):
-            click.echo(f"using the Ollama-API runtime at {runtime_url}")
-        else:
-            port = _free_port()
-            runtime_url = f"http://127.0.0.1:{port}"
-            memory_budget = memory_budget or memory
-            sup.spawn("runtime", [sys.executable, "-c", "from mm.cli import main; main()", "runtime", "--engine", "sim",
-                                  "--port", str(port), "--models", str(_runtime_models(run_dir)),
-                                  "--memory", str(memory)])
-            _wait(lambda: _answers(runtime_url), 60, "the embedded runtime", sup)
-            click.echo(f"started the embedded runtime at {runtime_url}")
+        runtime_url, memory_budget = _start_runtime(sup, run_dir, memory, settings.memory_budget)
         env.update(MM_REDIS_URL=redis_url, MM_RUNTIME_URL=runtime_url, MM_NODE=settings.node,
                    MM_MEMORY_BUDGET=str(memory_budget))
-        celery = [sys.executable, "-m", "celery", "-A", "mm.app"]
         node = settings.node
-        # Celery's processes restart when they exit, as under compose or systemd: a worker can exit on
-        # a broker connection loss (kombu 5.7), and Redis restarting should not stop mm.
-        sup.spawn("gpu-broker", [*celery, "worker", "-Q", f"{keys.node_queue(node)},{keys.BEAT_QUEUE}", "-c", "1",
-                                 "-P", "threads", "-n", f"gpu-broker@{node}", "--without-gossip", "-l", "INFO"],
-                  restart=True)
-        for i in range(1, workers + 1):
-            sup.spawn(f"model-worker-{i}", [*celery, "worker", "-P", "threads", "-c", str(slots),
-                                            "-n", f"model-{i}@{node}", "--without-gossip", "-l", "INFO"], restart=True)
-        sup.spawn("beat", [*celery, "beat", "-l", "INFO"], restart=True)
-        if flower:
-            args = [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"]
-            if os.environ.get("MM_FLOWER_BASIC_AUTH"):
-                args.append(f"--basic-auth={os.environ['MM_FLOWER_BASIC_AUTH']}")
-            sup.spawn("flower", args, restart=True)
+        _start_celery(sup, node, workers, slots, flower, flower_port)
         r = store.connect(redis_url)
         _wait(lambda: registry.names(r), 60, "the gpu-broker to register models", sup)
         click.echo(f"mm is up: node {node}, models {', '.join(sorted(registry.names(r)))}; logs in {run_dir}/")

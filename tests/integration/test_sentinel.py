@@ -266,13 +266,13 @@ def wait_failover(cluster: SentinelCluster, old: int, killed_at: float) -> float
     return time.monotonic() - killed_at
 
 
-def test_jobs_keep_flowing_through_a_sentinel_failover(cluster, mm_on_sentinel):
-    stack, url = mm_on_sentinel, cluster.url
-    warm = cli(url, "enqueue", MODELS[0]["name"], "before the failover", "--wait", "--num-predict", "4")
-    assert warm.returncode == 0, warm.stderr
-    fence_before = int(cluster.node(cluster.primary).get(keys.FENCE))
-    done_before = finished_jobs(cluster.node(cluster.primary))
+def submit_through_a_kill(cluster: SentinelCluster, url: str) -> tuple[list[dict], float, float, float]:
+    """Submit jobs for 7 s from a child process and kill the primary once ten went through it.
 
+    Returns what became of each submission, the wall time of the kill, the failover's seconds and
+    the wall time the promoted replica answered as master.
+    """
+    done_before = finished_jobs(cluster.node(cluster.primary))
     # Jobs of 0.15 s (300 tokens at 2,000/s), so that some are running when the primary dies.
     until = time.time() + 7
     args = [MODELS[0]["name"], str(until), str(until + 20), "300"]  # held jobs are requeued after the grace
@@ -286,9 +286,18 @@ def test_jobs_keep_flowing_through_a_sentinel_failover(cluster, mm_on_sentinel):
     failover_s = wait_failover(cluster, cluster.primary, killed_at)
     promoted_wall = time.time()
     out, err = submitter.communicate(timeout=120)
-    gone = exited(stack)
     assert submitter.returncode == 0, err[-3000:]
-    jobs = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1]), killed_wall, failover_s, promoted_wall
+
+
+def test_jobs_keep_flowing_through_a_sentinel_failover(cluster, mm_on_sentinel):
+    stack, url = mm_on_sentinel, cluster.url
+    warm = cli(url, "enqueue", MODELS[0]["name"], "before the failover", "--wait", "--num-predict", "4")
+    assert warm.returncode == 0, warm.stderr
+    fence_before = int(cluster.node(cluster.primary).get(keys.FENCE))
+
+    jobs, killed_wall, failover_s, promoted_wall = submit_through_a_kill(cluster, url)
+    gone = exited(stack)
 
     accepted = [j for j in jobs if j["accepted"]]
     ends: dict[str, int] = {}
