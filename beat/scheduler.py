@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from celery.beat import Scheduler
+from celery.beat import ScheduleEntry, Scheduler
+from celery.result import AsyncResult
+from kombu import Producer
 
-from mm.beat.schedule import build, slot_of
+from mm.beat.schedule import aligned, build, slot_of
 
 
 class SlotScheduler(Scheduler):
@@ -19,9 +22,11 @@ class SlotScheduler(Scheduler):
 
     def setup_schedule(self) -> None:
         super().setup_schedule()  # Celery's defaults and any beat_schedule an operator configured
-        self.merge_inplace(build())
+        self.merge_inplace(build())  # type: ignore[arg-type]  # it takes beat_schedule's dicts (celery-types: entries)
 
-    def apply_async(self, entry, producer=None, advance=True, **kwargs):
-        seconds = entry.schedule.seconds
-        entry.kwargs = {**entry.kwargs, "slot": slot_of(time.time(), seconds)}
+    def apply_async(self, entry: ScheduleEntry, producer: Producer | None = None, advance: bool = True,
+                    **kwargs: Any) -> AsyncResult[Any]:
+        if isinstance(entry.schedule, aligned):  # all entries are (merge_inplace keeps build()'s only)
+            slot = slot_of(time.time(), entry.schedule.seconds)
+            entry.kwargs = {**(entry.kwargs or {}), "slot": slot}  # Celery makes None {}
         return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
