@@ -1,4 +1,4 @@
-"""`mm gateway` end to end: the seeds' REST endpoints, the Ollama-compatible proxy driven by the
+"""`mm gateway` end to end: mm's REST endpoints, the Ollama-compatible proxy driven by the
 official ``ollama`` client, /metrics, auth and limits, the OpenAPI document (schemathesis), the
 status page and ``mm top``.
 
@@ -121,7 +121,7 @@ def schema_of(url: str, headers: dict | None = None):
     return schemathesis.openapi.from_dict(get(url, "/openapi.json", headers=headers).json())
 
 
-# --- seed 001: submit, job, stats, health ---------------------------------------------------------
+# --- job manager API: submit, job, stats, health --------------------------------------------------
 
 def test_a_submitted_job_is_followed_to_its_result_and_counted_in_stats(cluster):
     reply = post(cluster.url, "/api/submit", json={"model": "sim-a:1b", "prompt": "Why is the sky blue?",
@@ -158,7 +158,7 @@ def test_a_failed_job_reports_its_error(cluster):
     assert history[0]["event"] == "job_failed" and history[0]["node"] == "n1"
 
 
-# --- seed 000: activity ---------------------------------------------------------------------------
+# --- model monitor: activity ----------------------------------------------------------------------
 
 def test_reported_models_are_active_and_unused_ones_idle(cluster):
     reply = post(cluster.url, "/models/sim-b:1b/report")
@@ -176,7 +176,7 @@ def test_reported_models_are_active_and_unused_ones_idle(cluster):
     assert get(cluster.url, "/health").json()["status"] == "ok"
 
 
-# --- seed 003: quality metrics --------------------------------------------------------------------
+# --- quality metrics ------------------------------------------------------------------------------
 
 def test_quality_events_are_summarized_within_the_time_filter(cluster):
     now = time.time()
@@ -203,7 +203,7 @@ def test_quality_events_are_summarized_within_the_time_filter(cluster):
     assert get(cluster.url, "/stats/Mistral/v1", params={"end": "yesterday"}).json()["field"] == "end"
 
 
-# --- seeds 004 and 002: models, start/stop/infer, history -----------------------------------------
+# --- model control and deployment history: models, start/stop/infer, history ----------------------
 
 def test_start_pins_and_loads_stop_unpins_and_unloads_and_history_records_it(cluster):
     model = "sim-b:1b"

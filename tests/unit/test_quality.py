@@ -1,4 +1,4 @@
-"""Quality metric events (seed 003): validation with clear errors, and stats (pure parts)."""
+"""Quality metric events: validation with clear errors, and stats (pure parts)."""
 
 from __future__ import annotations
 
