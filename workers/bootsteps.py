@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from celery import bootsteps
+from celery.worker.consumer import Consumer
 
 from mm import keys, logs, store
 from mm.memory import monitor_for
@@ -20,20 +22,20 @@ from mm.workers import broker_role, worker_state
 log = logging.getLogger("mm.worker")
 
 
-def _is_broker(consumer) -> bool:
+def _is_broker(consumer: Consumer) -> bool:
     return any(name.startswith(keys.node_queue("")) for name in consumer.app.amqp.queues.consume_from)
 
 
 class MMRole(bootsteps.StartStopStep):
     """Starts the node agent and leader (gpu-broker) or the worker-state publisher (model-worker)."""
 
-    requires = {"celery.worker.consumer.tasks:Tasks"}
+    requires = ("celery.worker.consumer.tasks:Tasks",)
 
-    def __init__(self, parent, **kwargs):
+    def __init__(self, parent: Consumer, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.started = False
 
-    def start(self, c):
+    def start(self, c: Consumer) -> None:
         # Called again after a broker connection loss; the role is set up once per process.
         if worker_state.current is not None:
             worker_state.current.consumer = c
@@ -61,15 +63,16 @@ class MMRole(bootsteps.StartStopStep):
                     c.add_task_queue(queue)
             log.info("gpu-broker for node %s started (runtime %s)", settings.node, settings.runtime_url)
         else:
+            concurrency = c.controller.concurrency  # type: ignore[attr-defined]  # the WorkController; celery-types omit it
             state = worker_state.WorkerState(
-                r, c.hostname, settings.node, c.controller.concurrency, settings.heartbeat_s, settings.state_ttl_s
+                r, c.hostname, settings.node, concurrency, settings.heartbeat_s, settings.state_ttl_s
             )
             state.consumer = c
             state.start()
             worker_state.current = state
             log.info("model-worker %s on node %s started with %d slots", c.hostname, settings.node, state.slots)
 
-    def shutdown(self, c):
+    def shutdown(self, c: Consumer) -> None:
         if broker_role.leader is not None:
             broker_role.leader.stop()
         if broker_role.agent is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, Protocol
 
-from celery.worker.control import control_command, ok
+from celery.worker.consumer import Consumer
+from celery.worker.control import control_command, ok  # type: ignore[attr-defined]  # celery-types omit ok
 
 from mm import keys, store
 from mm.lease import check_fence
@@ -13,7 +15,13 @@ from mm.workers import worker_state
 log = logging.getLogger("mm.worker")
 
 
-def _check(token: int, what: str) -> tuple[worker_state.WorkerState | None, dict | None]:
+class _ControlState(Protocol):
+    """What Celery passes a control command (an AttributeDict of the worker's pidbox)."""
+
+    consumer: Consumer
+
+
+def _check(token: int, what: str) -> tuple[worker_state.WorkerState | None, dict[str, str] | None]:
     """This process's worker state, or an error reply: not a model-worker, or a stale token."""
     me = worker_state.current
     if me is None:
@@ -26,10 +34,10 @@ def _check(token: int, what: str) -> tuple[worker_state.WorkerState | None, dict
 
 
 @control_command(args=[("model", str), ("token", int)], signature="<model> <token>")
-def mm_bind(state, model, token, **_):
+def mm_bind(state: _ControlState, model: str, token: int, **_: Any) -> dict[str, str] | None:
     """Start consuming ``mm.model.<model>`` if ``token`` is current for this worker's node."""
     me, refused = _check(token, f"bind to {model}")
-    if refused:
+    if me is None:  # refused
         return refused
     consumer = state.consumer
     if me.bound and me.bound != model:
@@ -40,7 +48,7 @@ def mm_bind(state, model, token, **_):
 
 
 @control_command(args=[("model", str), ("token", int)], signature="<model> <token>")
-def mm_unbind(state, model, token, **_):
+def mm_unbind(state: _ControlState, model: str, token: int, **_: Any) -> dict[str, str] | None:
     """Stop consuming ``mm.model.<model>``; jobs already running finish, the rest stay queued."""
     _me, refused = _check(token, f"unbind from {model}")
     if refused:
@@ -49,7 +57,7 @@ def mm_unbind(state, model, token, **_):
     return ok(f"unbound from {model}")
 
 
-def unbind_self(consumer, model: str) -> None:
+def unbind_self(consumer: Consumer, model: str) -> None:
     """Stop consuming ``model``'s queue (also used by a worker that finds the model not resident)."""
     consumer.call_soon(consumer.cancel_task_queue, keys.model_queue(model))
     me = worker_state.current

@@ -12,20 +12,24 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+import redis
 from celery import Celery
 from celery.states import READY_STATES
 
-from mm import events, keys, redelivery
+from mm import events, keys, redelivery, replies
 from mm.app import LOAD_TASK, UNLOAD_TASK
 from mm.errors import JobFailed
 from mm.lease import Lease
 from mm.scheduling.policy import plan
-from mm.scheduling.reader import build_snapshot, read_records
-from mm.scheduling.snapshot import Bind, Load, Reject, Unbind, Unload
+from mm.scheduling.reader import ClusterRecords, build_snapshot, read_records
+from mm.scheduling.snapshot import Bind, Load, Reject, Snapshot, Unbind, Unload
 from mm.settings import Settings
 from mm.workers import model_requests
+
+if TYPE_CHECKING:
+    from celery.backends.redis import RedisBackend
 
 log = logging.getLogger("mm.leader")
 
@@ -39,7 +43,7 @@ STRANDED_CHECK_S = 1.0  # how often held messages are checked for a live worker
 class Leader:
     """Lease holder and reconcile loop of one gpu-broker process."""
 
-    def __init__(self, app: Celery, settings: Settings, r, owner: str):
+    def __init__(self, app: Celery, settings: Settings, r: redis.Redis, owner: str) -> None:
         self.app = app
         self.settings = settings
         self.r = r
@@ -128,7 +132,7 @@ class Leader:
             self.reject_queued(model, f"{model} failed to load {count} times: {op.get('error', '')}")
             self.load_failures.pop(model)
 
-    def _without_backed_off(self, snapshot):
+    def _without_backed_off(self, snapshot: Snapshot) -> Snapshot:
         now = time.time()
         waiting = {m for m, (_n, until, _e) in self.load_failures.items() if until > now}
         if not waiting:
@@ -138,7 +142,8 @@ class Leader:
     def _finished(self, job_ids: set[str]) -> set[str]:
         """The jobs among ``job_ids`` whose outcome Celery has stored."""
         ids = sorted(job_ids)
-        metas = self.r.mget([self.app.backend.get_key_for_task(j) for j in ids])
+        backend = cast("RedisBackend", self.app.backend)  # mm's result backend
+        metas = self.r.mget([backend.get_key_for_task(j) for j in ids])
         return {j for j, meta in zip(ids, metas, strict=True)
                 if meta and json.loads(meta).get("status") in READY_STATES}
 
@@ -167,7 +172,7 @@ class Leader:
     def _recover_lost_workers(self, gone: list[str]) -> None:
         """Requeue at once the jobs of workers whose heartbeat expired (SIGKILL, crash, lost host)."""
         for hostname in gone:
-            job_ids = {j.decode() for j in self.r.smembers(keys.worker_inflight(hostname))}
+            job_ids = {replies.text(j) for j in self.r.smembers(keys.worker_inflight(hostname))}
             restored = redelivery.restore_jobs(self.r, job_ids, self._finished)
             if job_ids:
                 log.warning("worker %s lost with %d jobs in flight; requeued %d", hostname, len(job_ids), len(restored))
@@ -211,17 +216,17 @@ class Leader:
                     self.lease.remove_if_held("HDEL", keys.MODEL_OP_REQUESTS, *handled)
         return actions
 
-    def _reconcile_returned(self, records, snapshot) -> tuple[list[Unload], list[str]]:
+    def _reconcile_returned(self, records: ClusterRecords, snapshot: Snapshot) -> tuple[list[Unload], list[str]]:
         """Note nodes that went silent; unload what a returning one still holds (mm placed it elsewhere).
 
         Returns the unloads and the returned nodes, which the caller marks reconciled once it sent them.
         """
-        registered = {n.decode() for n in self.r.zrange(keys.NODES, 0, -1)}
+        registered = {n.decode() for n in replies.members(self.r.zrange(keys.NODES, 0, -1))}
         silent = registered - set(records.nodes)
         if silent and self.r.sadd(keys.LOST_NODES, *silent):
             log.warning("NODE lost: %s (state expired); its jobs are requeued as its workers expire", sorted(silent))
             events.emit(self.r, "node_lost", nodes=sorted(silent))
-        returned = {n.decode() for n in self.r.smembers(keys.LOST_NODES)} & set(records.nodes)
+        returned = {replies.text(n) for n in self.r.smembers(keys.LOST_NODES)} & set(records.nodes)
         unloads = []
         for name in sorted(returned):
             node = snapshot.nodes.get(name)
@@ -233,23 +238,23 @@ class Leader:
             events.emit(self.r, "node_returned", node=name, unloads=[u.model for u in unloads])
         return unloads, sorted(returned)
 
-    def _requested_unloads(self, snapshot) -> tuple[list[Unload], list[str]]:
+    def _requested_unloads(self, snapshot: Snapshot) -> tuple[list[Unload], list[str]]:
         """Unloads asked for outside the policy (idle shutdown), honoured only when safe now; and
         the requests read, which the caller marks handled once it sent the unloads."""
         requests = self.r.hgetall(keys.UNLOAD_REQUESTS)
         unloads = []
         for key, reason in requests.items():
-            node_name, _, model = key.decode().partition("|")
+            node_name, _, model = replies.text(key).partition("|")
             node = snapshot.nodes.get(node_name)
             resident = node.resident.get(model) if node else None
             info = snapshot.models.get(model)
             demand = snapshot.demand.get(model)
-            if (resident is None or resident.in_flight or model in node.pending or (info and info.pinned)
-                    or (demand and demand.total)):
+            if (node is None or resident is None or resident.in_flight or model in node.pending
+                    or (info and info.pinned) or (demand and demand.total)):
                 log.info("unload of %s on %s not done: pinned, busy, queued or not resident", model, node_name)
                 continue
-            unloads.append(Unload(node_name, model, reason.decode()))
-        return unloads, [key.decode() for key in requests]
+            unloads.append(Unload(node_name, model, replies.text(reason)))
+        return unloads, [replies.text(key) for key in requests]
 
     def dispatch(self, action: Any, token: int) -> None:
         """Send one action as a fenced command."""
@@ -283,7 +288,7 @@ class Leader:
         for step in keys.PRIORITY_STEPS:
             name = keys.priority_list(model, step)
             while (message := self.r.rpop(name)) is not None:
-                job_id = json.loads(message)["headers"]["id"]
+                job_id = json.loads(cast(bytes, message))["headers"]["id"]  # RPOP without a count: one message
                 # The record first: a client that sees the failure must also read the reason.
                 self.r.hset(keys.job(job_id),
                             mapping={"status": "failed", "error": reason, "completed_at": time.time()})

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ollama
+from celery import Task
 
 from mm import model_ops
 from mm.app import DELETE_TASK, LOAD_TASK, PULL_TASK, UNLOAD_TASK, app
 from mm.workers import broker_role
 
+if TYPE_CHECKING:
+    from mm.workers.node_agent import NodeAgent
+
 log = logging.getLogger("mm.node")
 
 
-def _agent():
+def _agent() -> NodeAgent:
     agent = broker_role.agent
     if agent is None:
         raise RuntimeError("this worker runs no node agent; node commands go to the gpu-broker")
@@ -23,13 +27,13 @@ def _agent():
 
 
 @app.task(name=LOAD_TASK, bind=True, acks_late=False)
-def load(self, model: str, token: int) -> dict[str, Any]:
+def load(self: Task[Any, Any], model: str, token: int) -> dict[str, Any]:
     """Load ``model`` on this node (fenced by ``token``)."""
     return _agent().load(model, token, decided_at=self.request.get("mm_decided"))
 
 
 @app.task(name=UNLOAD_TASK, bind=True, acks_late=False)
-def unload(self, model: str, token: int, reason: str = "") -> dict[str, Any]:
+def unload(self: Task[Any, Any], model: str, token: int, reason: str = "") -> dict[str, Any]:
     """Unload ``model`` from this node (fenced by ``token``)."""
     return _agent().unload(model, token, reason, decided_at=self.request.get("mm_decided"))
 
@@ -41,7 +45,7 @@ def op_status(exc: BaseException) -> int:
 
 
 @app.task(name=PULL_TASK, bind=True, acks_late=False)
-def pull(self, model: str, token: int, op_id: str) -> dict[str, Any]:
+def pull(self: Task[Any, Any], model: str, token: int, op_id: str) -> dict[str, Any]:
     """Start pulling ``model`` into this node's runtime; progress goes to the stream of ``op_id``.
 
     A pull can take minutes: it runs in its own thread, so that loads and unloads sent to this
@@ -63,7 +67,7 @@ def pull(self, model: str, token: int, op_id: str) -> dict[str, Any]:
 
 
 @app.task(name=DELETE_TASK, bind=True, acks_late=False)
-def delete(self, model: str, token: int, op_id: str) -> dict[str, Any]:
+def delete(self: Task[Any, Any], model: str, token: int, op_id: str) -> dict[str, Any]:
     """Delete ``model`` from this node's runtime (fenced by ``token``); the outcome goes to ``op_id``."""
     agent = _agent()
     try:
