@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import ollama
 
 from mm.errors import JobFailed
 from mm.settings import Settings
+
+if TYPE_CHECKING:
+    import pydantic  # ollama's responses are pydantic models
 
 log = logging.getLogger("mm.worker")
 
@@ -30,8 +33,9 @@ FIELDS = {
     "chat": ("messages", "tools", "format", "think", "logprobs", "top_logprobs", "truncate"),
     "embed": ("dimensions", "truncate"),
 }
-ENDPOINTS = {"generate": ("/api/generate", ollama.GenerateResponse), "chat": ("/api/chat", ollama.ChatResponse),
-             "embed": ("/api/embed", ollama.EmbedResponse)}
+ENDPOINTS: dict[str, tuple[str, type[pydantic.BaseModel]]] = {
+    "generate": ("/api/generate", ollama.GenerateResponse), "chat": ("/api/chat", ollama.ChatResponse),
+    "embed": ("/api/embed", ollama.EmbedResponse)}
 
 
 def is_transient(exc: Exception) -> bool:
@@ -84,18 +88,22 @@ def call_runtime(client: ollama.Client, request: dict[str, Any], load_options: d
     final object is returned with the whole text.
     """
     kind = request["kind"]
-    stream = publish is not None and kind != "embed"
+    relay_to = publish if kind != "embed" else None  # an embedding comes whole
     path, shape = ENDPOINTS[kind]
+    body = request_body(request, load_options, relay_to is not None)
     # Through the client's request method rather than generate()/chat()/embed(), which drop the
     # fields their version does not know (truncate, and newer ones): the runtime gets them all.
-    response = client._request(shape, "POST", path, json=request_body(request, load_options, stream), stream=stream)
-    if stream:
-        return _relay(response, publish, kind)
-    return response.model_dump(exclude_none=True)
+    if relay_to is not None:
+        return _relay(client._request(shape, "POST", path, json=body, stream=True), relay_to, kind)
+    return client._request(shape, "POST", path, json=body, stream=False).model_dump(exclude_none=True)
 
 
-def _relay(chunks: Iterator[Any], publish: Publish, kind: str) -> dict[str, Any]:
-    parts, thinking, tool_calls, logprobs, final = [], [], [], [], {}
+def _relay(chunks: Iterator[pydantic.BaseModel], publish: Publish, kind: str) -> dict[str, Any]:
+    parts: list[str] = []
+    thinking: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    logprobs: list[dict[str, Any]] = []
+    final: dict[str, Any] = {}
     for chunk in chunks:
         final = chunk.model_dump(exclude_none=True)
         publish(final)
@@ -129,6 +137,7 @@ def call_with_retries(client: ollama.Client, request: dict[str, Any], load_optio
     def tracking(chunk: dict[str, Any]) -> None:
         nonlocal streamed
         streamed = True
+        assert publish is not None  # passed on only with a publisher
         publish(chunk)
 
     delay = 0.5

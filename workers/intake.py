@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Task
@@ -59,18 +59,19 @@ def admit(task: Task, raw: Any, r: redis.Redis, settings: Settings) -> tuple[dic
         JobFailed: the request is malformed; the job's record says why and it never runs.
         Ignore: the job was on another queue and has been forwarded to its model's queue.
     """
-    job_id = task.request.id
+    job_id = cast(str, task.request.id)  # a running task's
     delivery = task.request.delivery_info or {}
     record_key = keys.job(job_id)
     now = time.time()
     try:
         request = check(raw, delivery.get("priority"), r, settings)
     except ValidationError as exc:
-        model = raw.get("model") if isinstance(raw, dict) and isinstance(raw.get("model"), str) else ""
-        r.pipeline().hset(record_key, mapping={"id": job_id, "model": model, "status": "failed",
-                                               "error": f"invalid request: {exc}", "submitted_at": now,
-                                               "completed_at": now}) \
-            .expire(record_key, settings.result_expires_s).execute()
+        model = raw["model"] if isinstance(raw, dict) and isinstance(raw.get("model"), str) else ""
+        refused = r.pipeline()
+        refused.hset(record_key, mapping={"id": job_id, "model": model, "status": "failed",
+                                          "error": f"invalid request: {exc}", "submitted_at": now, "completed_at": now})
+        refused.expire(record_key, settings.result_expires_s)
+        refused.execute()
         log.warning("job %s refused: %s", job_id, exc)
         raise JobFailed(f"invalid request: {exc}") from None
     # Kept from the first delivery, so a redelivered job keeps its place in the wait statistics.
@@ -87,7 +88,10 @@ def admit(task: Task, raw: Any, r: redis.Redis, settings: Settings) -> tuple[dic
     if delivery.get("routing_key") != keys.model_queue(request.model):
         if forwarded_at is None:  # a redelivered intake message must not put the job on its queue twice
             _forward(task, request, job_id, submitted_at)
-            r.pipeline(transaction=False).hset(record_key, "forwarded_at", time.time()).lpush(keys.WAKE, 1).execute()
+            forwarded = r.pipeline(transaction=False)
+            forwarded.hset(record_key, "forwarded_at", time.time())
+            forwarded.lpush(keys.WAKE, 1)
+            forwarded.execute()
         raise Ignore()
     return request.payload(), submitted_at
 
