@@ -13,12 +13,13 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 import redis
+import tornado.http1connection
 import tornado.httputil
 import tornado.iostream
 import tornado.web
@@ -90,6 +91,7 @@ def json_depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
@@ -186,12 +188,13 @@ class BaseHandler(tornado.web.RequestHandler):
         limit = self.settings_.gateway_max_body
         length = self.request.headers.get("Content-Length")
         declared = int(length) if length is not None and length.isdigit() else None
+        connection = cast(tornado.http1connection.HTTP1Connection, self.request.connection)  # the HTTP/1 server's
         if declared is not None:
             # Tornado itself would answer a plain 400 to a Content-Length over this connection's limit;
             # a request refused here is answered without its body being read (the connection closes).
-            self.request.connection.set_max_body_size(max(declared, limit) + 1)
+            connection.set_max_body_size(max(declared, limit) + 1)
         else:  # chunked: read at most DRAIN_FACTOR times the limit, then the connection is dropped
-            self.request.connection.set_max_body_size(DRAIN_FACTOR * limit)
+            connection.set_max_body_size(DRAIN_FACTOR * limit)
         if not self.public and not self.gw.authorized(self.request.headers.get("Authorization")):
             raise ApiError(401, "Authorization", "a valid 'Authorization: Bearer <key>' header is required")
         if declared is not None:
@@ -243,6 +246,14 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.json_body() if self.body.strip() else {}
 
     # --- query arguments --------------------------------------------------------------
+    @overload
+    def query_number(self, name: str, default: float, *, minimum: float | None = None,
+                     maximum: float | None = None, integer: bool = False) -> float: ...
+
+    @overload
+    def query_number(self, name: str, default: None = None, *, minimum: float | None = None,
+                     maximum: float | None = None, integer: bool = False) -> float | None: ...
+
     def query_number(self, name: str, default: float | None = None, *, minimum: float | None = None,
                      maximum: float | None = None, integer: bool = False) -> float | None:
         raw = self.get_query_argument(name, None)

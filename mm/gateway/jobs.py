@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery.result import AsyncResult
 
-from mm import client, keys, metrics
+from mm import client, keys, metrics, replies
 from mm.app import app
 from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler, Gateway
@@ -79,11 +79,11 @@ def job_view(job_id: str) -> dict[str, Any] | None:
         except ValueError:
             view["metadata"] = record["metadata"]
     if state == "complete":
-        result = AsyncResult(job_id, app=app)
+        result: AsyncResult[Any] = AsyncResult(job_id, app=app)
         if not result.successful():  # the record is written just before the result: not there yet
             view["status"] = "running"
         else:
-            output = result.result
+            output = cast("dict[str, Any]", result.result)  # a successful job's
             view["result"] = _result_text(output)
             view["timings"] = output.get("timings")
             view["output"] = output
@@ -119,8 +119,9 @@ def health(r: redis.Redis) -> tuple[int, dict[str, Any]]:
         r.ping()
         lead = status.leader(r)
         node_count = r.zcard(keys.NODES)
-        live_nodes = sum(1 for name in r.zrange(keys.NODES, 0, -1) if r.exists(keys.node_state(name.decode())))
-        workers = sum(1 for w in r.smembers(keys.WORKERS) if r.exists(keys.worker_state(w.decode())))
+        live_nodes = sum(1 for name in replies.members(r.zrange(keys.NODES, 0, -1))
+                         if r.exists(keys.node_state(name.decode())))
+        workers = sum(1 for w in r.smembers(keys.WORKERS) if r.exists(keys.worker_state(replies.text(w))))
         models = r.hlen(keys.MODELS)
     except redis.RedisError as exc:
         return 503, {"status": "unavailable", "redis": f"error: {exc}"}

@@ -76,7 +76,7 @@ def durations(result: dict[str, Any]) -> dict[str, int]:
     """Ollama's duration and count fields from a job result: the runtime's own final object (kept
     by the worker under ``runtime``), else the result's rounded ``timings``."""
     t = result.get("timings") or {}
-    raw = result.get("runtime") if isinstance(result.get("runtime"), dict) else {}
+    raw = result["runtime"] if isinstance(result.get("runtime"), dict) else {}
     queue_wait = ns(t.get("queue_wait_s", 0.0))
     scheduler_load = ns(t.get("load_s", 0.0))
     runtime_total = int(raw.get("total_duration") or ns(t.get("runtime_s", 0.0)))
@@ -93,7 +93,7 @@ def durations(result: dict[str, Any]) -> dict[str, int]:
 
 def created_at(result: dict[str, Any], default: str) -> str:
     """When the runtime created the answer (its own ``created_at``), else ``default``."""
-    runtime = result.get("runtime") if isinstance(result.get("runtime"), dict) else {}
+    runtime = result["runtime"] if isinstance(result.get("runtime"), dict) else {}
     value = runtime.get("created_at")
     return value if isinstance(value, str) and value else default
 

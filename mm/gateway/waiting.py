@@ -12,7 +12,7 @@ from typing import Any
 from celery import states
 from celery.result import AsyncResult
 
-from mm import client, keys, store
+from mm import client, keys, replies, store
 from mm.app import app
 from mm.errors import JobFailed, JobLost
 
@@ -25,14 +25,14 @@ def result_state(job_id: str) -> tuple[str, Any]:
 
     A failure carries the runtime's HTTP status when the runtime refused the job (``JobFailed.status``).
     """
-    result = AsyncResult(job_id, app=app)
+    result: AsyncResult[Any] = AsyncResult(job_id, app=app)
     state = result.state
     if state == states.SUCCESS:
         return "ok", result.result
     if state in states.EXCEPTION_STATES:
         reason, status = store.connect().hmget(keys.job(job_id), "error", "error_status")
-        return "failed", JobFailed(reason.decode() if reason else f"{type(result.result).__name__}: {result.result}",
-                                   status=int(status) if status else None)
+        message = replies.text(reason) if reason else f"{type(result.result).__name__}: {result.result}"
+        return "failed", JobFailed(message, status=int(status) if status else None)
     if not store.connect().exists(keys.job(job_id)):
         return "lost", None
     return "waiting", None
