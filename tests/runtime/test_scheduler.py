@@ -291,8 +291,9 @@ def test_reported_durations_are_the_simulated_ones(runtimes) -> None:
     assert reply.eval_count == 20 and reply.eval_duration == 500_000_000
     assert reply.prompt_eval_duration == round(reply.prompt_eval_count / 100 * 1e9)
     simulated = (reply.prompt_eval_duration + reply.eval_duration) / 1e9
-    assert simulated <= wall < simulated + 0.3
-    assert reply.total_duration >= reply.prompt_eval_duration + reply.eval_duration
+    assert simulated <= wall  # the sim really takes its time
+    # and not much more, by the runtime's own clock (the client's also counts its waits for a CPU on a busy machine)
+    assert simulated <= reply.total_duration / 1e9 < simulated + 0.3
 
 
 def _cpu_seconds(pid: int) -> float:
