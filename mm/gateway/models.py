@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+import redis
 
 from mm import activity, client, events, keys, registry
 from mm.errors import JobFailed, JobLost
@@ -36,7 +38,7 @@ MAX_NUM_PREDICT = 1_000_000  # a per-model num_predict ceiling above this is a t
 SHOW_TIMEOUT_S = 3.0
 
 
-def model_views(r, settings: Settings, only: str | None = None) -> list[dict[str, Any]]:
+def model_views(r: redis.Redis, settings: Settings, only: str | None = None) -> list[dict[str, Any]]:
     """Registry entries joined with activity, residency and operations under way."""
     entries = registry.all_models(r)
     acts = {m.model: m for m in activity.activity(r, settings)}
@@ -53,10 +55,10 @@ def model_views(r, settings: Settings, only: str | None = None) -> list[dict[str
         act = acts.get(name)
         resident_on = act.resident_on if act else []
         running_ops = ops.get(name, [])
-        state = ("loading" if "load" in running_ops else "unloading" if "unload" in running_ops
-                 else "running" if resident_on else "stopped")
+        run_state = ("loading" if "load" in running_ops else "unloading" if "unload" in running_ops
+                     else "running" if resident_on else "stopped")
         views.append({
-            "name": name, "status": state, "resident_on": resident_on, "size": entry.size,
+            "name": name, "status": run_state, "resident_on": resident_on, "size": entry.size,
             "tag_size": entry.tag_size, "learned_size": entry.learned_size, "digest": entry.digest,
             "details": entry.details, "num_ctx": entry.num_ctx, "max_parallel": entry.max_parallel,
             "context_length": entry.context_length, "capabilities": entry.capabilities,
@@ -71,14 +73,14 @@ def model_views(r, settings: Settings, only: str | None = None) -> list[dict[str
     return views
 
 
-def one_model(r, settings: Settings, name: str) -> dict[str, Any]:
+def one_model(r: redis.Redis, settings: Settings, name: str) -> dict[str, Any]:
     views = model_views(r, settings, only=name)
     if not views:
         raise ApiError(404, "model", f"unknown model {name!r:.120}: no runtime lists it in /api/tags")
     return views[0]
 
 
-def set_pinned(r, name: str, pinned: bool, by: str) -> None:
+def set_pinned(r: redis.Redis, name: str, pinned: bool, by: str) -> None:
     entry = registry.get(r, name)
     if entry is None:
         raise ApiError(404, "model", f"unknown model {name!r:.120}")
@@ -88,7 +90,7 @@ def set_pinned(r, name: str, pinned: bool, by: str) -> None:
         r.lpush(keys.WAKE, 1)
 
 
-def warmup_kind(r, name: str) -> str:
+def warmup_kind(r: redis.Redis, name: str) -> str:
     """``embed`` for an embedding-only model (its runtime's /api/show says so), else ``generate``."""
     entry = registry.get(r, name)
     for node in entry.nodes if entry else []:
@@ -109,7 +111,7 @@ def warmup_kind(r, name: str) -> str:
     return "generate"
 
 
-def start(r, settings: Settings, name: str, pin: bool) -> dict[str, Any]:
+def start(r: redis.Redis, settings: Settings, name: str, pin: bool) -> dict[str, Any]:
     view = one_model(r, settings, name)
     if pin:
         set_pinned(r, name, True, "gateway start")
@@ -123,7 +125,7 @@ def start(r, settings: Settings, name: str, pin: bool) -> dict[str, Any]:
     return {"job_id": job_id} | one_model(r, settings, name)
 
 
-def stop(r, settings: Settings, name: str) -> dict[str, Any]:
+def stop(r: redis.Redis, settings: Settings, name: str) -> dict[str, Any]:
     view = one_model(r, settings, name)
     if name in settings.pinned:
         raise ApiError(409, "model", f"{name} is pinned by MM_PINNED_MODELS; remove it there to stop it")
@@ -140,7 +142,7 @@ def stop(r, settings: Settings, name: str) -> dict[str, Any]:
     return {"unload_requested_on": requested} | one_model(r, settings, name)
 
 
-async def wait_until(handler: BaseHandler, check, seconds: float) -> bool:
+async def wait_until(handler: BaseHandler, check: Callable[[], object], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
         if await handler.run(check):

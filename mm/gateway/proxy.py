@@ -22,8 +22,9 @@ import time
 from typing import Any
 
 import httpx
+import redis
 
-from mm import client, keys, registry, store
+from mm import client, keys, registry, replies, store
 from mm.errors import JobFailed, JobLost
 from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler, Gateway
@@ -69,16 +70,17 @@ def submit_job(model: str, kwargs: dict[str, Any], stream: bool) -> client.Job:
     return client.submit(model, **kwargs)
 
 
-def mm_waits(r, job_id: str) -> tuple[float, float]:
+def mm_waits(r: redis.Redis, job_id: str) -> tuple[float, float]:
     """(queue wait, scheduler load waited for) of a started job, from its record and its node."""
-    record = {k.decode(): v.decode() for k, v in r.hgetall(keys.job(job_id)).items()}
+    record = {replies.text(k): replies.text(v) for k, v in r.hgetall(keys.job(job_id)).items()}
     submitted = float(record.get("submitted_at") or 0)
     started = float(record.get("started_at") or 0)
     queue_wait = max(0.0, started - submitted) if submitted and started else 0.0
     load_s = 0.0
     raw = r.get(keys.node_state(record.get("node", ""))) if record.get("node") else None
     if raw:
-        resident = next((m for m in json.loads(raw).get("resident", []) if m.get("model") == record.get("model")), {})
+        resident: dict[str, Any] = next(
+            (m for m in json.loads(raw).get("resident", []) if m.get("model") == record.get("model")), {})
         if float(resident.get("loaded_at") or 0) > submitted:
             load_s = float(resident.get("load_s") or 0.0)
     return queue_wait, load_s
@@ -181,10 +183,10 @@ class ProxyHandler(BaseHandler):
             self.send_json(answer)
 
 
-def request_unload(r, model: str) -> list[str]:
+def request_unload(r: redis.Redis, model: str) -> list[str]:
     """Ask the leader to unload ``model`` wherever it is resident (it re-checks pins and jobs)."""
     nodes = []
-    for name in r.zrange(keys.NODES, 0, -1):
+    for name in replies.members(r.zrange(keys.NODES, 0, -1)):
         raw = r.get(keys.node_state(name.decode()))
         if raw and any(m.get("model") == model for m in json.loads(raw).get("resident", [])):
             r.hset(keys.UNLOAD_REQUESTS, f"{name.decode()}|{model}", "keep_alive 0 through the gateway")
@@ -194,9 +196,9 @@ def request_unload(r, model: str) -> list[str]:
     return nodes
 
 
-def warmup(r, model: str, priority: str) -> client.Job | None:
+def warmup(r: redis.Redis, model: str, priority: str) -> client.Job | None:
     """A one-token job that makes the policy load ``model``; None if it is resident already."""
-    for name in r.zrange(keys.NODES, 0, -1):
+    for name in replies.members(r.zrange(keys.NODES, 0, -1)):
         raw = r.get(keys.node_state(name.decode()))
         if raw and any(m.get("model") == model for m in json.loads(raw).get("resident", [])):
             return None
@@ -275,7 +277,7 @@ class LegacyEmbeddingsHandler(EmbedHandler):
         await super().post()
 
 
-def tags(r) -> dict[str, Any]:
+def tags(r: redis.Redis) -> dict[str, Any]:
     models = []
     for name, entry in sorted(registry.all_models(r).items()):
         models.append({"name": name, "model": name, "modified_at": status.iso(entry.synced_at or time.time()),
@@ -283,7 +285,7 @@ def tags(r) -> dict[str, Any]:
     return {"models": models}
 
 
-def ps(r) -> dict[str, Any]:
+def ps(r: redis.Redis) -> dict[str, Any]:
     entries = registry.all_models(r)
     nodes, _ = status.nodes(r, time.time())
     models = []
@@ -299,7 +301,7 @@ def ps(r) -> dict[str, Any]:
     return {"models": models}
 
 
-def show(r, model: str) -> dict[str, Any]:
+def show(r: redis.Redis, model: str) -> dict[str, Any]:
     """The runtime's own /api/show for ``model`` (from a node serving it), else the registry's facts."""
     entry = registry.get(r, model)
     if entry is None:

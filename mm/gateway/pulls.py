@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from mm import model_ops
@@ -30,7 +30,7 @@ def model_field(body: dict[str, Any]) -> str:
     return model
 
 
-async def in_thread(make: Callable[[], Iterator[Any]], executor: Any) -> AsyncIterator[Any]:
+async def in_thread(make: Callable[[], Iterator[Any]], executor: Any) -> AsyncGenerator[Any, None]:
     """Iterate a blocking generator on ``executor``; closing this iterator stops it at its next item."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import redis
 
@@ -16,6 +16,14 @@ from mm.scheduling.reader import read_demand, read_records
 from mm.settings import Settings
 
 JOB_STATUSES = ("queued", "running", "complete", "failed")
+
+
+@overload
+def iso(ts: float) -> str: ...
+
+
+@overload
+def iso(ts: float | None) -> str | None: ...
 
 
 def iso(ts: float | None) -> str | None:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from celery import states
@@ -67,7 +67,7 @@ def streaming_supported() -> bool:
     return "stream" in inspect.signature(client.submit).parameters and hasattr(client.Job, "stream")
 
 
-async def relay(job: Any, executor: Any, timeout: float | None) -> AsyncIterator[dict[str, Any]]:
+async def relay(job: Any, executor: Any, timeout: float | None) -> AsyncGenerator[dict[str, Any], None]:
     """Yield the job's Ollama-shaped chunks as the worker publishes them.
 
     ``Job.stream`` is a blocking generator; it runs on ``executor`` and hands each chunk to the
