@@ -16,6 +16,8 @@ the next sentinel URL resolves the transport from the URL's scheme again.
 
 from __future__ import annotations
 
+from typing import Any
+
 import kombu.transport
 import redis
 from kombu.transport import redis as kombu_redis
@@ -25,10 +27,14 @@ ALIASES = {"redis": "mm.broker_transport:Transport", "rediss": "mm.broker_transp
 
 
 class _ClosedConnectionIsAConnectionError:
-    def _connparams(self, asynchronous: bool = False) -> dict:
+    """Mixed into kombu's Redis channels, before them: ``connection`` and ``_connparams`` are theirs."""
+
+    connection: Any  # kombu's Transport (an annotation only: the channel sets it)
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:
             raise redis.ConnectionError("the broker connection is closed")
-        return super()._connparams(asynchronous=asynchronous)
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]  # kombu's, next in the MRO
 
 
 class Channel(_ClosedConnectionIsAConnectionError, kombu_redis.Channel):

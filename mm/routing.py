@@ -29,7 +29,7 @@ def route(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any 
         model = request.get("model") if request else None
         if not isinstance(model, str) or not model:
             return None  # the default queue; the intake there fails it with the validation message
-        priority = request.get("priority") if request else None
+        priority: Any = request.get("priority") if request else None  # as the client sent it
         return {"queue": keys.model_queue(model), "priority": keys.PRIORITIES.get(priority, keys.PRIORITIES["normal"])}
     if name.startswith(BEAT_TASK_PREFIX):
         return {"queue": keys.BEAT_QUEUE}
