@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlparse
 
-
 import click
 import httpx
 import redis

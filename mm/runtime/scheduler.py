@@ -31,9 +31,9 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Coroutine
 
 from mm.runtime import ollama_rules
 from mm.runtime.catalog import ModelSpec
