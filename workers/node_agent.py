@@ -12,8 +12,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import ollama
 
@@ -21,8 +22,8 @@ from mm import events, keys, registry
 from mm.errors import StaleToken
 from mm.lease import check_fence
 from mm.memory import MemoryMonitor
-from mm.settings import Settings
 from mm.scheduling.reader import read_records
+from mm.settings import Settings
 from mm.workers.heartbeat import Heartbeat
 
 log = logging.getLogger("mm.node")

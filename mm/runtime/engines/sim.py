@@ -17,9 +17,9 @@ import math
 import os
 import random
 import zlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from collections.abc import AsyncIterator, Iterator
 
 from mm.runtime.catalog import ModelSpec
 from mm.runtime.engines.base import CONTEXT_EXCEEDED, Embedding, GenerationJob, Options, Stats, Thinking
