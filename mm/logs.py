@@ -7,6 +7,7 @@ lines (httpx's in the gpu-broker, the access log in the runtime) made most of a 
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import urlsplit
 
 # What health checks and the node agent read over and over; none of them changes anything.
@@ -23,15 +24,22 @@ def poll_level(method: str, path: str, status: int) -> int:
     return logging.DEBUG if status < 400 and is_poll(method, path) else logging.INFO
 
 
+# httpx's line after each request: HTTP Request: GET http://host/api/ps "HTTP/1.1 200 OK"
+_REQUEST_LINE = re.compile(r'HTTP Request: (?P<method>[A-Z]+) (?P<url>\S+) "HTTP/[\d.]+ (?P<status>\d{3})')
+
+
 class _PollsAtDebug(logging.Filter):
     """Turns httpx's ``HTTP Request: GET …/api/ps "HTTP/1.1 200 OK"`` lines into DEBUG records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if record.levelno != logging.INFO or not isinstance(args, tuple) or len(args) < 4:
+        if record.levelno != logging.INFO:
             return True
-        method, url, status = str(args[0]), str(args[1]), args[3]
-        if not isinstance(status, int) or poll_level(method, urlsplit(url).path or "/", status) != logging.DEBUG:
+        # The formatted message, not record.args: a library's record factory may have merged them.
+        line = _REQUEST_LINE.match(record.getMessage())
+        if line is None:
+            return True
+        path = urlsplit(line["url"]).path or "/"
+        if poll_level(line["method"], path, int(line["status"])) != logging.DEBUG:
             return True
         if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
             return False

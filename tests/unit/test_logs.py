@@ -54,3 +54,24 @@ def test_the_runtime_logs_served_polls_at_debug_and_the_rest_at_info():
     assert logs.poll_level("GET", "/api/ps", 503) == logging.INFO
     assert logs.poll_level("POST", "/api/generate", 200) == logging.INFO
     assert logs.poll_level("POST", "/api/show", 200) == logging.INFO
+
+
+class _MergesArgs(logging.Filter):
+    """What litellm's secret-redaction filter on the httpx logger does: formats the message early."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = record.getMessage(), ()
+        return True
+
+
+def test_a_poll_is_recognised_after_another_filter_formatted_the_message(httpx_records):
+    httpx_logger = logging.getLogger("httpx")
+    merges = _MergesArgs()
+    httpx_logger.filters.insert(0, merges)
+    try:
+        http_request_line("GET", "http://127.0.0.1:11434/api/ps", 200)
+        http_request_line("POST", "http://127.0.0.1:11434/api/generate", 200)
+    finally:
+        httpx_logger.removeFilter(merges)
+
+    assert [r.getMessage().split()[3] for r in httpx_records.records] == ["http://127.0.0.1:11434/api/generate"]
