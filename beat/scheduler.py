@@ -21,12 +21,14 @@ class SlotScheduler(Scheduler):
     """
 
     def setup_schedule(self) -> None:
-        super().setup_schedule()  # Celery's defaults and any beat_schedule an operator configured
-        self.merge_inplace(build())  # type: ignore[arg-type]  # it takes beat_schedule's dicts (celery-types: entries)
+        super().setup_schedule()  # Celery's default entries
+        # merge_inplace drops what it is not given: give it an operator's beat_schedule too.
+        schedule = {**self.app.conf.beat_schedule, **build()}
+        self.merge_inplace(schedule)  # type: ignore[arg-type]  # it takes beat_schedule's dicts (celery-types: entries)
 
     def apply_async(self, entry: ScheduleEntry, producer: Producer | None = None, advance: bool = True,
                     **kwargs: Any) -> AsyncResult[Any]:
-        if isinstance(entry.schedule, aligned):  # all entries are (merge_inplace keeps build()'s only)
+        if isinstance(entry.schedule, aligned):  # mm's own entries; an operator's run as Celery sends them
             slot = slot_of(time.time(), entry.schedule.seconds)
             entry.kwargs = {**(entry.kwargs or {}), "slot": slot}  # Celery makes None {}
         return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
