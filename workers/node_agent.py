@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import ollama
+import redis
 
 from mm import events, keys, registry
 from mm.errors import StaleToken
@@ -56,7 +57,7 @@ def _waited(decided_at: float | None) -> float | None:
 class NodeAgent:
     """Publishes one node's state and executes fenced commands on its runtime."""
 
-    def __init__(self, settings: Settings, r, monitor: MemoryMonitor):
+    def __init__(self, settings: Settings, r: redis.Redis, monitor: MemoryMonitor) -> None:
         self.settings = settings
         self.node = settings.node
         self.r = r
@@ -236,7 +237,8 @@ class NodeAgent:
                 self.publish()  # workers now see it gone before the marker is lifted
             finally:
                 self.r.delete(marker)
-            log.info("UNLOAD %s on %s (%s)%s", model, self.node, reason or "policy", "" if freed else ", memory slow to free")
+            log.info("UNLOAD %s on %s (%s)%s", model, self.node, reason or "policy",
+                     "" if freed else ", memory slow to free")
             events.emit(self.r, "unload", model=model, node=self.node, reason=reason, waited_s=waited_s)
             return {"model": model, "node": self.node, "freed": freed}
 

@@ -11,10 +11,15 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mm import keys
+import redis
+
+from mm import keys, replies
 from mm.workers.heartbeat import Heartbeat
+
+if TYPE_CHECKING:
+    from celery.worker.consumer import Consumer
 
 log = logging.getLogger("mm.worker")
 
@@ -22,7 +27,8 @@ log = logging.getLogger("mm.worker")
 class WorkerState:
     """Bound model and in-flight counts of this process, published every heartbeat with a TTL."""
 
-    def __init__(self, r, hostname: str, node: str, slots: int, heartbeat_s: float, ttl_s: float):
+    def __init__(self, r: redis.Redis, hostname: str, node: str, slots: int, heartbeat_s: float,
+                 ttl_s: float) -> None:
         self.r = r
         self.hostname = hostname
         self.node = node
@@ -32,7 +38,7 @@ class WorkerState:
         self.bound: str | None = None
         self.jobs: dict[str, str] = {}  # job id -> model of the jobs in flight
         self.last_job_at = 0.0
-        self.consumer = None  # the Celery consumer, to (un)bind queues from a task thread
+        self.consumer: Consumer | None = None  # the Celery consumer, to (un)bind queues from a task thread
         self._lock = threading.Lock()
         self._heartbeat = Heartbeat("mm-worker-state", heartbeat_s, self._beat, log, "worker state publish failed")
 
@@ -44,10 +50,10 @@ class WorkerState:
                 "at": time.time(),
             }
 
-    def publish(self, pipe=None) -> None:
+    def publish(self, pipe: redis.client.Pipeline | None = None) -> None:
         """Write this worker's record (into ``pipe`` if given, which the caller then executes)."""
         own = pipe is None
-        pipe = self.r.pipeline() if own else pipe
+        pipe = self.r.pipeline() if pipe is None else pipe
         pipe.set(keys.worker_state(self.hostname), json.dumps(self.as_dict()), px=self.ttl_ms)
         pipe.sadd(keys.WORKERS, self.hostname)
         if own:
@@ -58,7 +64,7 @@ class WorkerState:
             self.bound = model
         self.publish()
 
-    def job_started(self, model: str, job_id: str, pipe) -> None:
+    def job_started(self, model: str, job_id: str, pipe: redis.client.Pipeline) -> None:
         """Count the job in flight and queue, into ``pipe``, this record and the job's id in the
         in-flight set (so it can be put back if this process dies); the caller executes ``pipe``."""
         with self._lock:
@@ -66,7 +72,7 @@ class WorkerState:
         pipe.sadd(keys.worker_inflight(self.hostname), job_id)
         self.publish(pipe)
 
-    def job_ended(self, job_id: str, pipe) -> bool:
+    def job_ended(self, job_id: str, pipe: redis.client.Pipeline) -> bool:
         """Uncount the job (once: later calls do nothing and return False) and queue the writes that
         say so into ``pipe``. Called after its outcome is stored, or once storing it failed, so an id
         in the in-flight set always has a worker on it or a stored outcome (else the leader requeues
@@ -96,7 +102,7 @@ class WorkerState:
         failed (Redis was away), or a previous process's under this name. The leader then requeues
         those without an outcome. An id is in this process's jobs before it enters the set, so one
         read from the set and then missing from the jobs has ended."""
-        members = {m.decode() for m in self.r.smembers(keys.worker_inflight(self.hostname))}
+        members = {replies.text(m) for m in self.r.smembers(keys.worker_inflight(self.hostname))}
         with self._lock:
             stale = members - set(self.jobs)
         if stale:
