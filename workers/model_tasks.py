@@ -93,7 +93,7 @@ class _Job:
     node: str
     worker: str
     request: dict[str, Any]
-    submitted_at: float | None
+    submitted_at: float
 
 
 class _Started(NamedTuple):
@@ -116,6 +116,8 @@ def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> d
     r = store.connect()
     if intake.is_plain(self):
         request, submitted_at = intake.admit(self, request, r, settings)
+    elif submitted_at is None:  # mm's header without its kwarg: the header holds the same submit time
+        submitted_at = float(self.request.get("mm_submitted"))
     me = worker_state.current
     job = _Job(self.request.id, request["model"], me.node if me else settings.node, self.request.hostname or "",
                request, submitted_at)
