@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, cast
 
 import ollama
 import redis
@@ -23,6 +23,10 @@ from mm.settings import get as get_settings
 from mm.workers import control, intake, worker_state  # noqa: F401  (control registers the bind commands)
 from mm.workers.inference import build_result, call_with_retries
 
+if TYPE_CHECKING:
+    from billiard.einfo import ExceptionInfo
+    from redis.typing import EncodableT, FieldT
+
 log = logging.getLogger("mm.worker")
 
 
@@ -37,15 +41,15 @@ def _resident_entry(raw_state: bytes | None, model: str) -> dict[str, Any] | Non
     return next((m for m in json.loads(raw_state)["resident"] if m["model"] == model), None)
 
 
-def _fail(pipe, job_id: str, reason: str, status: int | None = None) -> None:
+def _fail(pipe: redis.client.Pipeline, job_id: str, reason: str, status: int | None = None) -> None:
     """Close the job's record as failed; ``status`` is the runtime's HTTP answer, for the gateway to repeat."""
-    record = {"status": "failed", "error": reason, "completed_at": time.time()}
+    record: dict[FieldT, EncodableT] = {"status": "failed", "error": reason, "completed_at": time.time()}
     if status is not None:
         record["error_status"] = status
     pipe.hset(keys.job(job_id), mapping=record)
 
 
-def _write(pipe) -> None:
+def _write(pipe: redis.client.Pipeline) -> None:
     """Execute the job's closing writes; one that Redis refuses is logged, never fails the job."""
     for reply in pipe.execute(raise_on_error=False):
         if isinstance(reply, Exception):
@@ -55,7 +59,8 @@ def _write(pipe) -> None:
 class InferTask(Task):
     """The inference task's class: a job's closing writes wait until Celery stored its outcome."""
 
-    def after_return(self, status, retval, task_id, args, kwargs, einfo) -> None:
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     einfo: ExceptionInfo | None) -> None:
         # Off the client's path: its result is out. Job.status() reads a stored outcome meanwhile.
         closing = getattr(self.request, "mm_closing", None)
         if closing is None:
@@ -66,14 +71,14 @@ class InferTask(Task):
 
 
 @task_postrun.connect
-def _release_unstored(sender=None, task_id=None, **_) -> None:
+def _release_unstored(sender: Task[Any, Any] | None = None, task_id: str | None = None, **_: Any) -> None:
     """Release a job whose outcome Celery could not store (its Redis went away as the job ended).
 
     Celery then skips ``after_return``. Left counted, the job would look in flight forever and its
     message would never be requeued; released, the leader requeues it after ``MM_ORPHAN_GRACE_S``.
     """
-    if getattr(sender, "name", None) != INFER_TASK or worker_state.current is None:
-        return
+    if getattr(sender, "name", None) != INFER_TASK or worker_state.current is None or task_id is None:
+        return  # task_id: Celery always sends it
     release = store.connect().pipeline(transaction=False)
     if not worker_state.current.job_ended(task_id, release):
         return  # after_return closed it: the usual case
@@ -106,7 +111,7 @@ class _Started(NamedTuple):
 
 
 @app.task(name=INFER_TASK, bind=True, base=InferTask)
-def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> dict[str, Any]:
+def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None = None) -> dict[str, Any]:
     """Run one job on this node's runtime, if its model is resident here; else requeue it.
 
     ``request`` holds what :func:`mm.submit` takes (``model``, ``prompt`` or ``messages``, ``kind``,
@@ -119,8 +124,8 @@ def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> d
     elif submitted_at is None:  # mm's header without its kwarg: the header holds the same submit time
         submitted_at = float(self.request.get("mm_submitted"))
     me = worker_state.current
-    job = _Job(self.request.id, request["model"], me.node if me else settings.node, self.request.hostname or "",
-               request, submitted_at)
+    job = _Job(cast(str, self.request.id), request["model"], me.node if me else settings.node,
+               self.request.hostname or "", request, submitted_at)  # a running task has its id
     started = _start(r, me, job, settings)
     if started is None:
         _requeue_not_resident(r, me, job)
@@ -129,11 +134,12 @@ def infer(self, request: dict[str, Any], submitted_at: float | None = None) -> d
         _dead_letter(done, job, started.deliveries)
     response = _run(r, done, job, started, settings)
     result = _account(done, job, started, response)
-    self.request.mm_closing = done  # written by after_return, once Celery has stored the result
+    # Written by after_return, once Celery has stored the result (an attribute of mm's on this delivery).
+    self.request.mm_closing = done  # type: ignore[attr-defined]
     return result
 
 
-def _start(r, me: worker_state.WorkerState | None, job: _Job, settings: Settings) -> _Started | None:
+def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, settings: Settings) -> _Started | None:
     """Count the job in flight, mark it running and read what running it needs; None if its model
     is not resident here or is being unloaded."""
     # One round trip counts the job in flight, then reads all it needs. An unload sets its marker,
@@ -158,21 +164,23 @@ def _start(r, me: worker_state.WorkerState | None, job: _Job, settings: Settings
     return _Started(started, resident, deliveries, raw_entry)
 
 
-def _requeue_not_resident(r, me: worker_state.WorkerState | None, job: _Job) -> NoReturn:
+def _requeue_not_resident(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job) -> NoReturn:
     """Undo the job's start and put it back on its queue: it never started, so it is no delivery."""
-    undo = r.pipeline().decr(keys.deliveries(job.id)).hset(keys.job(job.id), "status", "queued")
+    undo = r.pipeline()
+    undo.decr(keys.deliveries(job.id))
+    undo.hset(keys.job(job.id), "status", "queued")
     if me is not None:
         me.job_ended(job.id, undo)
     undo.execute()
     # Never let the runtime load a model behind the scheduler's back: put the job back.
     log.warning("job %s: %s is not resident on %s; requeued", job.id, job.model, job.node)
-    if me is not None and getattr(me, "consumer", None) is not None:
+    if me is not None and me.consumer is not None:
         control.unbind_self(me.consumer, job.model)
     time.sleep(0.2)  # the leader rebinds within a tick; do not spin on the queue meanwhile
     raise Reject(f"{job.model} not resident on {job.node}", requeue=True)
 
 
-def _dead_letter(done, job: _Job, deliveries: int) -> NoReturn:
+def _dead_letter(done: redis.client.Pipeline, job: _Job, deliveries: int) -> NoReturn:
     """Fail a job delivered too often without finishing, and keep it in the dead letters."""
     reason = f"dead-lettered after {deliveries - 1} deliveries without finishing (worker lost each time?)"
     done.rpush(keys.DEAD_LETTERS, json.dumps({"id": job.id, "model": job.model, "reason": reason,
@@ -184,7 +192,8 @@ def _dead_letter(done, job: _Job, deliveries: int) -> NoReturn:
     raise JobFailed(reason)
 
 
-def _run(r, done, job: _Job, started: _Started, settings: Settings) -> Any:
+def _run(r: redis.Redis, done: redis.client.Pipeline, job: _Job, started: _Started,
+         settings: Settings) -> dict[str, Any]:
     """Return the runtime's answer; if it fails, write the job's failure (and tell a stream) and raise."""
     entry = registry.decode(started.raw_entry) if started.raw_entry else None
     publish = functools.partial(streams.publish, r, job.id) if job.request.get("stream") else None
@@ -204,7 +213,7 @@ def _run(r, done, job: _Job, started: _Started, settings: Settings) -> Any:
         raise
 
 
-def _account(done, job: _Job, started: _Started, response: Any) -> dict[str, Any]:
+def _account(done: redis.client.Pipeline, job: _Job, started: _Started, response: dict[str, Any]) -> dict[str, Any]:
     """Return the job's result, and queue into ``done`` its completion, the model's use and its sample."""
     resident = started.resident
     # The load this job waited for, if the model was loaded after it was submitted.
