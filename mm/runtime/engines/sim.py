@@ -17,7 +17,7 @@ import math
 import os
 import random
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -133,8 +133,8 @@ def _tool_call(job: GenerationJob, rng: random.Random) -> dict[str, Any] | None:
     if not job.tools or not job.messages or job.messages[-1].role != "user":
         return None
     function = rng.choice(job.tools).get("function") or {}
-    params = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
-    props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
+    params = function["parameters"] if isinstance(function.get("parameters"), dict) else {}
+    props = params["properties"] if isinstance(params.get("properties"), dict) else {}
     arguments: dict[str, Any] = {}
     for name, sub in props.items():
         sub = sub if isinstance(sub, dict) else {}
@@ -206,7 +206,7 @@ class SimEngine:
     async def unload(self, loaded: SimModel) -> None:
         """Nothing to free."""
 
-    async def generate(self, loaded: SimModel, job: GenerationJob) -> AsyncIterator[list[str] | Stats]:
+    async def generate(self, loaded: SimModel, job: GenerationJob) -> AsyncGenerator[list[str] | Stats, None]:
         """Yield batches of token strings on the simulated schedule, then the :class:`Stats`.
 
         A thinking request first yields :class:`Thinking` batches; a chat with tools whose last
@@ -298,7 +298,7 @@ class SimEngine:
             vectors.append([x / norm for x in raw])
         return Embedding(vectors=vectors, prompt_eval_count=tokens)
 
-    async def pull(self, spec: ModelSpec) -> AsyncIterator[dict[str, Any]]:
+    async def pull(self, spec: ModelSpec) -> AsyncGenerator[dict[str, Any], None]:
         """Ollama's pull status lines; a simulated model is always already present."""
         digest = f"sha256:{spec.digest}"
         yield {"status": "pulling manifest"}
