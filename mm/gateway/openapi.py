@@ -98,9 +98,10 @@ WAIT = query("wait", {"type": "number", "minimum": 0, "maximum": 600},
              "Seconds to wait for the model to reach the requested state")
 
 # Base64 as Python's b64decode(validate=True) accepts it: padded groups of four.
-BASE64 = {"type": "string", "minLength": 4, "pattern": r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
+BASE64 = {"type": "string", "minLength": 4,
+          "pattern": r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}
 FORMAT = {"oneOf": [{"type": "string", "enum": ["json"]}, ANY_OBJ]}
-_TYPES = {int: INT, float: NUM, bool: BOOL, list: {"oneOf": [STR, STR_LIST]}}
+_TYPES: dict[type, dict[str, Any]] = {int: INT, float: NUM, bool: BOOL, list: {"oneOf": [STR, STR_LIST]}}
 OPTIONS = obj({name: nullable(dict(_TYPES[typ])) for name, typ in {**RUNTIME_OPTIONS, **LOAD_OPTIONS}.items()},
               extra=False, description="Ollama options (null: unset); load-time ones (num_ctx, ...) are fixed per "
                                        "model by mm, and another num_ctx is answered with a warning")
@@ -204,7 +205,8 @@ SCHEMAS: dict[str, Any] = {
     }, ("job_id", "status")),
     "Stats": obj({
         "running": BOOL, "at": NUM, "leader": obj({"owner": nullable(STR), "fence": INT}),
-        "queue": obj({"total_jobs": INT, "by_status": obj({k: INT for k in ("queued", "running", "complete", "failed")}),
+        "queue": obj({"total_jobs": INT,
+                      "by_status": obj({k: INT for k in ("queued", "running", "complete", "failed")}),
                       "finished_window_s": NUM}),
         "queues": {"type": "object", "additionalProperties": obj(
             {p: INT for p in PRIORITY_NAMES} | {"total": INT, "oldest_wait_s": NUM})},
@@ -260,8 +262,9 @@ SCHEMAS: dict[str, Any] = {
                         "waited_s": NUM, "error": STR, "pinned": BOOL}, ("event", "at", "time"))}},
                    ("model", "history")),
     "Cleared": obj({"model": STR, "cleared": INT, "cleared_at": STR}, ("model", "cleared", "cleared_at")),
-    "GenerateRequest": obj({"model": MODEL_NAME, "prompt": STR, "system": STR, "images": {"type": "array", "items": BASE64},
-                            "format": FORMAT, "options": OPTIONS, "stream": BOOL, "keep_alive": KEEP_ALIVE}
+    "GenerateRequest": obj({"model": MODEL_NAME, "prompt": STR, "system": STR,
+                            "images": {"type": "array", "items": BASE64}, "format": FORMAT, "options": OPTIONS,
+                            "stream": BOOL, "keep_alive": KEEP_ALIVE}
                            | GENERATE_FIELDS, ("model",),
                            description="An empty prompt loads the model (with keep_alive 0: unloads it)"),
     "GenerateResponse": obj({"model": STR, "created_at": STR, "response": STR, "done": BOOL,
@@ -312,7 +315,8 @@ def _job_paths() -> dict[str, Any]:
                                               "How many of each")])},
         "/api/rollups": {"get": op("Per-model minute or hour figures (latency, throughput, errors)",
                                    {"200": reply("Rollups", ref("Rollups"))}, tags=jobs, codes=(400, 404), params=[
-                                       query("resolution", {"type": "string", "enum": ["minute", "hour"]}, "Bucket size"),
+                                       query("resolution", {"type": "string", "enum": ["minute", "hour"]},
+                                             "Bucket size"),
                                        query("span_s", {"type": "number", "minimum": 60, "maximum": 31 * 86400},
                                              "Trailing seconds covered"),
                                        query("model", STR, "Only this model")])},
