@@ -121,7 +121,7 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
 
 def _check_usage(model, prompt, batch, random_n, spam_n, known) -> None:
     """Refuse arguments that name no job to submit."""
-    if not (random_n or spam_n) and not model:
+    if (batch or not (random_n or spam_n)) and not model:  # --batch goes to MODEL, with --random too
         raise click.UsageError("MODEL is required (known: " + ", ".join(sorted(known)) + ")")
     if not (batch or random_n or spam_n) and prompt is None:
         raise click.UsageError("PROMPT is required for a single job")
