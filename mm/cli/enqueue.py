@@ -7,14 +7,23 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import click
+import redis
 
 from mm import events, registry, store
 from mm.cli.follow import Follower, seconds
 from mm.errors import JobFailed, ValidationError
 from mm.settings import get as get_settings
+
+if TYPE_CHECKING:
+    from mm.client import Job
+
+# A job to submit: (model, prompt, priority).
+Planned = tuple[str, str | None, str]
 
 DEFAULT_NUM_PREDICT = 64  # the README's examples finish in seconds on a 2-core CPU
 EXIT_FAILED = 1
@@ -37,25 +46,29 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def _plan_jobs(model, prompt, batch, random_n, spam_n, priority, known, rng):
+def _plan_jobs(model: str | None, prompt: str | None, batch: bool, random_n: int, spam_n: int, priority: str,
+               known: Collection[str], rng: random.Random) -> list[Planned]:
     if batch:
+        assert model  # _check_usage: --batch names its model
         return [(model, p, priority) for p in BATCH_PROMPTS]
     count = random_n or spam_n
     if count:
         models = [model] if model else sorted(known)
         return [(rng.choice(models), rng.choice(BATCH_PROMPTS), rng.choice(["high", "normal", "low"]))
                 for _ in range(count)]
+    assert model  # _check_usage: a single job names its model
     return [(model, prompt, priority)]
 
 
-def _default_num_predict(r, model: str) -> int:
+def _default_num_predict(r: redis.Redis, model: str) -> int:
     """DEFAULT_NUM_PREDICT, or the model's num_predict ceiling where an operator set it lower."""
     entry = registry.get(r, model)
     ceiling = (entry.max_num_predict if entry else 0) or get_settings().max_num_predict
     return min(DEFAULT_NUM_PREDICT, ceiling) if ceiling > 0 else DEFAULT_NUM_PREDICT
 
 
-def _submit(r, model, prompt, kind, priority, num_predict, stream):
+def _submit(r: redis.Redis, model: str, prompt: str | None, kind: str, priority: str, num_predict: int | None,
+            stream: bool) -> Job:
     import mm
 
     if kind == "embed":
@@ -94,8 +107,9 @@ def _still_running(job_id: str, status: str, waited_s: float) -> str:
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help=f"Seconds to wait for results; jobs still running then go on (exit code {EXIT_STILL_RUNNING}).")
 @click.option("--seed", type=int, default=None, help="Random seed for --random/--spam.")
-def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, random_n, spam_n, delay, no_check,
-            timeout, seed):
+def enqueue(model: str | None, prompt: str | None, priority: str, kind: str, num_predict: int | None, wait: bool,
+            stream: bool, batch: bool, random_n: int, spam_n: int, delay: float, no_check: bool, timeout: float,
+            seed: int | None) -> None:
     """Submit PROMPT to MODEL (or a test load) and, with --wait or a test load, report the results.
 
     Exit status: 0 when every job completed, 1 when one failed, 3 when one was still queued or
@@ -119,7 +133,8 @@ def enqueue(model, prompt, priority, kind, num_predict, wait, stream, batch, ran
         sys.exit(status)
 
 
-def _check_usage(model, prompt, batch, random_n, spam_n, known) -> None:
+def _check_usage(model: str | None, prompt: str | None, batch: bool, random_n: int, spam_n: int,
+                 known: Collection[str]) -> None:
     """Refuse arguments that name no job to submit."""
     if (batch or not (random_n or spam_n)) and not model:  # --batch goes to MODEL, with --random too
         raise click.UsageError("MODEL is required (known: " + ", ".join(sorted(known)) + ")")
@@ -129,7 +144,8 @@ def _check_usage(model, prompt, batch, random_n, spam_n, known) -> None:
         raise click.ClickException("no models registered yet: is a gpu-broker running?")
 
 
-def _submit_all(r, planned, kind, num_predict, streaming, delay, single) -> list:
+def _submit_all(r: redis.Redis, planned: list[Planned], kind: str, num_predict: int | None, streaming: bool,
+                delay: float, single: bool) -> list[Job]:
     """Submit the planned jobs, ``delay`` seconds apart; a refused one ends the command."""
     jobs = []
     try:
@@ -147,7 +163,7 @@ def _submit_all(r, planned, kind, num_predict, streaming, delay, single) -> list
 class _Waited:
     """What waiting for the jobs found."""
 
-    outputs: list = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (job id, reason)
     unfinished: list[tuple[str, str]] = field(default_factory=list)  # (job id, status)
@@ -155,7 +171,7 @@ class _Waited:
     waited_s: float = 0.0
 
 
-def _wait_all(jobs, single, streaming, timeout) -> _Waited:
+def _wait_all(jobs: list[Job], single: bool, streaming: bool, timeout: float) -> _Waited:
     """Wait for each job in turn until ``timeout``, following a single job's state and tokens."""
     waited = _Waited()
     waiting_since = time.monotonic()
@@ -185,7 +201,7 @@ def _wait_all(jobs, single, streaming, timeout) -> _Waited:
     return waited
 
 
-def _report(r, waited: _Waited, single: bool, started: float) -> int:
+def _report(r: redis.Redis, waited: _Waited, single: bool, started: float) -> int:
     """Print the jobs' outcome and return the exit status it calls for."""
     outputs, latencies, failures, unfinished = waited.outputs, waited.latencies, waited.failures, waited.unfinished
     if single and outputs:
