@@ -24,7 +24,7 @@ class SlotScheduler(Scheduler):
         super().setup_schedule()  # Celery's default entries
         # merge_inplace drops what it is not given: give it an operator's beat_schedule too.
         schedule = {**self.app.conf.beat_schedule, **build()}
-        self.merge_inplace(schedule)  # type: ignore[arg-type]  # it takes beat_schedule's dicts (celery-types: entries)
+        self.merge_inplace(schedule)  # beat_schedule's dicts, as Celery takes them
 
     def apply_async(self, entry: ScheduleEntry, producer: Producer | None = None, advance: bool = True,
                     **kwargs: Any) -> AsyncResult[Any]:
