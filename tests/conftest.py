@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,11 @@ COLLECTED = pytest.StashKey[dict[str, tuple[list[str], list[str]]]]()
 settings.register_profile("quick", max_examples=200, deadline=None)
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("thorough" if in_ci() else "quick"))
+
+# A run started in the background (a non-interactive shell's `&`) inherits SIGINT ignored and would pass that
+# on to every child process; a test that presses Ctrl-C on one (SIGINT) needs it at its default, as in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Chosen before any test imports mm, so the Celery app and every child process use this Redis.
 REDIS_PORT = free_port()
