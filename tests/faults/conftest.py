@@ -14,7 +14,7 @@ import redis
 from mm import metrics
 from tests.procs import wait_for
 
-ROWS: list["Row"] = []
+ROWS: list[Row] = []
 TABLE_MARK = "<!-- table -->"
 
 

@@ -1,4 +1,5 @@
-"""The runtime down or slow: bounded retries with backoff, then a clear failure; queued jobs complete once it is back."""
+"""The runtime down or slow: bounded retries with backoff, then a clear failure; queued jobs complete once it is
+back."""
 
 from __future__ import annotations
 

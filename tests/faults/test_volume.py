@@ -49,7 +49,8 @@ def test_ten_thousand_jobs_across_twenty_models_complete_with_bounded_memory(tmp
         redis_growth = stack.r.info("memory")["used_memory"] - redis_before
         worker_rss = max(rss_bytes(stack.procs[f"w{i}"].pid) for i in range(3))
         print(f"\n{JOBS} jobs in {elapsed:.0f}s ({JOBS / elapsed:.0f}/s); Redis grew {redis_growth / 1e6:.1f} MB "
-              f"({redis_growth / JOBS:.0f} B/job incl. results and metrics); largest worker RSS {worker_rss / 1e6:.0f} MB")
+              f"({redis_growth / JOBS:.0f} B/job incl. results and metrics); "
+              f"largest worker RSS {worker_rss / 1e6:.0f} MB")
         ledger("13. 10,000 jobs over 20 models (12 fit), 3 workers", f"all complete; Redis +{redis_growth / JOBS:.0f} "
                f"B/job, worker RSS {worker_rss / 1e6:.0f} MB, {JOBS / elapsed:.0f} jobs/s", submitted=JOBS,
                completed=JOBS, failed=0, duplicated=ran_twice(stack.r, JOBS))

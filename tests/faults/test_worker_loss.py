@@ -82,7 +82,7 @@ def test_a_job_that_kills_its_worker_every_time_ends_dead_lettered_with_a_reason
     for i in range(3):
         name = f"w{i}"
         stack.start_worker(name, slots=1)
-        wait_for(lambda: running_on(job) == stack.hostname(name), 60, what=f"delivery {i + 1} on {name}")
+        wait_for(lambda name=name: running_on(job) == stack.hostname(name), 60, what=f"delivery {i + 1} on {name}")
         stack.procs[name].signal(signal.SIGKILL)
         killed += 1
     stack.start_worker("survivor", slots=1)

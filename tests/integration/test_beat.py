@@ -17,10 +17,10 @@ import redis
 from click.testing import CliRunner
 
 import mm
-from mm.beat import schedule, singleton
 from mm import activity, events, keys
 from mm import settings as mm_settings
 from mm.app import app
+from mm.beat import schedule, singleton
 from mm.cli import main as cli
 from mm.errors import UnknownModel
 from tests.procs import Proc, wait_for
@@ -118,7 +118,9 @@ def test_two_beats_run_each_periodic_job_once_per_slot(tmp_path, redis_url):
         procs.append(Proc([*celery, "beat", "-l", "INFO"], log=tmp_path / f"beat{i}.log", env=env,
                           cwd=str(tmp_path / f"beat{i}")))
     try:
-        sends = lambda: [p.output().count("Sending due task") for p in procs[1:]]
+        def sends() -> list[int]:
+            return [p.output().count("Sending due task") for p in procs[1:]]
+
         # Both beats sending, then at least 4 more slots of every task.
         wait_for(lambda: min(sends()) >= 4, 60, what=f"both beats to send ({tmp_path})")
         both_from = time.time()

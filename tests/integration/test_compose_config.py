@@ -1,4 +1,5 @@
-"""docker-compose itself accepts docker-compose.yml (the rules in it are checked as data in tests/unit/test_compose.py)."""
+"""docker-compose itself accepts docker-compose.yml (the rules in it are checked as data in
+tests/unit/test_compose.py)."""
 
 import os
 import subprocess

@@ -65,7 +65,8 @@ def test_the_embedded_runtime_answers_head_like_ollama(gw):
 
 def test_the_bearer_scheme_is_matched_in_any_case(gw):
     for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
-        assert httpx.get(gw.secure_url + "/api/tags", headers={"Authorization": f"{scheme} {API_KEY}"}).status_code == 200
+        headers = {"Authorization": f"{scheme} {API_KEY}"}
+        assert httpx.get(gw.secure_url + "/api/tags", headers=headers).status_code == 200
     for header in (f"Basic {API_KEY}", f"Bearer{API_KEY}", "Bearer wrong", API_KEY):
         assert httpx.get(gw.secure_url + "/api/tags", headers={"Authorization": header}).status_code == 401, header
 

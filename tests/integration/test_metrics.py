@@ -146,7 +146,8 @@ def test_minute_and_hour_rollups_equal_figures_computed_from_the_raw_samples(r):
             if not mine and not moves:
                 assert start not in minute_rows
                 continue
-            expected = ref_figures(mine, sum(e["kind"] == "load" for e in moves), sum(e["kind"] == "unload" for e in moves))
+            expected = ref_figures(mine, sum(e["kind"] == "load" for e in moves),
+                                   sum(e["kind"] == "unload" for e in moves))
             assert_figures_equal(minute_rows[start], expected)
             checked_minutes += 1
         hour_rows = metrics.series(r, model, "hour")
@@ -203,7 +204,7 @@ def test_retention_trims_raw_samples_and_rollups_and_memory_stays_flat_under_ste
 
 
 def test_raw_samples_are_capped_even_without_rollups(r):
-    for i in range(3000):
+    for _ in range(3000):
         metrics.record_job(r, max_samples=1000, model="m", status="ok", latency_s=1.0)
 
     assert r.xlen(keys.METRICS_RAW) <= 1000 + 200  # approximate trimming: whole stream nodes go

@@ -46,7 +46,7 @@ print(json.dumps({
     "own": {m.__name__: m.__file__ for m in (celeryconfig, workers, beat)},
     "project_conf": {"broker_url": project_app.conf.broker_url, "acks_late": project_app.conf.task_acks_late},
 }))
-''' % (SERVER_MODULES,)
+''' % (SERVER_MODULES,)  # noqa: UP031  (a format string would need every brace of the script doubled)
 
 
 def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -148,8 +148,8 @@ def test_a_client_install_has_no_server_dependencies_and_server_commands_name_th
     python = str(client_venv / "bin" / "python")
     env = client_env(redis_url)
 
-    present = run([python, "-c", f"import importlib.util as u; print([m for m in {SERVER_MODULES!r} if u.find_spec(m)])"],
-                  cwd=tmp_path, env=env)
+    find = f"import importlib.util as u; print([m for m in {SERVER_MODULES!r} if u.find_spec(m)])"
+    present = run([python, "-c", find], cwd=tmp_path, env=env)
     client_commands = run([str(client_venv / "bin" / "mm"), "--help"], cwd=tmp_path, env=env)
     gateway = subprocess.run([str(client_venv / "bin" / "mm"), "gateway"], capture_output=True, text=True,
                              cwd=tmp_path, env=env, timeout=60)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 import httpx
 import ollama
 import pytest

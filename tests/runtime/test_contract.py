@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta, UTC
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import ollama

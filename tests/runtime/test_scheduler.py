@@ -183,7 +183,7 @@ def test_evict_ollama_runs_one_request_at_a_time_per_model_unless_ollama_num_par
         client(rt).generate("sim-a:1b", "")
 
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda i: client(rt).generate("sim-a:1b", f"request {i}", options={"num_predict": 25}),
+            list(pool.map(lambda i, rt=rt: client(rt).generate("sim-a:1b", f"request {i}", options={"num_predict": 25}),
                           range(2)))
 
         assert expected in rt.output(), rt.output()[-2000:]

@@ -14,8 +14,9 @@ KNOWN = ("prediction_accuracy", "drift", "inference_time")
 
 
 def test_a_good_event_comes_back_as_floats():
-    assert validate_event("Mistral", "v1", {"prediction_accuracy": 1, "drift": -0.2, "inference_time": 12.5}, KNOWN) == {
-        "prediction_accuracy": 1.0, "drift": -0.2, "inference_time": 12.5}
+    event = {"prediction_accuracy": 1, "drift": -0.2, "inference_time": 12.5}
+    assert validate_event("Mistral", "v1", event, KNOWN) == {"prediction_accuracy": 1.0, "drift": -0.2,
+                                                             "inference_time": 12.5}
 
 
 @pytest.mark.parametrize("name, version, values, field, words", [

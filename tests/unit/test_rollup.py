@@ -46,7 +46,7 @@ def test_bucket_start_floors_to_the_bucket():
 
 
 def test_summarize_counts_errors_and_takes_latency_from_successful_jobs_only():
-    samples = [sample(latency=l) for l in (1.0, 2.0, 3.0, 4.0)] + [sample(status="error", latency=0.01, tps=0, evals=0)]
+    samples = [sample(latency=s) for s in (1.0, 2.0, 3.0, 4.0)] + [sample(status="error", latency=0.01, tps=0, evals=0)]
 
     figures = summarize(samples, loads=2, unloads=1)
 

@@ -21,7 +21,8 @@ def test_no_unit_test_uses_a_service_fixture(pytestconfig):
     collected = pytestconfig.stash[COLLECTED]
 
     served = {nodeid: sorted(SERVICE_FIXTURES & set(fixtures))
-              for nodeid, (tiers, fixtures) in collected.items() if tiers == ["unit"] and SERVICE_FIXTURES & set(fixtures)}
+              for nodeid, (tiers, fixtures) in collected.items()
+              if tiers == ["unit"] and SERVICE_FIXTURES & set(fixtures)}
 
     assert not served, f"unit tests that start services (move them to tests/integration): {served}"
 
