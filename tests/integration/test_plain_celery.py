@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -63,6 +64,16 @@ def test_jobs_sent_without_a_queue_are_forwarded_to_their_model(tmp_path, redis_
             assert res.get(timeout=60)["model"] == MODEL["name"]
     assert routed.ready()
     assert app.backend.client.hget(keys.job(routed.id), "priority") == b"low"
+
+
+def test_a_job_with_mm_header_and_no_submitted_at_takes_its_submit_time_from_the_header(tmp_path, redis_url):
+    with sim_node(tmp_path, redis_url, [MODEL], 2 * GB):
+        sent_at = time.time()
+        res = app.send_task(INFER_TASK, kwargs={"request": REQUEST | {"kind": "generate"}},
+                            queue=keys.model_queue(MODEL["name"]),
+                            priority=keys.PRIORITIES["normal"], headers={"mm_submitted": sent_at})
+        out = res.get(timeout=60)
+    assert out["response"] and out["timings"]["queue_wait_s"] >= 0
 
 
 def test_router_puts_infer_on_its_model_queue_and_beat_tasks_on_the_beat_queue():
