@@ -9,13 +9,12 @@ refused with a 409 while the model is resident, being loaded, pinned, or has job
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from mm import model_ops
 from mm.gateway.base import ApiError, BaseHandler, Gateway
+from mm.gateway.waiting import in_thread
 
 MAX_NAME_CHARS = 256
 
@@ -28,42 +27,6 @@ def model_field(body: dict[str, Any]) -> str:
     if len(model) > MAX_NAME_CHARS:
         raise ApiError(400, "model", f"is over {MAX_NAME_CHARS} characters")
     return model
-
-
-async def in_thread(make: Callable[[], Iterator[Any]], executor: Any) -> AsyncGenerator[Any, None]:
-    """Iterate a blocking generator on ``executor``; closing this iterator stops it at its next item."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    stop = threading.Event()
-
-    def put(kind: str, item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
-        except RuntimeError:  # the loop is closed: the gateway is shutting down
-            stop.set()
-
-    def pump() -> None:
-        try:
-            for item in make():
-                if stop.is_set():
-                    return
-                put("item", item)
-            put("end", None)
-        except BaseException as exc:  # ModelOpError, TimeoutError, Redis errors
-            put("error", exc)
-
-    loop.run_in_executor(executor, pump)
-    try:
-        while True:
-            kind, item = await queue.get()
-            if kind == "item":
-                yield item
-            elif kind == "end":
-                return
-            else:
-                raise item
-    finally:
-        stop.set()
 
 
 class ModelOpHandler(BaseHandler):

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 from celery import states
@@ -67,11 +67,10 @@ def streaming_supported() -> bool:
     return "stream" in inspect.signature(client.submit).parameters and hasattr(client.Job, "stream")
 
 
-async def relay(job: Any, executor: Any, timeout: float | None) -> AsyncGenerator[dict[str, Any], None]:
-    """Yield the job's Ollama-shaped chunks as the worker publishes them.
+async def in_thread(make: Callable[[], Iterator[Any]], executor: Any) -> AsyncGenerator[Any, None]:
+    """Iterate a blocking generator on ``executor``, handing each item to the event loop.
 
-    ``Job.stream`` is a blocking generator; it runs on ``executor`` and hands each chunk to the
-    event loop. Closing this iterator (the client hung up) stops the relay at the next chunk.
+    Closing this iterator (the client hung up) stops the generator at its next item.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -85,19 +84,19 @@ async def relay(job: Any, executor: Any, timeout: float | None) -> AsyncGenerato
 
     def pump() -> None:
         try:
-            for chunk in job.stream(timeout=timeout):
+            for item in make():
                 if stop.is_set():
                     return
-                put("chunk", chunk)
+                put("item", item)
             put("end", None)
-        except BaseException as exc:  # JobFailed, JobLost, TimeoutError, Redis errors
+        except BaseException as exc:  # JobFailed, JobLost, ModelOpError, TimeoutError, Redis errors
             put("error", exc)
 
     loop.run_in_executor(executor, pump)
     try:
         while True:
             kind, item = await queue.get()
-            if kind == "chunk":
+            if kind == "item":
                 yield item
             elif kind == "end":
                 return
@@ -105,3 +104,8 @@ async def relay(job: Any, executor: Any, timeout: float | None) -> AsyncGenerato
                 raise item
     finally:
         stop.set()
+
+
+def relay(job: Any, executor: Any, timeout: float | None) -> AsyncGenerator[dict[str, Any], None]:
+    """Yield the job's Ollama-shaped chunks as the worker publishes them (``Job.stream``, in a thread)."""
+    return in_thread(lambda: job.stream(timeout=timeout), executor)
