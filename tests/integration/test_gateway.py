@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import mm
 from mm import alerts, keys
 from mm.settings import get as get_settings
-from tests.procs import Proc, free_port, wait_for
+from tests.gateway_proc import start_gateway
+from tests.procs import Proc, wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import REPO, Stack
 from tests.support import GB, sim_model
@@ -44,23 +45,6 @@ OPTS = {"num_predict": 8, "seed": 1}
 API_KEY = "test-key-0123456789"
 SMALL_BODY = 4096
 SMALL_PROMPT = 1000
-
-
-def start_gateway(tmp: Path, env: dict[str, str], name: str, **settings: object) -> tuple[Proc, str]:
-    """``mm gateway`` on a free port with ``env`` plus ``MM_<SETTING>`` overrides; waits for /api/health."""
-    port = free_port()
-    env = env | {f"MM_{k.upper()}": str(v) for k, v in settings.items()} | {"PYTHONUNBUFFERED": "1"}
-    proc = Proc([sys.executable, "-c", "from mm.cli import main; main()", "gateway", "--port", str(port)],
-                log=tmp / f"{name}.log", env=env, cwd=str(REPO))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: not proc.alive() or httpx.get(f"{url}/api/health", timeout=2).status_code == 200, 30,
-                 what=f"gateway {name}")
-        assert proc.alive(), proc.output()
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, url
 
 
 class Cluster:
