@@ -33,7 +33,10 @@ def test_gemma3_answers_with_real_text_through_the_scheduler(tmp_path, redis_url
         vectors = embed.get(timeout=180)["embeddings"]
 
         assert text["response"].strip() and text["timings"]["eval_tokens"] > 0
-        assert text["timings"]["tokens_per_s"] > 1
+        # The rate the runtime reported, however slow a busy machine made it (speed is bench/'s to measure).
+        timings = text["timings"]
+        assert timings["eval_s"] > 0 and timings["tokens_per_s"] == pytest.approx(
+            timings["eval_tokens"] / timings["eval_s"], rel=0.02, abs=0.01)
         assert reply["message"]["content"].strip()
         assert len(vectors) == 1 and len(vectors[0]) > 100
         assert "gemma3:270m" in stack.resident()
