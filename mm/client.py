@@ -199,6 +199,18 @@ def _model_facts(model: Any) -> ModelFacts | None:
     return facts
 
 
+def send(request: JobRequest, job_id: str, submitted_at: float) -> AsyncResult:
+    """Send a validated job to its model's queue at its priority, marked as admitted by mm."""
+    return app.send_task(
+        INFER_TASK,
+        kwargs={"request": request.payload(), "submitted_at": submitted_at},
+        task_id=job_id,
+        queue=keys.model_queue(request.model),
+        priority=keys.PRIORITIES[request.priority],
+        headers={"mm_submitted": submitted_at},
+    )
+
+
 def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     r = store.connect()
     if job_id is not None:
@@ -211,14 +223,7 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     }
     expires_s = get_settings().result_expires_s
     try:
-        result = app.send_task(
-            INFER_TASK,
-            kwargs={"request": request.payload(), "submitted_at": now},
-            task_id=job_id,
-            queue=keys.model_queue(request.model),
-            priority=keys.PRIORITIES[request.priority],
-            headers={"mm_submitted": now},
-        )
+        result = send(request, job_id, now)
     except Exception as exc:
         failed = r.pipeline()
         failed.hset(keys.job(job_id), mapping={**record, "status": "failed", "error": f"enqueue failed: {exc}"})

@@ -19,8 +19,7 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore
 
-from mm import keys, registry
-from mm.app import INFER_TASK
+from mm import client, keys, registry
 from mm.errors import JobFailed, ValidationError
 from mm.settings import Settings
 from mm.validation import JobRequest, validate
@@ -87,7 +86,7 @@ def admit(task: Task, raw: Any, r: redis.Redis, settings: Settings) -> tuple[dic
     submitted_at = float(submitted_at)
     if delivery.get("routing_key") != keys.model_queue(request.model):
         if forwarded_at is None:  # a redelivered intake message must not put the job on its queue twice
-            _forward(task, request, job_id, submitted_at)
+            _forward(request, job_id, submitted_at)
             forwarded = r.pipeline(transaction=False)
             forwarded.hset(record_key, "forwarded_at", time.time())
             forwarded.lpush(keys.WAKE, 1)
@@ -96,13 +95,6 @@ def admit(task: Task, raw: Any, r: redis.Redis, settings: Settings) -> tuple[dic
     return request.payload(), submitted_at
 
 
-def _forward(task: Task, request: JobRequest, job_id: str, submitted_at: float) -> None:
-    task.app.send_task(
-        INFER_TASK,
-        kwargs={"request": request.payload(), "submitted_at": submitted_at},
-        task_id=job_id,
-        queue=keys.model_queue(request.model),
-        priority=keys.PRIORITIES[request.priority],
-        headers={"mm_submitted": submitted_at},
-    )
+def _forward(request: JobRequest, job_id: str, submitted_at: float) -> None:
+    client.send(request, job_id, submitted_at)
     log.info("job %s sent without mm's client: forwarded to %s", job_id, keys.model_queue(request.model))
