@@ -150,3 +150,28 @@ def quality_series(name: str, version: str) -> str:
 # model -> epoch seconds before which the gateway's history view hides that model's records
 # (DELETE /api/models/<name>/history); the event stream and metrics are left untouched.
 GATEWAY_HISTORY_CLEARED = "mm:gateway:history:cleared"
+
+
+# --- the Batch API ----------------------------------------------------------------------------
+# Sorted set of batch ids, scored by creation time.
+BATCHES = "mm:batches"
+
+
+def batch(batch_id: str) -> str:
+    """Hash of one batch: its OpenAI fields, status, times and how far its lines are enqueued."""
+    return f"mm:batch:{batch_id}"
+
+
+def batch_ended(batch_id: str, outcome: str) -> str:
+    """Set of the batch's job ids that ended with ``outcome`` (completed, failed or cancelled)."""
+    return f"mm:batch:{batch_id}:{outcome}"
+
+
+def batch_cancelled(batch_id: str) -> str:
+    """Exists once the batch is being cancelled or expired: workers end its jobs without running them."""
+    return f"mm:batch:{batch_id}:stop"
+
+
+def batch_lock(batch_id: str) -> str:
+    """Held (SET NX PX) by the one gateway advancing the batch now."""
+    return f"mm:batch:{batch_id}:lock"

@@ -170,12 +170,16 @@ class BaseHandler(tornado.web.RequestHandler):
         super().on_connection_close()  # fails a body still awaited, so nothing waits for it forever
 
     # --- request body -----------------------------------------------------------------
+    def body_limit(self) -> int:
+        """The largest body this endpoint accepts, in bytes (413 past it)."""
+        return self.settings_.gateway_max_body
+
     async def prepare(self) -> None:
         try:
             self.check_request()
         except ApiError as exc:
             length = self.request.headers.get("Content-Length", "")
-            drainable = not length.isdigit() or int(length) <= DRAIN_FACTOR * self.settings_.gateway_max_body
+            drainable = not length.isdigit() or int(length) <= DRAIN_FACTOR * self.body_limit()
             if exc.status not in (413, 431) and drainable:
                 await self.discard_body()
             raise
@@ -185,7 +189,7 @@ class BaseHandler(tornado.web.RequestHandler):
         header_bytes = len(self.request.uri or "") + sum(len(k) + len(v) + 4 for k, v in self.request.headers.get_all())
         if header_bytes > MAX_HEADER_BYTES:
             raise ApiError(431, "headers", f"the request's header block is over {MAX_HEADER_BYTES} bytes")
-        limit = self.settings_.gateway_max_body
+        limit = self.body_limit()
         length = self.request.headers.get("Content-Length")
         declared = int(length) if length is not None and length.isdigit() else None
         connection = cast(tornado.http1connection.HTTP1Connection, self.request.connection)  # the HTTP/1 server's
@@ -222,7 +226,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size > self.settings_.gateway_max_body:
+        if self._size > self.body_limit():
             self._too_big = True
             self._chunks.clear()
         if not self._too_big:
@@ -231,7 +235,7 @@ class BaseHandler(tornado.web.RequestHandler):
     @functools.cached_property
     def body(self) -> bytes:
         if self._too_big:
-            raise ApiError(413, "body", f"is {self._size} bytes, over the limit of {self.settings_.gateway_max_body}")
+            raise ApiError(413, "body", f"is {self._size} bytes, over the limit of {self.body_limit()}")
         return b"".join(self._chunks)
 
     def json_body(self) -> dict[str, Any]:
