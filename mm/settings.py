@@ -94,8 +94,8 @@ class Settings:
     gateway_threads: int = _opt(32, "Threads the gateway runs Redis and Celery calls on.")
     gateway_max_streams: int = _opt(256, "Concurrent streaming responses the gateway relays (one thread each).")
 
-    files_dir: str = _opt("mm-files", "Directory of the Batch API's files (inputs, outputs, errors); relative paths are "
-                                      "under the gateway's working directory. Gateways that share batches share it.")
+    files_dir: str = _opt("mm-files", "Directory of the Batch API's files (inputs, outputs, errors), relative to the "
+                                      "gateway's working directory. Gateways that share batches share it.")
     max_file_bytes: int = _opt(200 * 1024 * 1024, "Largest file accepted by POST /v1/files, in bytes (413 past it).")
     batch_max_lines: int = _opt(50_000, "Most requests one batch file may hold.")
     batch_tick_s: float = _opt(1.0, "How often the gateway advances its batches (enqueue, count, finalize, expire).")
