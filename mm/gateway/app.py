@@ -8,7 +8,7 @@ import logging
 import tornado.web
 
 from mm import serving, store
-from mm.gateway import jobs, models, monitor, openapi, pages, prom, proxy, pulls, quality
+from mm.gateway import jobs, models, monitor, openai_api, openapi, pages, prom, proxy, pulls, quality
 from mm.gateway.base import DRAIN_FACTOR, HARD_MAX_HEADER_BYTES, Gateway, NotFoundHandler
 from mm.settings import Settings
 
@@ -26,7 +26,9 @@ def routes(gw: Gateway) -> list[tuple]:
         *models.handlers(gw),      # model control, deployment history: /api/models[/<name>[/start|stop|infer|history]]
         *prom.handlers(gw),        # /metrics
         *openapi.handlers(gw),     # /openapi.json
+        *openai_api.handlers(gw),  # OpenAI: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings
         *pages.handlers(gw),       # / and /static/*
+        *openai_api.fallback(gw),  # OpenAI's 404 for any other /v1 path: last, after every /v1 route
     ]
 
 

@@ -1,8 +1,10 @@
 """The same end-to-end path once with real tokens: gemma3 270M through llama.cpp."""
 
+import openai
 import pytest
 
 import mm
+from tests.gateway_proc import start_gateway
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
 from tests.support import GB, sim_model
@@ -41,5 +43,28 @@ def test_gemma3_answers_with_real_text_through_the_scheduler(tmp_path, redis_url
         assert len(vectors) == 1 and len(vectors[0]) > 100
         assert "gemma3:270m" in stack.resident()
     finally:
+        stack.stop()
+        runtime.stop()
+
+
+def test_the_openai_sdk_gets_real_gemma3_text_through_the_gateway(tmp_path, redis_url):
+    runtime = start_runtime(tmp_path, engine="llama", models=MODELS[:1], memory=4_000_000_000, timeout=120)
+    stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=4_000_000_000)
+    gateway = None
+    try:
+        stack.start_broker()
+        stack.start_worker("w1", slots=1)
+        stack.wait_ready(["gemma3:270m"], ["w1"])
+        gateway, url = start_gateway(tmp_path, stack.env, "gateway")
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=180, max_retries=0)
+
+        answer = sdk.chat.completions.create(model="gemma3:270m", max_tokens=12, seed=1,
+                                             messages=[{"role": "user", "content": "Say hello."}])
+
+        assert answer.choices[0].message.content.strip()
+        assert answer.usage.completion_tokens > 0 and answer.choices[0].finish_reason in ("stop", "length")
+    finally:
+        if gateway is not None:
+            gateway.stop()
         stack.stop()
         runtime.stop()
