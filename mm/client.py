@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from celery.backends.redis import RedisBackend
     from redis.typing import EncodableT, FieldT
 
-STATUSES = ("pending", "queued", "running", "complete", "failed")
+STATUSES = ("pending", "queued", "running", "complete", "failed", "cancelled")
 KNOWN_MODELS_TTL_S = 5.0  # a removed model is refused at most this long after it left every runtime
 LOST_CHECK_S = 1.0  # how often a waiting client checks that its job still exists
 
@@ -59,7 +59,7 @@ class Job:
         return record
 
     def status(self) -> str:
-        """pending, queued, running, complete or failed."""
+        """pending, queued, running, complete, failed or cancelled (a job of a stopped batch)."""
         status = store.connect().hget(keys.job(self.id), "status")
         return self._settled(replies.text(status) if status else "pending")[0]
 
@@ -240,6 +240,17 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     pipe.lpush(keys.WAKE, 1)
     pipe.execute()
     return Job(job_id, result, request.warnings)
+
+
+def enqueue(request: JobRequest, job_id: str) -> None:
+    """Enqueue an already validated job under ``job_id``, without following its result.
+
+    For jobs whose outcome is read later from Redis (the Batch API); a record left under
+    ``job_id`` by an earlier attempt is replaced.
+    """
+    job = _enqueue(request, job_id)
+    if job._result is not None:
+        _unsubscribe(job._result)
 
 
 def submit(

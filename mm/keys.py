@@ -155,6 +155,8 @@ GATEWAY_HISTORY_CLEARED = "mm:gateway:history:cleared"
 # --- the Batch API ----------------------------------------------------------------------------
 # Sorted set of batch ids, scored by creation time.
 BATCHES = "mm:batches"
+# Set of the batches not final yet: what the gateways advance.
+BATCHES_LIVE = "mm:batches:live"
 
 
 def batch(batch_id: str) -> str:

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, cast
 
 import ollama
 import redis
-from celery import Task
-from celery.exceptions import Reject
+from celery import Task, states
+from celery.exceptions import Ignore, Reject
 from celery.signals import task_postrun
 
 from mm import keys, metrics, registry, store, streams
 from mm.app import INFER_TASK, app
+from mm.batches import outcomes as batch_outcomes
 from mm.errors import JobFailed
 from mm.settings import Settings
 from mm.settings import get as get_settings
@@ -123,6 +124,8 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
         request, submitted_at = intake.admit(self, request, r, settings)
     elif submitted_at is None:  # mm's header without its kwarg: the header holds the same submit time
         submitted_at = float(self.request.get("mm_submitted"))
+    if batch_outcomes.stopped(r, request):
+        _cancel(self, r, request)
     me = worker_state.current
     job = _Job(cast(str, self.request.id), request["model"], me.node if me else settings.node,
                self.request.hostname or "", request, submitted_at)  # a running task has its id
@@ -137,6 +140,19 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
     # Written by after_return, once Celery has stored the result (an attribute of mm's on this delivery).
     self.request.mm_closing = done  # type: ignore[attr-defined]
     return result
+
+
+def _cancel(task: InferTask, r: redis.Redis, request: dict[str, Any]) -> NoReturn:
+    """End a job of a cancelled or expired batch without running it: ``cancelled``, REVOKED in Celery."""
+    job_id = cast(str, task.request.id)
+    reason = f"cancelled: batch {batch_outcomes.batch_of(request)} was cancelled or expired before the job ran"
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(keys.job(job_id), mapping={"status": "cancelled", "error": reason, "completed_at": time.time()})
+    batch_outcomes.note(pipe, request, job_id, "cancelled")
+    pipe.execute()
+    task.backend.mark_as_revoked(job_id, reason, request=task.request, state=states.REVOKED)
+    log.info("job %s: %s", job_id, reason)
+    raise Ignore(reason)
 
 
 def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, settings: Settings) -> _Started | None:
@@ -186,6 +202,7 @@ def _dead_letter(done: redis.client.Pipeline, job: _Job, deliveries: int) -> NoR
     done.rpush(keys.DEAD_LETTERS, json.dumps({"id": job.id, "model": job.model, "reason": reason,
                                               "at": time.time(), "request": job.request}))
     _fail(done, job.id, reason)
+    batch_outcomes.note(done, job.request, job.id, "failed")
     metrics.add_job_sample(done, **metrics.job_sample(job.model, job.node, job.submitted_at, time.time(),
                                                       error="DeadLettered"))
     _write(done)
@@ -204,6 +221,7 @@ def _run(r: redis.Redis, done: redis.client.Pipeline, job: _Job, started: _Start
         )
     except JobFailed as exc:
         _fail(done, job.id, str(exc), exc.status)
+        batch_outcomes.note(done, job.request, job.id, "failed")
         metrics.add_job_sample(done, **metrics.job_sample(job.model, job.node, job.submitted_at, started.at,
                                                           digest=started.resident.get("digest"),
                                                           error=type(exc.__context__ or exc).__name__))
@@ -223,6 +241,7 @@ def _account(done: redis.client.Pipeline, job: _Job, started: _Started, response
     now = time.time()
     done.hset(keys.ACTIVITY, job.model, now)
     done.hset(keys.job(job.id), mapping={"status": "complete", "completed_at": now})
+    batch_outcomes.note(done, job.request, job.id, "completed")
     metrics.add_job_sample(done, **metrics.job_sample(job.model, job.node, job.submitted_at, started.at,
                                                       digest=resident.get("digest"), timings=result["timings"]))
     return result

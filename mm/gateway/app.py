@@ -8,7 +8,7 @@ import logging
 import tornado.web
 
 from mm import serving, store
-from mm.gateway import jobs, models, monitor, openai_api, openapi, pages, prom, proxy, pulls, quality
+from mm.gateway import batch_api, jobs, models, monitor, openai_api, openapi, pages, prom, proxy, pulls, quality
 from mm.gateway.base import DRAIN_FACTOR, HARD_MAX_HEADER_BYTES, Gateway, NotFoundHandler
 from mm.settings import Settings
 
@@ -26,6 +26,7 @@ def routes(gw: Gateway) -> list[tuple]:
         *models.handlers(gw),      # model control, deployment history: /api/models[/<name>[/start|stop|infer|history]]
         *prom.handlers(gw),        # /metrics
         *openapi.handlers(gw),     # /openapi.json
+        *batch_api.handlers(gw),   # OpenAI: /v1/files, /v1/batches (before the /v1 catch-all)
         *openai_api.handlers(gw),  # OpenAI: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings
         *pages.handlers(gw),       # / and /static/*
         *openai_api.fallback(gw),  # OpenAI's 404 for any other /v1 path: last, after every /v1 route
@@ -42,6 +43,7 @@ def build_app(gw: Gateway) -> tornado.web.Application:
 async def serve(settings: Settings, host: str, port: int) -> None:
     """Serve on ``host:port`` until SIGTERM/SIGINT, then close connections and thread pools."""
     gw = Gateway.create(settings, store.connect(settings.redis_url))
+    batches = batch_api.start(gw)
     server = build_app(gw).listen(
         port, address=host, max_body_size=DRAIN_FACTOR * settings.gateway_max_body + 1,
         idle_connection_timeout=300, max_header_size=HARD_MAX_HEADER_BYTES,
@@ -50,6 +52,8 @@ async def serve(settings: Settings, host: str, port: int) -> None:
              "on" if gw.api_keys else "off", settings.gateway_max_body)
     await serving.until_signalled()
     log.info("gateway shutting down")
+    batches.stop.set()
+    batches.wake.set()
     await serving.close(server, log)
     gw.close()
     log.info("gateway stopped")
