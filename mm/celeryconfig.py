@@ -45,6 +45,10 @@ broker_transport_options = _transport | _redis.transport_options()  # + master_n
 result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout_s} | _redis.transport_options()
 visibility_timeout = _s.visibility_timeout_s
 
+# A finished job whose result meets Redis restarting (or a Sentinel failover) stores it once Redis is
+# back, instead of failing with ConnectionError after its work is done (Celery backs off up to 10 s).
+result_backend_always_retry = True
+result_backend_max_retries = 20
 result_extended = False  # the job record holds what a reader needs; results stay small
 result_expires = _s.result_expires_s
 

@@ -10,6 +10,7 @@ or ``batch_expired``, in the error file.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,9 +37,9 @@ def _outcomes(r: redis.Redis, job_ids: list[str]) -> Iterator[tuple[dict[str, An
         metas = r.mget([backend.get_key_for_task(j) for j in chunk])
         pipe = r.pipeline(transaction=False)
         for job_id in chunk:
-            pipe.hmget(keys.job(job_id), "status", "error", "error_status", "model", "completed_at")
+            pipe.hmget(keys.job(job_id), "status", "error", "error_status", "completed_at")
         for meta, fields in zip(metas, pipe.execute(), strict=True):
-            names = ("status", "error", "error_status", "model", "completed_at")
+            names = ("status", "error", "error_status", "completed_at")
             record = {n: replies.text(v) for n, v in zip(names, fields, strict=True) if v is not None}
             yield (json.loads(meta) if meta else None), record
 
@@ -55,8 +56,8 @@ def result_line(record: dict[str, str], job_id: str, request: Peeked, meta: dict
                             "error": None}
     state = (meta or {}).get("status")
     if state == "SUCCESS":
-        created = int(float(job.get("completed_at") or 0))
-        body = response_body(record["endpoint"], job.get("model", ""), meta["result"], job_id, created,  # type: ignore[index]
+        created = int(float(job.get("completed_at") or time.time()))
+        body = response_body(record["endpoint"], request.model, meta["result"], job_id, created,  # type: ignore[index]
                              encoding=request.encoding)
         line["response"] = {"status_code": 200, "request_id": job_id, "body": body}
         return True, line

@@ -1,0 +1,108 @@
+"""A batch survives every process of mm dying under it, and Redis restarting with AOF: each request
+is answered once and none runs twice."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.faults.conftest import ran_twice
+from tests.gateway_proc import start_gateway
+from tests.procs import wait_for
+from tests.runtime_server import start_runtime
+from tests.stack import Stack
+from tests.support import GB, sim_model
+
+MODELS = [sim_model(f"batchy-{c}:1b", load_bandwidth=4 * GB, eval_rate=100, parallel=2) for c in "ab"]
+LINES = 160
+
+
+@pytest.fixture
+def stack(tmp_path, redis_url, redis_server):
+    runtime = start_runtime(tmp_path, engine="sim", models=MODELS, memory=4 * GB)
+    s = Stack(tmp_path, redis_url, runtime.url, memory_budget=4 * GB, orphan_grace_s=3)
+    s.start_broker()
+    for name in ("w1", "w2"):
+        s.start_worker(name, slots=2)
+    s.wait_ready([m["name"] for m in MODELS], ["w1", "w2"])
+    yield s
+    s.stop()
+    runtime.stop()
+    redis_server.restart()  # leave the session's Redis as the next test expects it
+
+
+def requests() -> bytes:
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": MODELS[i % 2]["name"], "max_tokens": 6,
+                       "messages": [{"role": "user", "content": f"question {i}"}]}} for i in range(LINES)]
+    return "\n".join(json.dumps(x) for x in lines).encode()
+
+
+class Gateway:
+    """``mm gateway`` that the test kills and starts again (on a new port)."""
+
+    def __init__(self, tmp, stack):
+        self.tmp, self.stack, self.starts = tmp, stack, 0
+        self.start()
+
+    def start(self) -> None:
+        self.starts += 1
+        self.proc, self.url = start_gateway(self.tmp, self.stack.env, f"gateway-{self.starts}",
+                                            files_dir=self.tmp / "files", batch_tick_s=0.2)
+
+    def kill_and_restart(self) -> None:
+        self.proc.signal(signal.SIGKILL)
+        self.proc.stop()
+        self.start()
+
+    def batch(self, batch_id: str) -> dict:
+        return httpx.get(f"{self.url}/v1/batches/{batch_id}", timeout=10).raise_for_status().json()
+
+
+def kill_and_restart(stack: Stack, name: str) -> None:
+    stack.procs[name].signal(signal.SIGKILL)
+    stack.procs[name].stop()
+    stack.start_broker() if name == "broker" else stack.start_worker(name, slots=2)
+
+
+def test_a_batch_survives_gateway_worker_leader_and_redis_restarts_answering_each_request_once(
+        stack, redis_server, tmp_path, ledger):
+    gw = Gateway(tmp_path, stack)
+    try:
+        file_id = httpx.post(f"{gw.url}/v1/files", files={"file": ("f.jsonl", requests())},
+                             data={"purpose": "batch"}, timeout=30).raise_for_status().json()["id"]
+        batch_id = httpx.post(f"{gw.url}/v1/batches", json={"input_file_id": file_id, "completion_window": "24h",
+                                                            "endpoint": "/v1/chat/completions"},
+                              timeout=30).raise_for_status().json()["id"]
+        began = time.monotonic()
+        gw.kill_and_restart()  # while it validates or enqueues
+
+        def ended(at_least: int) -> bool:
+            counts = gw.batch(batch_id)["request_counts"]
+            return counts["completed"] + counts["failed"] >= at_least
+
+        wait_for(lambda: ended(LINES // 5), 120, what="a fifth of the batch")
+        kill_and_restart(stack, "w1")
+        wait_for(lambda: ended(2 * LINES // 5), 120, what="two fifths of the batch")
+        kill_and_restart(stack, "broker")
+        wait_for(lambda: ended(3 * LINES // 5), 120, what="three fifths of the batch")
+        redis_server.restart(appendonly=True)
+        done = wait_for(lambda: (b := gw.batch(batch_id))["status"] in ("completed", "failed") and b, 180,
+                        what="the batch to complete")
+
+        assert done["status"] == "completed", done
+        assert done["request_counts"] == {"total": LINES, "completed": LINES, "failed": 0}
+        out = httpx.get(f"{gw.url}/v1/files/{done['output_file_id']}/content", timeout=30).text.splitlines()
+        ids = sorted(json.loads(line)["custom_id"] for line in out if line.strip())
+        assert ids == sorted(f"c{i}" for i in range(LINES))
+        twice = ran_twice(stack.r, LINES)
+        assert twice == 0
+        ledger("15. a batch under gateway, model-worker, gpu-broker and Redis (AOF) restarts",
+               "every request answered once, none run twice", submitted=LINES, completed=len(ids),
+               failed=done["request_counts"]["failed"], duplicated=twice, recover_s=time.monotonic() - began)
+    finally:
+        gw.proc.stop()
