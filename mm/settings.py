@@ -93,6 +93,8 @@ class Settings:
                                                  "and status charts.")
     gateway_threads: int = _opt(32, "Threads the gateway runs Redis and Celery calls on.")
     gateway_max_streams: int = _opt(256, "Concurrent streaming responses the gateway relays (one thread each).")
+    gateway_url: str = _opt("", "Gateway URL `mm batch` calls (empty: http://MM_GATEWAY_HOST:MM_GATEWAY_PORT).")
+    api_key: str = _opt("", "Bearer key `mm batch` sends to the gateway (empty: the first of MM_GATEWAY_API_KEYS).")
 
     files_dir: str = _opt("mm-files", "Directory of the Batch API's files (inputs, outputs, errors), relative to the "
                                       "gateway's working directory. Gateways that share batches share it.")
