@@ -19,6 +19,7 @@ COMMANDS = {
     "alerts": "mm.cli.alerts:alerts",
     "gateway": "mm.cli.gateway:gateway",
     "top": "mm.cli.top:top",
+    "batch": "mm.cli.batch:batch",
 }
 # Modules that only an extra installs (``pip install 'mm-llm-scheduler[server]'``); a client install
 # has none of them, and the commands that need them say which extra to add.
