@@ -227,7 +227,13 @@ SCHEMAS: dict[str, Any] = {
         }),
         "workers": obj({"total": INT, "bound": INT, "slots": INT, "busy": INT, "gone": STR_LIST}),
         "alerts": obj({"firing": {"type": "array", "items": ANY_OBJ}, "pending": INT}),
+        "batches": obj({"live_total": INT, "live": {"type": "array", "items": ref("BatchRow")},
+                        "finished": {"type": "array", "items": ref("BatchRow")}}),
     }, ("running", "queue", "resources")),
+    "BatchRow": obj({
+        "id": STR, "status": STR, "endpoint": STR, "priority": STR, "total": INT, "completed": INT, "failed": INT,
+        "cancelled": INT, "created_at": NUM, "ended_at": nullable(NUM),
+    }, ("id", "status", "total", "completed", "failed")),
     "Health": obj({"status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]}, "problems": STR_LIST,
                    "redis": STR, "leader": nullable(STR), "nodes": INT, "workers": INT, "models": INT}, ("status",)),
     "RecentJobs": obj({"running": {"type": "array", "items": ANY_OBJ}, "queued": {"type": "array", "items": ANY_OBJ},

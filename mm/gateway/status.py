@@ -11,11 +11,14 @@ from typing import Any, overload
 import redis
 
 from mm import alerts, keys, metrics, registry, replies
+from mm.batches import records as batch_records
 from mm.rollup import RESOLUTIONS, bucket_start, group_by_bucket, summarize
 from mm.scheduling.reader import read_demand, read_records
 from mm.settings import Settings
 
 JOB_STATUSES = ("queued", "running", "complete", "failed")
+LIVE_BATCHES_SHOWN = 20  # the page shows the oldest live batches, and how many there are
+FINISHED_BATCHES_SHOWN = 5
 
 
 @overload
@@ -112,6 +115,28 @@ def finished_counts(r: redis.Redis, window_s: float, now: float) -> dict[str, di
     return counts
 
 
+def batch_row(record: dict[str, str], ended: dict[str, int]) -> dict[str, Any]:
+    """A batch as the status page draws it: its progress, endpoint and times."""
+    final = next((record[f"{s}_at"] for s in batch_records.FINAL if record.get(f"{s}_at")), None)
+    return {"id": record["id"], "status": record["status"], "endpoint": record["endpoint"],
+            "priority": record.get("priority", "low"), "total": int(record.get("total") or 0), **ended,
+            "created_at": float(record["created_at"]), "ended_at": float(final) if final else None}
+
+
+def batches(r: redis.Redis, live_n: int = LIVE_BATCHES_SHOWN,
+            finished_n: int = FINISHED_BATCHES_SHOWN) -> dict[str, Any]:
+    """Batches not final yet (oldest first, at most ``live_n``, and how many there are) and the newest
+    ``finished_n`` final ones, each with its request counts."""
+    live = batch_records.live(r)
+    # The newest batches hold at most len(live) live ones: this page holds the newest finished ones.
+    ids, _ = batch_records.page(r, None, min(finished_n + len(live), 200))
+    live_ids = {b["id"] for b in live}
+    newest = (batch_records.get(r, batch_id) for batch_id in ids if batch_id not in live_ids)
+    finished = [b for b in newest if b and b["status"] in batch_records.FINAL][:finished_n]
+    rows = [batch_row(b, batch_records.counts(r, b["id"])) for b in [*live[:live_n], *finished]]
+    return {"live_total": len(live), "live": rows[:min(len(live), live_n)], "finished": rows[min(len(live), live_n):]}
+
+
 def stats(r: redis.Redis, settings: Settings, now: float | None = None) -> dict[str, Any]:
     """The job manager API's ``/api/stats``, extended: jobs by status, queues per model and priority, nodes
     with memory per GPU and resident models, workers, the leader and firing alerts."""
@@ -144,6 +169,7 @@ def stats(r: redis.Redis, settings: Settings, now: float | None = None) -> dict[
         "workers": {"total": len(workers), "bound": sum(1 for w in workers if w["bound"]),
                     "slots": sum(w["slots"] for w in workers), "busy": running, "gone": extra["gone_workers"]},
         "alerts": {"firing": alerts.firing(r), "pending": len(alerts.pending(r))},
+        "batches": batches(r),
     }
 
 

@@ -304,6 +304,38 @@ function renderJobs(j) {
     col("Finished", finished, "No job finished in the last hour");
 }
 
+// --- batches ----------------------------------------------------------------------------------
+function batchRow(b) {
+  const pct = (n) => (b.total ? 100 * n / b.total : 0);
+  const done = b.completed + b.failed;
+  const when = b.ended_at ? `ended ${clock(b.ended_at)}` : `since ${clock(b.created_at)}`;
+  return `<tr class="batch"><td class="model" title="${esc(b.id)}">${esc(b.id)}</td>` +
+    `<td class="batch-${esc(b.status)}">${esc(b.status)}</td><td class="muted">${esc(b.endpoint)}</td>` +
+    `<td class="prio-${esc(b.priority)}">${esc(b.priority)}</td>` +
+    `<td><div class="pbar" title="${b.completed} completed, ${b.failed} failed of ${b.total}">` +
+    `<div class="p-ok" style="width:${pct(b.completed)}%"></div><div class="p-bad" style="width:${pct(b.failed)}%"></div>` +
+    `</div></td><td class="num">${done}/${b.total || "?"}${b.failed ? ` <span class="bad">${b.failed}✗</span>` : ""}</td>` +
+    `<td class="muted">${when}</td></tr>`;
+}
+function renderBatches(s) {
+  const b = s.batches || {live: [], finished: [], live_total: 0};
+  $("batches-sub").textContent = b.live_total ? `${b.live_total} running` +
+    (b.live_total > b.live.length ? `, oldest ${b.live.length} shown` : "") : "OpenAI Batch API";
+  if (!b.live.length && !b.finished.length) {
+    $("batches").innerHTML = `<div class="empty">No batch yet (POST /v1/batches, or mm batch submit)</div>`;
+    return;
+  }
+  const head = `<tr><th>batch</th><th>status</th><th>endpoint</th><th>priority</th><th>progress</th>` +
+    `<th class="num">done</th><th></th></tr>`;
+  const running = b.live.length ? b.live.map(batchRow).join("")
+    : `<tr><td colspan="7" class="empty">No batch running</td></tr>`;
+  let html = `<table>${head}${running}`;
+  if (b.finished.length) {
+    html += `<tr><td colspan="7"><h3 class="spaced">Last finished</h3></td></tr>${b.finished.map(batchRow).join("")}`;
+  }
+  $("batches").innerHTML = html + `</table>`;
+}
+
 // --- polling ----------------------------------------------------------------------------------
 let lastRollups = 0;
 async function tick() {
@@ -314,6 +346,7 @@ async function tick() {
     renderNodes(stats);
     renderQueues(stats);
     renderAlerts(stats);
+    renderBatches(stats);
     renderJobs(jobs);
     const pill = $("health");
     pill.className = "pill " + (health.status === "ok" ? "ok" : "degraded");
