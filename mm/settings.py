@@ -102,6 +102,13 @@ class Settings:
     batch_max_lines: int = _opt(50_000, "Most requests one batch file may hold.")
     batch_tick_s: float = _opt(1.0, "How often the gateway advances its batches (enqueue, count, finalize, expire).")
 
+    cache_default: bool = _opt(False, "Answer deterministic requests (temperature 0 or a fixed seed, and embeddings) "
+                                      "from the result cache unless a request says otherwise (cache=False, "
+                                      "X-MM-Cache: off).")
+    cache_ttl_s: float = _opt(86_400.0, "A cached result is served for this many seconds after it was stored.")
+    cache_max_bytes: int = _opt(256 * 1024 * 1024, "Bytes of cached results kept in Redis; the least recently used "
+                                                   "go first past it.")
+
     placement: str = _opt("spread", "Where a model goes when it fits on several nodes: spread (most free) or binpack.")
     replica_backlog: int = _opt(8, "Queued jobs per parallel slot of every copy that call for another copy (0: none).")
 
