@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
+from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from mm import keys, registry, replies, store, streams
+from mm import keys, registry, replies, result_cache, store, streams
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed, JobLost
 from mm.settings import get as get_settings
@@ -242,6 +243,32 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     return Job(job_id, result, request.warnings)
 
 
+def _from_cache(request: JobRequest) -> Job | None:
+    """The job answered from the result cache, complete already; None on a miss or when not cacheable.
+
+    Its record is complete, Celery holds its result as SUCCESS and a streaming request finds the
+    answer's chunks in its stream, so every reader sees a finished job; nothing is enqueued.
+    """
+    r = store.connect()
+    _key, cached = result_cache.lookup(r, request.payload())
+    if cached is None:
+        return None
+    job_id, now = str(uuid.uuid4()), time.time()
+    result = result_cache.served(cached, job_id, request.warnings)
+    if request.stream:
+        streams.publish_all(r, job_id, result_cache.chunks(result))
+    app.backend.store_result(job_id, result, states.SUCCESS)
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(keys.job(job_id), mapping={
+        "id": job_id, "model": request.model, "kind": request.kind, "priority": request.priority,
+        "submitted_at": now, "started_at": now, "completed_at": now, "metadata": json.dumps(request.metadata),
+        "status": "complete", "cached": 1,
+    })
+    pipe.expire(keys.job(job_id), get_settings().result_expires_s)
+    pipe.execute()
+    return Job(job_id, None, request.warnings)
+
+
 def enqueue(request: JobRequest, job_id: str) -> None:
     """Enqueue an already validated job under ``job_id``, without following its result.
 
@@ -276,6 +303,7 @@ def submit(
     top_logprobs: int | None = None,
     dimensions: int | None = None,
     truncate: bool | None = None,
+    cache: bool | None = None,
 ) -> Job:
     """Validate a job and enqueue it on ``mm.model.<model>``; return its :class:`Job` handle.
 
@@ -293,6 +321,9 @@ def submit(
             passed to the runtime as Ollama's API defines them (tools for chat; raw, template,
             suffix and context for generate; dimensions for embed). ``truncate=False`` refuses a
             prompt longer than the model's context instead of keeping its end.
+        cache: answer a deterministic request (temperature 0 or a fixed seed, or an embedding) from
+            the result cache when an identical one ran before, and store its result when it runs
+            (None: ``MM_CACHE_DEFAULT``). A cached result's ``timings`` say ``cached: True``.
 
     Raises:
         ValidationError: nothing was enqueued; ``.field`` names the bad input.
@@ -302,8 +333,12 @@ def submit(
         messages=messages, kind=kind, priority=priority, options=options, images=images,
         metadata=metadata, format=format, system=system, stream=stream, facts=_model_facts(model),
         tools=tools, think=think, raw=raw, template=template, suffix=suffix, context=context,
-        logprobs=logprobs, top_logprobs=top_logprobs, dimensions=dimensions, truncate=truncate,
+        logprobs=logprobs, top_logprobs=top_logprobs, dimensions=dimensions, truncate=truncate, cache=cache,
     )
+    if request.cache:
+        hit = _from_cache(request)
+        if hit is not None:
+            return hit
     return _enqueue(request)
 
 

@@ -177,3 +177,20 @@ def batch_cancelled(batch_id: str) -> str:
 def batch_lock(batch_id: str) -> str:
     """Held (SET NX PX) by the one gateway advancing the batch now."""
     return f"mm:batch:{batch_id}:lock"
+
+
+# --- the result cache (mm.result_cache) ----------------------------------------------------------
+# Sorted set of cached entries' keys scored by last use (ms), the least recently used first.
+CACHE_LRU = "mm:cache:lru"
+# Sorted set of cached entries' keys scored by expiry (ms): entries whose TTL ran out are swept from it.
+CACHE_EXPIRY = "mm:cache:expiry"
+# Hash of cached entries' keys -> bytes counted; the counter of their sum.
+CACHE_SIZES = "mm:cache:sizes"
+CACHE_BYTES = "mm:cache:bytes"
+# Hash of counters: hits, misses, stores, evictions, and hits:<model> and misses:<model>.
+CACHE_STATS = "mm:cache:stats"
+
+
+def cache_entry(digest: str) -> str:
+    """A cached result, by the sha256 of its request (model digest included): a string with a TTL."""
+    return f"mm:cache:e:{digest}"

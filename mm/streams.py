@@ -22,6 +22,15 @@ def publish(r: redis.Redis, job_id: str, chunk: dict[str, Any]) -> None:
     pipe.execute()
 
 
+def publish_all(r: redis.Redis, job_id: str, chunks: list[dict[str, Any]]) -> None:
+    """Append a whole answer's chunks in one round trip (an answer from the result cache)."""
+    pipe = r.pipeline(transaction=False)
+    for chunk in chunks:
+        pipe.xadd(keys.job_stream(job_id), {"c": json.dumps(chunk)}, maxlen=MAX_CHUNKS, approximate=True)
+    pipe.expire(keys.job_stream(job_id), STREAM_TTL_S)
+    pipe.execute()
+
+
 def publish_error(r: redis.Redis, job_id: str, message: str) -> None:
     """End the stream with an error (Ollama sends ``{"error": ...}`` as the last line)."""
     pipe = r.pipeline(transaction=False)

@@ -98,10 +98,13 @@ class JobRequest:
     dimensions: int | None = None
     truncate: bool | None = None
     warnings: tuple[str, ...] = ()
+    cache: bool = False  # answer from the result cache when deterministic (mm.result_cache)
 
     def payload(self) -> dict[str, Any]:
         """The task's JSON kwargs."""
         payload = {k: v for k, v in self.__dict__.items() if v not in (None, [], {}, ())} | {"kind": self.kind}
+        if not self.cache:
+            payload.pop("cache")
         if self.warnings:
             payload["warnings"] = list(self.warnings)
         return payload
@@ -488,6 +491,7 @@ def validate(
     tools: Any = None, think: Any = None, raw: Any = None, template: Any = None, suffix: Any = None,
     context: Any = None, logprobs: Any = None, top_logprobs: Any = None, dimensions: Any = None,
     truncate: Any = None,
+    cache: Any = None,
 ) -> JobRequest:
     """Return a :class:`JobRequest`, or raise :class:`ValidationError` naming the bad field.
 
@@ -496,6 +500,7 @@ def validate(
             without it only the settings' limits are checked, and the runtime checks the rest.
         tools, think, raw, template, suffix, context, logprobs, top_logprobs, dimensions, truncate:
             Ollama's request fields, as its API defines them; each kind takes its own.
+        cache: answer a deterministic request from the result cache (None: ``MM_CACHE_DEFAULT``).
     """
     _check_names(model, kind, priority)
     prompt, messages = _check_input(kind, prompt, messages, system, settings)
@@ -508,6 +513,8 @@ def validate(
         "tools": tools, "think": think, "raw": raw, "template": template, "suffix": suffix, "context": context,
         "logprobs": logprobs, "top_logprobs": top_logprobs, "dimensions": dimensions, "truncate": truncate,
     })
+    if cache is not None and not isinstance(cache, bool):
+        raise ValidationError("cache", f"must be true or false, got {cache!r:.40}")
     checked_options = check_options(options)
     _check_num_predict(model, checked_options, facts, settings)
     warnings: list[str] = []
@@ -517,7 +524,8 @@ def validate(
     request = JobRequest(model=model, kind=kind, priority=priority, prompt=prompt, messages=messages,
                          options=checked_options, images=check_images(images, settings),
                          metadata=check_metadata(metadata), format=format, system=system, stream=stream,
-                         warnings=tuple(warnings), **extras.__dict__)
+                         warnings=tuple(warnings), cache=settings.cache_default if cache is None else cache,
+                         **extras.__dict__)
     # Last, so that malformed requests are reported as such even for unknown models.
     if model not in known_models:
         raise UnknownModel(model)

@@ -15,7 +15,7 @@ from celery import Task, states
 from celery.exceptions import Ignore, Reject
 from celery.signals import task_postrun
 
-from mm import keys, metrics, registry, store, streams
+from mm import keys, metrics, registry, result_cache, store, streams
 from mm.app import INFER_TASK, app
 from mm.batches import outcomes as batch_outcomes
 from mm.errors import JobFailed
@@ -244,4 +244,18 @@ def _account(done: redis.client.Pipeline, job: _Job, started: _Started, response
     batch_outcomes.note(done, job.request, job.id, "completed")
     metrics.add_job_sample(done, **metrics.job_sample(job.model, job.node, job.submitted_at, started.at,
                                                       digest=resident.get("digest"), timings=result["timings"]))
+    if job.request.get("cache"):
+        _cache(done, job, started, result)
     return result
+
+
+def _cache(done: redis.client.Pipeline, job: _Job, started: _Started, result: dict[str, Any]) -> None:
+    """Queue storing a cacheable job's result in the result cache, under the digest the registry gave
+    its model when it started; not when the resident copy is another version (re-pulled meanwhile)."""
+    entry = registry.decode(started.raw_entry) if started.raw_entry else None
+    resident_digest = started.resident.get("digest")
+    if entry is None or (resident_digest and resident_digest != entry.digest):
+        return
+    key = result_cache.entry_key(job.request, entry)
+    if key is not None:
+        result_cache.put(done, key, result, get_settings())

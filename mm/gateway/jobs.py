@@ -15,6 +15,7 @@ from mm import client, keys, metrics, replies
 from mm.app import app
 from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler, Gateway
+from mm.gateway.ollama_shape import CACHE_HEADER, cache_from
 from mm.rollup import RESOLUTIONS
 
 SUBMIT_FIELDS = ("model", "prompt", "messages", "kind", "priority", "options", "images", "metadata", "format",
@@ -46,7 +47,8 @@ def submit(kwargs: dict[str, Any]) -> client.Job:
 class SubmitHandler(BaseHandler):
     async def post(self) -> None:
         kwargs = submit_kwargs(self.json_body())
-        job = await self.run(submit, kwargs)
+        cache = cache_from(self.request.headers.get(CACHE_HEADER))
+        job = await self.run(submit, kwargs if cache is None else kwargs | {"cache": cache})
         self.send_json({"job_id": job.id, "status": "submitted", "model": kwargs["model"],
                         "priority": kwargs.get("priority", "normal")})
 

@@ -15,6 +15,8 @@ from mm.keys import PRIORITIES
 
 NS = 1_000_000_000
 PRIORITY_HEADER = "X-MM-Priority"
+CACHE_HEADER = "X-MM-Cache"
+CACHE_VALUES = {"use": True, "on": True, "off": False, "bypass": False}
 # Ollama's request fields passed on to the job (and so to the runtime) as given; mm.submit's
 # validation checks them. Any other field is ignored, as Ollama ignores it.
 OLLAMA_FIELDS = {
@@ -33,6 +35,17 @@ def priority_from(header: str | None) -> str:
     value = header.strip().lower()
     if value not in PRIORITIES:
         raise ApiError(400, PRIORITY_HEADER, f"must be one of {', '.join(PRIORITIES)}, not {header!r:.40}")
+    return value
+
+
+def cache_from(header: str | None) -> bool | None:
+    """Whether the ``X-MM-Cache`` header lets the result cache answer (``use``) or not (``off``);
+    None without it (``MM_CACHE_DEFAULT`` decides)."""
+    if header is None or header.strip() == "":
+        return None
+    value = CACHE_VALUES.get(header.strip().lower())
+    if value is None:
+        raise ApiError(400, CACHE_HEADER, f"must be use or off, not {header!r:.40}")
     return value
 
 

@@ -103,7 +103,7 @@ class CompletionsHandler(OpenAIErrors, ProxyHandler):
         kwargs = kwargs | {"priority": priority_of(body, self.request.headers.get(PRIORITY_HEADER)),
                            "metadata": self.metadata()}
         live = stream and streaming_supported()
-        job = await self.run(submit_job, model, kwargs, live)
+        job = await self.run(submit_job, model, kwargs, live, self.cache_choice())
         self.job_id = job.id
         self.set_header("X-MM-Job-Id", job.id)
         for warning in job.warnings:

@@ -26,7 +26,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from mm import alerts, keys, metrics, registry, replies
+from mm import alerts, keys, metrics, registry, replies, result_cache
 from mm.gateway import status
 from mm.gateway.base import BaseHandler, Gateway
 from mm.scheduling.reader import read_demand
@@ -148,6 +148,7 @@ class MMCollector:
         yield from self._total_families()
         yield from self._node_families(node_list, extra)
         yield from self._model_families()
+        yield from self._cache_families()
         yield from self._alert_families()
         yield from self._leader_families()
 
@@ -246,6 +247,26 @@ class MMCollector:
             size.add_metric([name], entry.size)
         yield reg
         yield size
+
+    def _cache_families(self) -> Iterator[Metric]:
+        """The result cache's counters (kept in Redis, so shared by every gateway) and its size now."""
+        cache = result_cache.stats(self.r)
+        for outcome, doc in (("hits", "Requests answered from the result cache"),
+                             ("misses", "Cacheable requests the result cache did not hold")):
+            fam = CounterMetricFamily(f"mm_cache_{outcome}", f"{doc}, by model", labels=["model"])
+            for model, counts in sorted(cache["models"].items()):
+                fam.add_metric([model], counts[outcome])
+            yield fam
+        for name, doc in (("stores", "Results stored in the result cache"),
+                          ("evictions", "Results evicted from the result cache to keep it under MM_CACHE_MAX_BYTES")):
+            counter = CounterMetricFamily(f"mm_cache_{name}", doc)
+            counter.add_metric([], cache[name])
+            yield counter
+        for name, doc in (("entries", "Results in the result cache (some may have expired, not yet swept)"),
+                          ("bytes", "Bytes of results counted against MM_CACHE_MAX_BYTES")):
+            gauge = GaugeMetricFamily(f"mm_cache_{name}", doc)
+            gauge.add_metric([], cache[name])
+            yield gauge
 
     def _alert_families(self) -> Iterator[Metric]:
         firing = GaugeMetricFamily("mm_alerts_firing", "Alerts firing now (value: the metric's value)",

@@ -30,8 +30,10 @@ from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler, Gateway
 from mm.gateway.models import warmup_kind
 from mm.gateway.ollama_shape import (
+    CACHE_HEADER,
     PRIORITY_HEADER,
     adjust_final_chunk,
+    cache_from,
     chat_response,
     created_at,
     embed_response,
@@ -61,12 +63,15 @@ def runtime_failure(exc: JobFailed) -> ApiError | JobFailed:
     return ApiError(exc.status, "", str(exc))
 
 
-def submit_job(model: str, kwargs: dict[str, Any], stream: bool) -> client.Job:
-    """``mm.submit`` for the proxy; an unknown model gets Ollama's 404 wording."""
+def submit_job(model: str, kwargs: dict[str, Any], stream: bool, cache: bool | None = None) -> client.Job:
+    """``mm.submit`` for the proxy; an unknown model gets Ollama's 404 wording. ``cache``: what the
+    request's ``X-MM-Cache`` header says (None: the default)."""
     if model not in registry.names(store.connect()):
         raise not_found(model)
     if stream:
         kwargs = kwargs | {"stream": True}
+    if cache is not None:
+        kwargs = kwargs | {"cache": cache}
     return client.submit(model, **kwargs)
 
 
@@ -96,9 +101,13 @@ class ProxyHandler(BaseHandler):
         return {"via": "gateway", "endpoint": self.request.path,
                 "client": self.request.headers.get("User-Agent", "")[:120]}
 
+    def cache_choice(self) -> bool | None:
+        """The request's ``X-MM-Cache`` header: ``use`` the result cache, ``off``, or None (the default)."""
+        return cache_from(self.request.headers.get(CACHE_HEADER))
+
     async def answer(self, model: str, kwargs: dict[str, Any], stream: bool) -> None:
         live = stream and self.kind != "embed" and streaming_supported()
-        job = await self.run(submit_job, model, kwargs | {"metadata": self.metadata()}, live)
+        job = await self.run(submit_job, model, kwargs | {"metadata": self.metadata()}, live, self.cache_choice())
         self.set_header("X-MM-Job-Id", job.id)
         self.job_id = job.id
         for warning in job.warnings:
@@ -205,7 +214,7 @@ def warmup(r: redis.Redis, model: str, priority: str) -> client.Job | None:
     kind = warmup_kind(r, model)
     return client.submit(model, "Hello" if kind == "generate" else "warm-up", kind=kind, priority=priority,
                          options={"num_predict": 1} if kind == "generate" else None,
-                         metadata={"via": "gateway", "purpose": "load"})
+                         metadata={"via": "gateway", "purpose": "load"}, cache=False)
 
 
 class GenerateHandler(ProxyHandler):
