@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,9 @@ import httpx
 from tests.procs import Proc, free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
+# A log line of a request answered in full: "POST /api/chat 200 12.3ms model=... request=<digest> ..."
+SERVED = re.compile(r"POST /api/(?:generate|chat|embed|embeddings) 200 \S+ model=\S+ request=([0-9a-f]{12})"
+                    r"(?![^\n]*(?:client=gone|done_reason=load|done_reason=unload))")
 
 
 @dataclass
@@ -35,6 +40,12 @@ class RuntimeProc:
 
     def alive(self) -> bool:
         return self.proc.alive()
+
+    def served(self) -> Counter[str]:
+        """How often the runtime answered each distinct generate/chat/embed request (by its body's
+        digest in the log) in full: a request run twice after it completed counts 2. Loads and
+        unloads (empty requests) are not counted."""
+        return Counter(m.group(1) for m in SERVED.finditer(self.output()))
 
 
 def _answers(url: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -55,7 +56,8 @@ class InferenceHandler(BaseHandler):
         started = time.monotonic()
         req = self.parse(self.request.body)
         spec = self.state.spec(req.model)
-        self.log_detail = f" model={spec.name}"
+        # The body's digest names the request in the log, so a request served twice shows as twice.
+        self.log_detail = f" model={spec.name} request={hashlib.sha1(self.request.body).hexdigest()[:12]}"
         check_capabilities(spec, req, self.state.scheduler.engines[spec.engine], self.chat)
         scheduler = self.state.scheduler
         num_ctx = req.job.options.num_ctx or spec.num_ctx
