@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from tests.procs import Proc, free_port, wait_for
 from tests.stack import REPO, Stack, sim_node
@@ -39,6 +40,7 @@ class OllamaStack:
     stack: Stack
     url: str
     gateway: Proc
+    secure_url: str = ""  # a second gateway that requires an API key (secured_ollama_stack)
 
     @property
     def runtime_url(self) -> str:
@@ -53,5 +55,18 @@ def ollama_stack(tmp: Path, redis_url: str, models: list[dict[str, Any]], memory
         proc, url = start_gateway(tmp, stack.env, "gateway", **gateway_settings)
         try:
             yield OllamaStack(stack, url, proc)
+        finally:
+            proc.stop()
+
+
+@contextmanager
+def secured_ollama_stack(tmp: Path, redis_url: str, models: list[dict[str, Any]], memory: int,
+                         api_key: str) -> Iterator[OllamaStack]:
+    """:func:`ollama_stack` on a flushed Redis, plus a second gateway requiring ``api_key`` at ``secure_url``."""
+    redis.Redis.from_url(redis_url).flushall()
+    with ollama_stack(tmp, redis_url, models, memory) as s:
+        proc, s.secure_url = start_gateway(tmp, s.stack.env, "gateway-secure", gateway_api_keys=api_key)
+        try:
+            yield s
         finally:
             proc.stop()

@@ -40,7 +40,7 @@ from mm.gateway.openai_shape import (
     response_body,
     stream_of,
 )
-from mm.gateway.proxy import ProxyHandler, submit_job
+from mm.gateway.proxy import ProxyHandler
 from mm.gateway.waiting import relay, streaming_supported, wait_result
 
 SSE = "text/event-stream; charset=utf-8"
@@ -100,14 +100,9 @@ class CompletionsHandler(OpenAIErrors, ProxyHandler):
         model, kwargs = job_kwargs(self.endpoint, body)
         stream, include_usage = stream_of(body) if self.endpoint != EMBEDDINGS else (False, False)
         encoding = encoding_format(body) if self.endpoint == EMBEDDINGS else "float"
-        kwargs = kwargs | {"priority": priority_of(body, self.request.headers.get(PRIORITY_HEADER)),
-                           "metadata": self.metadata()}
+        kwargs = kwargs | {"priority": priority_of(body, self.request.headers.get(PRIORITY_HEADER))}
         live = stream and streaming_supported()
-        job = await self.run(submit_job, model, kwargs, live, self.cache_choice())
-        self.job_id = job.id
-        self.set_header("X-MM-Job-Id", job.id)
-        for warning in job.warnings:
-            self.add_header("X-MM-Warning", warning)
+        job = await self.submit(model, kwargs, live)
         created = int(time.time())
         shaper = StreamShaper(self.endpoint, model, job.id, created, include_usage)
         try:

@@ -105,13 +105,18 @@ class ProxyHandler(BaseHandler):
         """The request's ``X-MM-Cache`` header: ``use`` the result cache, ``off``, or None (the default)."""
         return cache_from(self.request.headers.get(CACHE_HEADER))
 
-    async def answer(self, model: str, kwargs: dict[str, Any], stream: bool) -> None:
-        live = stream and self.kind != "embed" and streaming_supported()
+    async def submit(self, model: str, kwargs: dict[str, Any], live: bool) -> client.Job:
+        """Submit the request's job; its id and validation's warnings go in the answer's headers."""
         job = await self.run(submit_job, model, kwargs | {"metadata": self.metadata()}, live, self.cache_choice())
         self.set_header("X-MM-Job-Id", job.id)
         self.job_id = job.id
         for warning in job.warnings:
             self.add_header("X-MM-Warning", warning)
+        return job
+
+    async def answer(self, model: str, kwargs: dict[str, Any], stream: bool) -> None:
+        live = stream and self.kind != "embed" and streaming_supported()
+        job = await self.submit(model, kwargs, live)
         try:
             if live:
                 await self.relay(model, job)

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from mm import client, keys, model_ops, registry
-from tests.gateway_proc import ollama_stack, start_gateway
+from tests.gateway_proc import secured_ollama_stack
 from tests.procs import wait_for
 from tests.stack import REPO
 from tests.support import GB, sim_model
@@ -38,14 +38,9 @@ GET_ROUTES = ("/", "/api/tags", "/api/ps", "/api/version", "/api/health", "/heal
 
 @pytest.fixture(scope="module")
 def gw(redis_server, tmp_path_factory):
-    redis.Redis.from_url(redis_server.url).flushall()
     tmp = tmp_path_factory.mktemp("gateway-ollama")
-    with ollama_stack(tmp, redis_server.url, MODELS, MEMORY) as s:
-        proc, s.secure_url = start_gateway(tmp, s.stack.env, "gateway-secure", gateway_api_keys=API_KEY)
-        try:
-            yield s
-        finally:
-            proc.stop()
+    with secured_ollama_stack(tmp, redis_server.url, MODELS, MEMORY, API_KEY) as s:
+        yield s
 
 
 def test_head_answers_every_get_route_with_the_get_status_and_no_body(gw):

@@ -9,10 +9,9 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-import redis
 
 from mm.gateway.openai_shape import decode_base64_embedding
-from tests.gateway_proc import ollama_stack, start_gateway
+from tests.gateway_proc import secured_ollama_stack
 from tests.support import GB, sim_model
 
 FAST = {"load_bandwidth": 4 * GB, "prompt_rate": 50_000, "eval_rate": 2_000}
@@ -34,14 +33,9 @@ WEATHER = {"type": "function", "function": {
 
 @pytest.fixture(scope="module")
 def gw(redis_server, tmp_path_factory):
-    redis.Redis.from_url(redis_server.url).flushall()
     tmp = tmp_path_factory.mktemp("openai-sdk")
-    with ollama_stack(tmp, redis_server.url, MODELS, MEMORY) as s:
-        proc, s.secure_url = start_gateway(tmp, s.stack.env, "gateway-secure", gateway_api_keys=API_KEY)
-        try:
-            yield s
-        finally:
-            proc.stop()
+    with secured_ollama_stack(tmp, redis_server.url, MODELS, MEMORY, API_KEY) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
