@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = ("schedule", "scale", "overhead", "live", "fleet")
+SCRIPTS = ("schedule", "scale", "overhead", "live", "fleet", "cache")
 NUMBER = r"\d+(\.\d+)?"
 
 
@@ -108,3 +108,13 @@ def test_fleet_compares_mm_on_many_gpus_with_round_robin_ollamas(smoke_runs):
             assert f"{trace}/{scheduler}" in output
     assert re.search(rf"sweep at {NUMBER} jobs/s: sustained mm {NUMBER}", line), line
     assert "32 mm nodes" in output
+
+
+def test_cache_measures_gpu_seconds_with_the_result_cache_off_and_on(smoke_runs):
+    output = finished(smoke_runs, "cache")
+
+    line = headline(output, "cache")
+    assert re.search(rf"\d+/\d+ jobs \({NUMBER}%\) answered from the cache", line), line
+    assert re.search(rf"GPU seconds {NUMBER} off -> {NUMBER} on, ratio on/off {NUMBER}", line), line
+    assert "cache off" in output and "cache on" in output
+    assert "logs kept" not in output
