@@ -1,8 +1,12 @@
 """docker-compose.yml carries the deployment rules (no Docker engine here, so the file is checked as data)."""
 
+import re
+import shlex
 from pathlib import Path
 
 import yaml
+
+from tests.deploy_rules import command_problem, unknown_settings
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -62,3 +66,29 @@ def test_the_image_installs_mm_with_its_server_extra_and_no_top_level_celeryconf
 def test_every_mm_service_runs_the_mm_celery_app():
     for name in ("gpu-broker", "model-worker", "beat", "flower"):
         assert SERVICES[name]["command"].startswith("celery -A mm.app "), name
+
+
+def _interpolated(text):
+    """The text as docker-compose runs it: ${VAR:-default} gives the default, any other ${VAR...} a value."""
+    text = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+    return re.sub(r"\$\$?\{?[A-Z_]+(:\?[^}]*)?\}?", "x", text)
+
+
+def _healthcheck_argv(service):
+    test = service["healthcheck"]["test"]
+    return ["sh", "-c", test[1]] if test[0] == "CMD-SHELL" else test[1:]
+
+
+def test_every_command_and_healthcheck_is_a_documented_mm_or_celery_command():
+    mm_services = [s for s in SERVICES.values() if s.get("image") == "mm:latest"]
+    commands = [shlex.split(_interpolated(s["command"])) for s in mm_services]
+    checks = [[_interpolated(word) for word in _healthcheck_argv(s)] for s in mm_services]
+
+    assert [problem for argv in commands + checks if (problem := command_problem(argv))] == []
+    assert {argv[0] for argv in commands} == {"celery", "mm"}
+
+
+def test_every_mm_variable_is_a_setting():
+    names = [name for service in SERVICES.values() for name in service.get("environment", {})]
+
+    assert "MM_REDIS_URL" in names and unknown_settings(names) == []
