@@ -109,6 +109,9 @@ class Settings:
     cache_max_bytes: int = _opt(256 * 1024 * 1024, "Bytes of cached results kept in Redis; the least recently used "
                                                    "go first past it.")
 
+    log_format: str = _opt("text", "Log lines as readable text, or json: one object per line with component, job_id, "
+                                   "model and node (for Loki, ELK).")
+
     placement: str = _opt("spread", "Where a model goes when it fits on several nodes: spread (most free) or binpack.")
     replica_backlog: int = _opt(8, "Queued jobs per parallel slot of every copy that call for another copy (0: none).")
 
@@ -124,6 +127,8 @@ class Settings:
         return max(self.job_time_limit_s, attempts * self.runtime_timeout_s + 8.0 * attempts)
 
     def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"MM_LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.placement not in ("spread", "binpack"):
             raise ValueError(f"MM_PLACEMENT must be spread or binpack, not {self.placement!r}")
         # kombu redelivers an unacked message older than the visibility timeout, even while it runs.
