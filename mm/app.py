@@ -2,9 +2,10 @@
 
 from celery import Celery
 
-from mm import broker_transport, routing
+from mm import broker_transport, log_format, routing
 
 broker_transport.install()  # a worker that loses its broker reconnects instead of exiting
+log_format.install_celery_hooks()  # MM_LOG_FORMAT for workers, gpu-brokers and beat
 app = Celery("mm", include=["mm.workers.node_tasks", "mm.workers.model_tasks", "mm.beat.tasks"])
 app.config_from_object("mm.celeryconfig")
 # A string, so clients that import the app never import worker code.

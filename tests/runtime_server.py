@@ -61,6 +61,7 @@ def start_runtime(
     evict: str = "none",
     timeout: float = 60.0,
     port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> RuntimeProc:
     """Start ``mm runtime`` on a free port and wait (up to ``timeout``) until it answers.
 
@@ -71,6 +72,7 @@ def start_runtime(
         memory: ``--memory`` budget in bytes (default: the runtime's 8 GiB).
         evict: ``--evict`` mode, ``"none"`` or ``"ollama"``.
         port: a port to listen on (default: a free one), e.g. to restart a runtime in place.
+        env: environment variables to add (e.g. ``MM_LOG_FORMAT``).
     """
     port = port or free_port()
     args = [sys.executable, "-c", "from mm.cli import main; main()", "runtime",
@@ -82,7 +84,7 @@ def start_runtime(
         args += ["--models", str(models_file)]
     if memory is not None:
         args += ["--memory", str(memory)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1") | (env or {})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = Proc(args, log=tmp_path / f"runtime-{port}.log", env=env, cwd=str(REPO))
     url = f"http://127.0.0.1:{port}"

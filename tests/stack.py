@@ -85,7 +85,8 @@ def sim_node(tmp_path: Path, redis_url: str, models: list[dict[str, Any]], memor
     """
     from tests.runtime_server import start_runtime
 
-    runtime = start_runtime(tmp_path, engine="sim", models=models, memory=memory)
+    runtime = start_runtime(tmp_path, engine="sim", models=models, memory=memory,
+                            env={f"MM_{k.upper()}": str(v) for k, v in settings.items()})
     stack = Stack(tmp_path, redis_url, runtime.url, memory_budget=memory, **settings)
     stack.runtime = runtime
     try:

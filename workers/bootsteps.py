@@ -14,7 +14,7 @@ from typing import Any
 from celery import bootsteps
 from celery.worker.consumer import Consumer
 
-from mm import keys, logs, store
+from mm import keys, log_format, logs, store
 from mm.memory import monitor_for
 from mm.settings import get as get_settings
 from mm.workers import broker_role, worker_state
@@ -61,6 +61,7 @@ class MMRole(bootsteps.StartStopStep):
             for queue in keys.INTAKE_QUEUES:  # jobs plain Celery clients sent without a queue
                 if queue not in c.app.amqp.queues.consume_from:
                     c.add_task_queue(queue)
+            log_format.set_process(settings, "node", node=True)  # Celery's own lines in this process
             log.info("gpu-broker for node %s started (runtime %s)", settings.node, settings.runtime_url)
         else:
             concurrency = c.controller.concurrency  # type: ignore[attr-defined]  # the WorkController; celery-types omit it

@@ -13,6 +13,7 @@ COMMANDS = {
     "enqueue": "mm.cli.enqueue:enqueue",
     "up": "mm.cli.up:up",
     "jobs": "mm.cli.jobs:jobs",
+    "logs": "mm.cli.logs:logs",
     "config": "mm.cli.config:config",
     "check": "mm.cli.check:check",
     "models": "mm.cli.models:models",

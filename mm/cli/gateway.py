@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 
+from mm import log_format
 from mm.settings import get as get_settings
 
 
@@ -19,6 +18,6 @@ def gateway(host: str | None, port: int | None, log_level: str) -> None:
     """Serve mm over HTTP: REST endpoints, an Ollama-compatible proxy, /metrics and a status page."""
     from mm.gateway.app import run
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    log_format.configure(settings, "api", log_level.upper())
     run(settings, host or settings.gateway_host, settings.gateway_port if port is None else port)

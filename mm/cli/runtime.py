@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 
+from mm import log_format
 from mm.runtime.catalog import default_models, load_models_file
 from mm.runtime.errors import GiB, parse_bytes
 from mm.runtime.scheduler import EVICT_MODES
+from mm.settings import get as get_settings
 
 
 def _memory(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -39,8 +40,7 @@ def runtime(engine: str, host: str, port: int, models_file: str | None, memory: 
         specs = load_models_file(models_file) if models_file else default_models(engine)
     except ValueError as exc:
         raise click.UsageError(f"--models: {exc}") from None
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log_format.configure(get_settings(), "runtime")
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     from mm.runtime.server import run
 
