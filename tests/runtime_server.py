@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,9 @@ from tests.procs import Proc, free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 # A log line of a request answered in full: "POST /api/chat 200 12.3ms model=... request=<digest> ..."
-SERVED = re.compile(r"POST /api/(?:generate|chat|embed|embeddings) 200 \S+ model=\S+ request=([0-9a-f]{12})"
-                    r"(?![^\n]*(?:client=gone|done_reason=load|done_reason=unload))")
+SERVED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*POST /api/(?:generate|chat|embed|embeddings) 200 \S+ "
+                    r"model=\S+ request=([0-9a-f]{12})(?![^\n]*(?:client=gone|done_reason=load|done_reason=unload))",
+                    re.M)
 
 
 @dataclass
@@ -41,11 +43,33 @@ class RuntimeProc:
     def alive(self) -> bool:
         return self.proc.alive()
 
+    def served_at(self) -> dict[str, list[float]]:
+        """When the runtime answered each distinct generate/chat/embed request in full (by its body's
+        digest in the log; loads and unloads, which are empty requests, are not counted)."""
+        times: dict[str, list[float]] = {}
+        for m in SERVED.finditer(self.output()):
+            at = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            times.setdefault(m.group(3), []).append(at)
+        return times
+
     def served(self) -> Counter[str]:
-        """How often the runtime answered each distinct generate/chat/embed request (by its body's
-        digest in the log) in full: a request run twice after it completed counts 2. Loads and
-        unloads (empty requests) are not counted."""
-        return Counter(m.group(1) for m in SERVED.finditer(self.output()))
+        """How often the runtime answered each distinct request in full (see :meth:`served_at`)."""
+        return Counter({digest: len(times) for digest, times in self.served_at().items()})
+
+
+def runs_twice(served_at: dict[str, list[float]], kills: list[float], before_s: float = 1.0,
+               after_s: float = 5.0) -> tuple[int, int]:
+    """(runs beyond one per request, of which interrupted): a request answered again after its
+    worker was SIGKILLed is *interrupted* when each earlier answer came from ``before_s`` before to
+    ``after_s`` after a kill: the worker died before it could store the answer (or the runtime
+    finished writing it to a worker just gone), so mm never had it and ran the job again. Any
+    other extra answer is a job run twice."""
+    extra = interrupted = 0
+    for times in served_at.values():
+        earlier = sorted(times)[:-1]
+        extra += len(earlier)
+        interrupted += sum(1 for t in earlier if any(k - before_s <= t <= k + after_s for k in kills))
+    return extra, interrupted
 
 
 def _answers(url: str) -> bool:

@@ -6,8 +6,9 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar, cast
 
 import ollama
 import redis
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger("mm.worker")
+T = TypeVar("T")
+REDIS_OUTAGE_S = 60.0  # a Redis restart with AOF, or a Sentinel failover, is over well within this
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,9 +53,33 @@ def _fail(pipe: redis.client.Pipeline, job_id: str, reason: str, status: int | N
     pipe.hset(keys.job(job_id), mapping=record)
 
 
+def _through_outage(call: Callable[[], T]) -> T:
+    """``call()``, tried again while Redis restarts or fails over (up to REDIS_OUTAGE_S), so that a
+    job meeting the outage at its start or end is neither failed nor left half-recorded."""
+    deadline, pause = time.monotonic() + REDIS_OUTAGE_S, 0.1
+    while True:
+        try:
+            return call()
+        except redis.ConnectionError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("Redis unavailable (%s); trying again in %.1fs", exc, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, 2.0)
+
+
 def _write(pipe: redis.client.Pipeline) -> None:
-    """Execute the job's closing writes; one that Redis refuses is logged, never fails the job."""
-    for reply in pipe.execute(raise_on_error=False):
+    """Execute the job's closing writes, through a Redis outage; one that Redis refuses is logged,
+    never fails the job."""
+    commands = list(pipe.command_stack)
+
+    def execute() -> list[Any]:
+        if not pipe.command_stack:  # a failed execute emptied the pipeline: queue the writes again
+            for args, options in commands:
+                pipe.pipeline_execute_command(*args, **options)
+        return pipe.execute(raise_on_error=False)
+
+    for reply in _through_outage(execute):
         if isinstance(reply, Exception):
             log.warning("job bookkeeping write refused: %s", reply)
 
@@ -124,12 +151,12 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
         request, submitted_at = intake.admit(self, request, r, settings)
     elif submitted_at is None:  # mm's header without its kwarg: the header holds the same submit time
         submitted_at = float(self.request.get("mm_submitted"))
-    if batch_outcomes.stopped(r, request):
+    if _through_outage(lambda: batch_outcomes.stopped(r, request)):
         _cancel(self, r, request)
     me = worker_state.current
     job = _Job(cast(str, self.request.id), request["model"], me.node if me else settings.node,
                self.request.hostname or "", request, submitted_at)  # a running task has its id
-    started = _start(r, me, job, settings)
+    started = _through_outage(lambda: _start(r, me, job, settings))
     if started is None:
         _requeue_not_resident(r, me, job)
     done = r.pipeline(transaction=False)  # the job's outcome and bookkeeping, in one round trip

@@ -39,6 +39,7 @@ log = logging.getLogger("mm.batches")
 CHUNK = 200  # requests enqueued between two looks at the batch's status
 LOCK_MS = 30_000
 RECONCILE_S = 15.0  # no job of a batch ended for this long: look at its jobs one by one
+LOST_RECHECK_S = 1.0
 
 
 @dataclass
@@ -238,6 +239,7 @@ class Advancer:
             counted |= {replies.text(m) for m in self.r.smembers(keys.batch_ended(batch_id, ended))}
         missing = [j for j in (records.job_id(batch_id, i) for i in range(enqueued)) if j not in counted]
         pipe = self.r.pipeline(transaction=False)
+        waiting = []
         for job_id in missing:
             state = app.AsyncResult(job_id).state
             outcome: str | None = {"SUCCESS": "completed", "FAILURE": "failed", "REVOKED": "cancelled"}.get(state)
@@ -245,8 +247,35 @@ class Advancer:
                 outcome = "failed"  # its record is gone: it can never end now
             if outcome:
                 pipe.sadd(keys.batch_ended(batch_id, outcome), job_id)
+            elif self.r.hget(keys.job(job_id), "status") == b"queued":
+                waiting.append(job_id)
         pipe.execute()
+        self._resend_lost(batch_id, waiting)
         return sum(records.counts(self.r, batch_id).values()) >= enqueued
+
+    def _resend_lost(self, batch_id: str, waiting: list[str]) -> None:
+        """Send again the jobs that wait as queued but whose messages are in no queue and not held.
+
+        kombu's Redis transport takes a message off its list (BRPOP) and then, in a second command,
+        records it as unacked: if Redis dies between the two, the message is gone and its job would
+        wait forever. Such a job never started, so sending it again runs it once."""
+        record = records.get(self.r, batch_id)
+        if not waiting or record is None:
+            return
+        lines, errors = self.lines(record)
+        if errors:
+            return
+        by_id = {records.job_id(batch_id, line.index): line for line in lines}
+        models = {by_id[j].request.model for j in waiting if j in by_id}
+        lost = [j for j in waiting if j in by_id and j not in self._queued_ids(models, batch_id)]
+        if lost:  # a second look: a message between a worker's BRPOP and its unacked write shows up by then
+            time.sleep(LOST_RECHECK_S)
+            lost = [j for j in lost if j not in self._queued_ids(models, batch_id)
+                    and self.r.hget(keys.job(j), "status") == b"queued"]
+        for job_id in lost:
+            client.enqueue(by_id[job_id].request, job_id)
+        if lost:
+            log.warning("batch %s: %d jobs lost by the broker were sent again: %s", batch_id, len(lost), lost)
 
     # --- cancelling ---------------------------------------------------------------------
     def begin_stop(self, batch_id: str, why: str) -> None:
