@@ -36,14 +36,18 @@ end
 return -1
 """
 
-# The next fencing token: one more than the last, and never below Redis's clock in milliseconds,
-# so tokens keep rising even when a failover lost the last INCR (async replication).
-_NEXT_TOKEN = """
+# Take the lease if free and, in the same step, the next fencing token: one more than the last, and
+# never below Redis's clock in milliseconds, so tokens keep rising even when a failover lost the
+# last INCR (async replication). Nobody sees the new holder before its token.
+_ACQUIRE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return false
+end
 local now = redis.call('TIME')
 local floor = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local token = redis.call('INCR', KEYS[1])
+local token = redis.call('INCR', KEYS[2])
 if token < floor then
-  redis.call('SET', KEYS[1], floor)
+  redis.call('SET', KEYS[2], floor)
   token = floor
 end
 return token
@@ -71,6 +75,7 @@ class Lease:
         self.key = key
         self.token: int | None = None
         self._valid_until = 0.0
+        self._acquire = r.register_script(_ACQUIRE)
         self._renew = r.register_script(_RENEW)
         self._release = r.register_script(_RELEASE)
         self._if_held = r.register_script(_IF_HELD)
@@ -78,9 +83,10 @@ class Lease:
     def acquire(self) -> int | None:
         """Take the lease if free; return the new fencing token, else None."""
         started = time.monotonic()
-        if not self.r.set(self.key, self.owner, nx=True, px=self.ttl_ms):
+        token = self._acquire(keys=[self.key, keys.FENCE], args=[self.owner, self.ttl_ms])
+        if token is None:
             return None
-        self.token = int(self.r.eval(_NEXT_TOKEN, 1, keys.FENCE))
+        self.token = int(token)
         self._valid_until = started + self.ttl_ms / 1000
         return self.token
 
