@@ -25,7 +25,7 @@ import redis
 from hypothesis import settings
 
 from tests.procs import Proc, free_port, wait_for
-from tests.support import in_ci
+from tests.support import REDIS_PASSWORD, in_ci
 
 TESTS = Path(__file__).resolve().parent
 # tier -> the folders and files (relative to tests/) whose tests it holds
@@ -104,6 +104,17 @@ def redis_url(redis_server):
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     yield redis_server.url
+
+
+@pytest.fixture
+def password_redis(tmp_path):
+    """A private redis-server that requires ``REDIS_PASSWORD``; its port."""
+    port = free_port()
+    proc = Proc([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+                 "--save", "", "--requirepass", REDIS_PASSWORD], log=tmp_path / "redis-auth.log")
+    wait_for(redis.Redis(port=port, password=REDIS_PASSWORD).ping, 15, what="redis with a password")
+    yield port
+    proc.stop()
 
 
 def tier_of(path: Path) -> str | None:

@@ -12,6 +12,10 @@ GB = 1_000_000_000  # a decimal gigabyte: what model files and the runtime's --m
 GIB = 1 << 30  # a binary gibibyte
 
 
+# The password of the ``password_redis`` fixture's server (tests grep logs for it).
+REDIS_PASSWORD = "s3cret-Pa55word-for-tests"
+
+
 def sim_model(name: str, **fields: Any) -> dict[str, Any]:
     """A model object for ``mm runtime --models``: the sim engine, 1 GB, and ``fields`` on top.
 

@@ -6,32 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import httpx
-import pytest
-import redis
 
 from tests.gateway_proc import start_gateway
-from tests.procs import Proc, free_port, wait_for
+from tests.procs import wait_for
 from tests.stack import sim_node
-from tests.support import GB, sim_model
+from tests.support import GB, REDIS_PASSWORD, sim_model
 
 MODEL = sim_model("logged:1b", load_bandwidth=10 * GB, eval_rate=2000)
-PASSWORD = "log-test-Pa55word-9f2c"
+PASSWORD = REDIS_PASSWORD
 API_KEY = "sk-log-test-key-7d1e"
-
-
-@pytest.fixture
-def password_redis(tmp_path):
-    port = free_port()
-    proc = Proc([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-                 "--save", "", "--requirepass", PASSWORD], log=tmp_path / "redis-auth.log")
-    wait_for(redis.Redis(port=port, password=PASSWORD).ping, 15, what="redis with a password")
-    yield f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
-    proc.stop()
 
 
 def json_lines(text: str) -> list[dict]:
@@ -40,7 +27,8 @@ def json_lines(text: str) -> list[dict]:
 
 def test_a_whole_run_logs_json_lines_with_components_and_job_context_and_no_secret(tmp_path, password_redis):
     settings = {"log_format": "json", "gateway_api_keys": API_KEY}
-    with sim_node(tmp_path, password_redis, [MODEL], 4 * GB, **settings) as stack:
+    url = f"redis://:{PASSWORD}@127.0.0.1:{password_redis}/0"
+    with sim_node(tmp_path, url, [MODEL], 4 * GB, **settings) as stack:
         proc, url = start_gateway(tmp_path, stack.env, "gateway")
         try:
             answer = httpx.post(f"{url}/api/generate", json={"model": MODEL["name"], "prompt": "hi", "stream": False},

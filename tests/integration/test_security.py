@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-
-import pytest
-import redis
 
 import mm
 from mm import keys
 from mm.app import INFER_TASK, app
-from tests.procs import Proc, free_port, wait_for
+from tests.procs import wait_for
 from tests.stack import sim_node
-from tests.support import GB, sim_model
+from tests.support import GB, REDIS_PASSWORD, sim_model
 
 MODEL = sim_model("secure:1b", load_bandwidth=10 * GB, eval_rate=2000)
 OPTS = {"num_predict": 4}
-PASSWORD = "s3cret-Pa55word-for-tests"
+PASSWORD = REDIS_PASSWORD
 
 
 def test_a_pickled_message_injected_into_a_model_queue_is_refused(tmp_path, redis_url):
@@ -34,16 +30,6 @@ def test_a_pickled_message_injected_into_a_model_queue_is_refused(tmp_path, redi
         assert evil.state == "PENDING" and not stack.r.exists(keys.job(evil.id))
         assert stack.procs["w1"].alive()
         assert mm.generate(MODEL["name"], "still serving", options=OPTS, timeout=60)["response"]
-
-
-@pytest.fixture
-def password_redis(tmp_path):
-    port = free_port()
-    proc = Proc([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-                 "--save", "", "--requirepass", PASSWORD], log=tmp_path / "redis-auth.log")
-    wait_for(redis.Redis(port=port, password=PASSWORD).ping, 15, what="redis with a password")
-    yield port
-    proc.stop()
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
