@@ -30,7 +30,6 @@ from mm.gateway.openai_shape import (
     COMPLETIONS,
     EMBEDDINGS,
     OpenAIError,
-    StreamShaper,
     encoding_format,
     job_kwargs,
     model_not_found,
@@ -40,6 +39,7 @@ from mm.gateway.openai_shape import (
     response_body,
     stream_of,
 )
+from mm.gateway.openai_stream import StreamShaper
 from mm.gateway.proxy import ProxyHandler
 from mm.gateway.waiting import relay, streaming_supported, wait_result
 

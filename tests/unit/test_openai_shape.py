@@ -13,7 +13,6 @@ from mm.gateway.openai_shape import (
     COMPLETIONS,
     EMBEDDINGS,
     OpenAIError,
-    StreamShaper,
     decode_base64_embedding,
     finish_reason,
     job_kwargs,
@@ -22,6 +21,7 @@ from mm.gateway.openai_shape import (
     response_body,
     stream_of,
 )
+from mm.gateway.openai_stream import StreamShaper
 
 PIXEL = "iVBORw0KGgo="
 RESULT = {"message": {"role": "assistant", "content": "Hi there"}, "done_reason": "stop",
