@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                   extra_runs, interrupted, batch["request_counts"]["failed"]]]))
     print("faults: " + ("; ".join(faults) if faults else "none"))
     ok = batch["status"] == "completed" and answered == lines and twice == 0 and extra_runs == 0
-    print(f"HEADLINE batch of {lines}: accepted in {accept_s:.2f} s (target < {ACCEPT_TARGET_S:.0f} s, "
+    print(f"HEADLINE batch: {lines} requests accepted in {accept_s:.2f} s (target < {ACCEPT_TARGET_S:.0f} s, "
           f"{'MET' if accept_s < ACCEPT_TARGET_S else 'MISS'}); makespan {makespan:.1f} s = "
           f"{ratio(makespan, lb):.2f}x the lower bound; every request answered once: {'yes' if ok else 'NO'}")
 

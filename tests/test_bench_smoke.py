@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = ("schedule", "scale", "overhead", "live", "fleet", "cache")
+SCRIPTS = ("schedule", "scale", "overhead", "live", "fleet", "cache", "batch")
 NUMBER = r"\d+(\.\d+)?"
 
 
@@ -117,4 +117,14 @@ def test_cache_measures_gpu_seconds_with_the_result_cache_off_and_on(smoke_runs)
     assert re.search(rf"\d+/\d+ jobs \({NUMBER}%\) answered from the cache", line), line
     assert re.search(rf"GPU seconds {NUMBER} off -> {NUMBER} on, ratio on/off {NUMBER}", line), line
     assert "cache off" in output and "cache on" in output
+    assert "logs kept" not in output
+
+
+def test_batch_runs_a_batch_through_the_gateway_with_a_worker_and_the_leader_killed(smoke_runs):
+    output = finished(smoke_runs, "batch")
+
+    line = headline(output, "batch")
+    assert re.search(rf"500 requests accepted in {NUMBER} s", line), line
+    assert re.search(rf"makespan {NUMBER} s = {NUMBER}x the lower bound", line), line
+    assert "model-worker SIGKILLed" in output and "gpu-broker SIGKILLed" in output
     assert "logs kept" not in output
