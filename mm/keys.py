@@ -108,6 +108,14 @@ def job(job_id: str) -> str:
     return f"mm:job:{job_id}"
 
 
+def setup_problem(hostname: str) -> str:
+    """Why the Celery process ``hostname`` refused to start (how it was started is wrong for its role)."""
+    return f"mm:setup:problem:{hostname}"
+
+
+SETUP_PROBLEMS = "mm:setup:problem:*"
+
+
 def deliveries(job_id: str) -> str:
     return f"mm:deliveries:{job_id}"
 

@@ -33,10 +33,10 @@ class Stack:
         self.procs: dict[str, Proc] = {}
         self.runtime = None  # the runtime sim_node started for this stack, if it did
 
-    def _celery(self, name: str, args: list[str]) -> Proc:
+    def _celery(self, name: str, args: list[str], **env: str) -> Proc:
         cmd = [sys.executable, "-m", "celery", "-A", "mm.app", "worker", "-l", "INFO",
                "--without-gossip", "--without-mingle", "-n", f"{name}@{self.node}", *args]
-        proc = Proc(cmd, log=self.tmp / f"{name}.log", env=self.env, cwd=str(REPO))
+        proc = Proc(cmd, log=self.tmp / f"{name}.log", env=self.env | env, cwd=str(REPO))
         self.procs[name] = proc
         return proc
 
@@ -46,7 +46,7 @@ class Stack:
 
     def start_worker(self, name: str = "worker", slots: int = 2) -> Proc:
         """A model-worker with ``slots`` threads and no model queue."""
-        return self._celery(name, ["-P", "threads", "-c", str(slots)])
+        return self._celery(name, ["-P", "threads", "-c", str(slots)], MM_WORKER_SLOTS=str(slots))
 
     def hostname(self, name: str) -> str:
         return f"{name}@{self.node}"

@@ -11,11 +11,14 @@ import logging
 import os
 from typing import Any
 
+import redis
 from celery import bootsteps
+from celery.exceptions import ImproperlyConfigured
 from celery.worker.consumer import Consumer
 
-from mm import keys, log_format, logs, store
+from mm import keys, log_format, logs, store, worker_setup
 from mm.memory import monitor_for
+from mm.settings import Settings
 from mm.settings import get as get_settings
 from mm.workers import broker_role, worker_state
 
@@ -24,6 +27,21 @@ log = logging.getLogger("mm.worker")
 
 def _is_broker(consumer: Consumer) -> bool:
     return any(name.startswith(keys.node_queue("")) for name in consumer.app.amqp.queues.consume_from)
+
+
+def _check_setup(c: Consumer, r: redis.Redis, settings: Settings) -> None:
+    """Stop the process, saying why and how to start it, if how it was started is wrong for its role."""
+    started = worker_setup.Started(
+        pool=type(c.pool).__module__.rpartition(".")[2],
+        concurrency=c.controller.concurrency,  # type: ignore[attr-defined]  # the WorkController; celery-types omit it
+        queues=frozenset(c.app.amqp.queues.consume_from),
+    )
+    found = worker_setup.problems(started, settings)
+    worker_setup.record(r, c.hostname or "", found)
+    if found:
+        for problem in found:
+            log.critical("%s", problem)
+        raise ImproperlyConfigured(" | ".join(found))
 
 
 class MMRole(bootsteps.StartStopStep):
@@ -45,6 +63,7 @@ class MMRole(bootsteps.StartStopStep):
         logs.quiet_http_polls()
         settings = get_settings()
         r = store.connect()
+        _check_setup(c, r, settings)
         if _is_broker(c):
             from mm.workers.leader import Leader
             from mm.workers.node_agent import NodeAgent

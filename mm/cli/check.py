@@ -8,7 +8,7 @@ import time
 import click
 import redis
 
-from mm import keys, replies, store
+from mm import keys, replies, store, worker_setup
 
 
 def problems(node: str | None, worker: str | None, beat_within: float | None) -> list[str]:
@@ -27,6 +27,8 @@ def problems(node: str | None, worker: str | None, beat_within: float | None) ->
             found.append(f"node {node}: runtime down ({json.loads(raw).get('runtime_error', '')})")
     if worker and not r.exists(keys.worker_state(worker)):
         found.append(f"model-worker {worker} has not reported recently")
+    for hostname, refused in worker_setup.recorded(r).items():
+        found += [f"{hostname} refused to start: {problem}" for problem in refused]
     if beat_within is not None:
         last = replies.entries(r.xrevrange(keys.BEAT_RUNS, count=1))
         at = json.loads(last[0][1][b"run"])["at"] if last else 0.0

@@ -160,7 +160,7 @@ def up(workers: int, slots: int | None, memory: int, flower: bool, flower_port: 
         redis_url = _start_redis(sup, settings.redis_url, run_dir)
         runtime_url, memory_budget = _start_runtime(sup, run_dir, memory, settings.memory_budget)
         env.update(MM_REDIS_URL=redis_url, MM_RUNTIME_URL=runtime_url, MM_NODE=settings.node,
-                   MM_MEMORY_BUDGET=str(memory_budget))
+                   MM_MEMORY_BUDGET=str(memory_budget), MM_WORKER_SLOTS=str(slots))
         node = settings.node
         _start_celery(sup, node, workers, slots, flower, flower_port)
         r = store.connect(redis_url)

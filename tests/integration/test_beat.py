@@ -108,7 +108,7 @@ def test_two_beats_run_each_periodic_job_once_per_slot(tmp_path, redis_url):
     r = redis.Redis.from_url(redis_url)
     env = os.environ | {"MM_REDIS_URL": redis_url, "MM_USE_NVML": "0", "PYTHONPATH": str(REPO),
                         "MM_IDLE_CHECK_S": "1", "MM_METRICS_ROLLUP_S": "1", "MM_ALERT_CHECK_S": "1",
-                        "MM_ACTIVITY_REPORT_S": "1"}
+                        "MM_ACTIVITY_REPORT_S": "1", "MM_WORKER_SLOTS": "2"}
     celery = [sys.executable, "-m", "celery", "-A", "mm.app"]
     procs = [Proc([*celery, "worker", "-Q", keys.BEAT_QUEUE, "-P", "threads", "-c", "2", "-n", "beatworker@t",
                    "--without-gossip", "--without-mingle", "-l", "INFO"], log=tmp_path / "worker.log", env=env,
