@@ -16,7 +16,7 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from mm import keys, registry, replies, result_cache, store, streams
+from mm import keys, redis_memory, registry, replies, result_cache, store, streams
 from mm.app import INFER_TASK, app
 from mm.errors import JobFailed, JobLost
 from mm.settings import get as get_settings
@@ -214,6 +214,7 @@ def send(request: JobRequest, job_id: str, submitted_at: float) -> AsyncResult:
 
 def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     r = store.connect()
+    redis_memory.check(r, get_settings())  # refused whole, before anything is written
     if job_id is not None:
         r.delete(keys.job(job_id))  # a retry: its old record must not hold a final status
     job_id = job_id or str(uuid.uuid4())

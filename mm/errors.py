@@ -36,5 +36,9 @@ class JobLost(JobFailed):
     """A submitted job no longer exists in Redis (data lost); it will never run."""
 
 
+class RedisFull(MMError):
+    """Redis is near its ``maxmemory``: new jobs are refused until it drains (nothing was enqueued)."""
+
+
 class StaleToken(MMError):
     """A broker command carried a fencing token older than the newest one the node has seen."""

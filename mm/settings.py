@@ -45,6 +45,8 @@ class Settings:
     job_time_limit_s: int = _opt(1800, "Hard time limit of one inference job.")
     visibility_timeout_s: int = _opt(3600, "kombu visibility timeout; must exceed job_time_limit_s.")
     result_expires_s: int = _opt(86_400, "Results and job records expire after this many seconds.")
+    redis_memory_limit: float = _opt(0.9, "Refuse new jobs once Redis uses this share of its maxmemory, before it "
+                                          "refuses writes (0: never refuse).")
     orphan_grace_s: float = _opt(10.0, "A job kombu holds as delivered this long that no live worker runs is "
                                        "requeued (its worker died or lost the broker connection before starting it, "
                                        "or while holding it). Workers start what they take within milliseconds.")
