@@ -8,7 +8,8 @@ import time
 import click
 import redis
 
-from mm import keys, replies, store, worker_setup
+from mm import keys, redis_memory, replies, store, worker_setup
+from mm.settings import get as get_settings
 
 
 def problems(node: str | None, worker: str | None, beat_within: float | None) -> list[str]:
@@ -18,7 +19,7 @@ def problems(node: str | None, worker: str | None, beat_within: float | None) ->
         r.ping()
     except redis.RedisError as exc:
         return [f"Redis: {exc}"]
-    found = []
+    found = redis_memory.problems(redis_memory.read(r), get_settings())
     if node:
         raw = r.get(keys.node_state(node))
         if raw is None:

@@ -24,7 +24,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
-from mm.errors import JobFailed, JobLost, UnknownModel, ValidationError
+from mm.errors import JobFailed, JobLost, RedisFull, UnknownModel, ValidationError
 from mm.settings import Settings
 
 log = logging.getLogger("mm.gateway")
@@ -37,6 +37,7 @@ DRAIN_FACTOR = 4
 # past HARD_MAX_HEADER_BYTES (Go's default, as Ollama has), so mm's own limit sits well below it.
 MAX_HEADER_BYTES = 64 * 1024
 HARD_MAX_HEADER_BYTES = 1024 * 1024
+RETRY_FULL_S = 5  # Retry-After of a submission refused while Redis is near its maxmemory
 
 
 class ApiError(Exception):
@@ -141,6 +142,8 @@ def status_for(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, tornado.web.HTTPError):
         message = exc.log_message or tornado.httputil.responses.get(exc.status_code, "error")
         return exc.status_code, "", message % exc.args
+    if isinstance(exc, RedisFull):
+        return 503, "", str(exc)
     if isinstance(exc, JobLost):
         return 503, "job_id", str(exc)
     if isinstance(exc, JobFailed):
@@ -321,6 +324,8 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("WWW-Authenticate", 'Bearer realm="mm"')
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
+        if isinstance(exc, RedisFull):
+            self.set_header("Retry-After", str(RETRY_FULL_S))
         # Ollama's clients show only "error": it names the field too, unless the message already does.
         body = {"error": f"{field_}: {message}" if field_ and field_ not in message else message}
         if field_:

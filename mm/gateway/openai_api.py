@@ -21,9 +21,9 @@ import tornado.iostream
 import tornado.web
 
 from mm import client, registry
-from mm.errors import JobFailed
+from mm.errors import JobFailed, RedisFull
 from mm.gateway import status
-from mm.gateway.base import ApiError, BaseHandler, Gateway, log, status_for
+from mm.gateway.base import RETRY_FULL_S, ApiError, BaseHandler, Gateway, log, status_for
 from mm.gateway.ollama_shape import PRIORITY_HEADER, created_at, final_chunks
 from mm.gateway.openai_shape import (
     CHAT,
@@ -73,6 +73,8 @@ class OpenAIErrors(BaseHandler):
             self.set_header("WWW-Authenticate", 'Bearer realm="mm"')
         if status_code == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
+        if isinstance(exc, RedisFull):
+            self.set_header("Retry-After", str(RETRY_FULL_S))
         self.finish(json.dumps(error.body()))
 
     def _handle_request_exception(self, e: BaseException) -> None:

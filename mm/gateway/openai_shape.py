@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from mm.errors import JobFailed, JobLost, UnknownModel, ValidationError
+from mm.errors import JobFailed, JobLost, RedisFull, UnknownModel, ValidationError
 from mm.gateway.base import ApiError
 from mm.gateway.ollama_shape import durations
 from mm.keys import PRIORITIES
@@ -77,6 +77,8 @@ def openai_error(exc: BaseException) -> OpenAIError:
             return OpenAIError(404, exc.message, param="model", code="model_not_found")
         message = f"{exc.field}: {exc.message}" if exc.field and exc.field not in exc.message else exc.message
         return OpenAIError(exc.status, message, param=exc.field or None)
+    if isinstance(exc, RedisFull):
+        return OpenAIError(503, str(exc), code="overloaded")
     if isinstance(exc, JobLost):
         return OpenAIError(503, str(exc), code="job_lost")
     if isinstance(exc, JobFailed):
