@@ -38,8 +38,12 @@ _seen: tuple[float, int, Memory | None] = (0.0, 0, None)  # (when, id of the cli
 
 
 def read(r: redis.Redis) -> Memory:
-    """Redis's used memory, its ``maxmemory`` and its eviction policy, now."""
-    info = r.info("memory")
+    """Redis's used memory, its ``maxmemory`` and its eviction policy, now; no limit if this user
+    may not run ``INFO`` (an ACL user without ``+info``: the guard is then off, never in the way)."""
+    try:
+        info = r.info("memory")
+    except redis.exceptions.NoPermissionError:
+        return Memory(0, 0, SAFE_POLICY)
     return Memory(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)),
                   str(info.get("maxmemory_policy", SAFE_POLICY)))
 
