@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import redis
-from celery import bootsteps
+from celery import bootsteps, signals
 from celery.exceptions import ImproperlyConfigured
 from celery.worker.consumer import Consumer
 
@@ -42,6 +43,23 @@ def _check_setup(c: Consumer, r: redis.Redis, settings: Settings) -> None:
         for problem in found:
             log.critical("%s", problem)
         raise ImproperlyConfigured(" | ".join(found))
+
+
+@signals.worker_shutting_down.connect
+def _shutting_down(**_: Any) -> None:
+    """A warm shutdown began: a leader hands its lease over now, a model-worker takes no new binding.
+
+    Celery sends this from its signal handler, so the Redis writes run on a thread of their own."""
+    def leave() -> None:
+        try:
+            if broker_role.leader is not None:
+                broker_role.leader.stop()
+            if worker_state.current is not None:
+                worker_state.current.drain()
+        except redis.RedisError as exc:
+            log.warning("could not announce the shutdown: %s", exc)
+
+    threading.Thread(target=leave, name="mm-shutdown", daemon=True).start()
 
 
 class MMRole(bootsteps.StartStopStep):

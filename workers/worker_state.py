@@ -39,6 +39,7 @@ class WorkerState:
         self.jobs: dict[str, str] = {}  # job id -> model of the jobs in flight
         self.last_job_at = 0.0
         self.consumer: Consumer | None = None  # the Celery consumer, to (un)bind queues from a task thread
+        self.draining = False  # shutting down: finishing its jobs, taking no new binding
         self._lock = threading.Lock()
         self._heartbeat = Heartbeat("mm-worker-state", heartbeat_s, self._beat, log, "worker state publish failed")
 
@@ -47,7 +48,7 @@ class WorkerState:
             return {
                 "hostname": self.hostname, "node": self.node, "slots": self.slots, "bound": self.bound,
                 "running": dict(Counter(self.jobs.values())), "last_job_at": self.last_job_at,
-                "at": time.time(),
+                "draining": self.draining, "at": time.time(),
             }
 
     def publish(self, pipe: redis.client.Pipeline | None = None) -> None:
@@ -58,6 +59,12 @@ class WorkerState:
         pipe.sadd(keys.WORKERS, self.hostname)
         if own:
             pipe.execute()
+
+    def drain(self) -> None:
+        """Say that this worker is shutting down: the leader binds it no more; its jobs finish."""
+        with self._lock:
+            self.draining = True
+        self.publish()
 
     def set_bound(self, model: str | None) -> None:
         with self._lock:

@@ -122,9 +122,10 @@ def build_snapshot(r: redis.Redis, settings: Settings, pending: dict[tuple[str, 
     running_by_node: dict[str, dict[str, int]] = {}
     for hostname, w in records.workers.items():
         bound = bind_overrides.get(hostname, w.get("bound"))
-        workers_by_node.setdefault(w["node"], []).append(
-            Worker(hostname, int(w["slots"]), bound, sum(w.get("running", {}).values()))
-        )
+        if not w.get("draining"):  # a worker shutting down takes no binding; its running jobs still count
+            workers_by_node.setdefault(w["node"], []).append(
+                Worker(hostname, int(w["slots"]), bound, sum(w.get("running", {}).values()))
+            )
         running = running_by_node.setdefault(w["node"], {})
         for model, n in w.get("running", {}).items():
             running[model] = running.get(model, 0) + n
