@@ -29,6 +29,8 @@ class Settings:
     gpus: str = _opt("", "GPU indices this node's runtime uses, e.g. 0 or 2,3 (empty: all); one node per GPU.")
 
     max_prompt_chars: int = _opt(100_000, "Longest prompt (or sum of chat message contents) accepted.")
+    max_embed_chars: int = _opt(200_000, "Most characters of input one embed job may carry in all (a list of "
+                                         "inputs holds one slot for all of them).")
     max_images: int = _opt(8, "Most images one job may carry.")
     max_image_bytes: int = _opt(20 * 1024 * 1024, "Largest decoded image accepted, in bytes.")
     max_num_predict: int = _opt(4096, "Largest options.num_predict accepted (a model's max_num_predict in the "

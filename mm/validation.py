@@ -456,6 +456,11 @@ def _check_input(kind: str, prompt: Any, messages: Any, system: Any, settings: S
             if not prompt:
                 raise ValidationError("prompt", "must not be an empty list")
             prompt = [_check_text(f"prompt[{i}]", p, settings.max_prompt_chars) for i, p in enumerate(prompt)]
+            total = sum(len(p) for p in prompt)
+            if total > settings.max_embed_chars:  # one job holds its slot for all of them
+                raise ValidationError("prompt", f"{len(prompt)} inputs of {total} characters in all, over the limit "
+                                                f"of {settings.max_embed_chars} (MM_MAX_EMBED_CHARS); split them "
+                                                "over several jobs")
         else:
             prompt = _check_text("prompt", prompt, settings.max_prompt_chars)
     if system is not None:

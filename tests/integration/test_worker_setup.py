@@ -22,7 +22,8 @@ def celery_worker(tmp_path, redis_url: str, name: str, *args: str, **env: str) -
 
 
 @pytest.mark.parametrize("name, args, env, says", [
-    ("broker", ["-Q", "mm.node.n1,mm.beat", "-c", "1"], {}, "must run on Celery's threads pool (-P threads), not prefork"),
+    ("broker", ["-Q", "mm.node.n1,mm.beat", "-c", "1"], {},
+     "must run on Celery's threads pool (-P threads), not prefork"),
     ("broker", ["-Q", "mm.node.n1,mm.beat", "-c", "2", "-P", "threads"], {}, "one command at a time (-c 1)"),
     ("broker", ["-Q", "mm.node.n2", "-c", "1", "-P", "threads"], {}, "consumes mm.node.n2 but MM_NODE is 'n1'"),
     ("model-1", ["-P", "threads", "-c", "3"], {"MM_WORKER_SLOTS": "4"}, "-c 3 but MM_WORKER_SLOTS is 4"),

@@ -334,3 +334,13 @@ def test_min_tokens_is_a_lower_bound_of_common_tokenizations():
     assert min_tokens("x.. y") == 3
     assert min_tokens("don't stop") == 2  # GPT-style tokenizers keep "'t" in one token with nothing else
     assert min_tokens("") == 0
+
+
+def test_an_embed_job_over_the_total_input_limit_is_refused_naming_the_setting():
+    small = Settings(max_prompt_chars=100, max_embed_chars=250)
+    inputs = ["x" * 100, "y" * 100]
+
+    assert validate("m:1b", known_models=KNOWN, settings=small, kind="embed", prompt=inputs).prompt == inputs
+    with pytest.raises(ValidationError, match=r"3 inputs of 300 characters in all.*MM_MAX_EMBED_CHARS") as caught:
+        validate("m:1b", known_models=KNOWN, settings=small, kind="embed", prompt=[*inputs, "z" * 100])
+    assert caught.value.field == "prompt"
