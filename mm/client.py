@@ -16,9 +16,9 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from mm import keys, redis_memory, registry, replies, result_cache, store, streams
+from mm import cancel, keys, redis_memory, registry, replies, result_cache, store, streams
 from mm.app import INFER_TASK, app
-from mm.errors import JobFailed, JobLost
+from mm.errors import JobCancelled, JobFailed, JobLost, UnknownJob
 from mm.settings import get as get_settings
 from mm.validation import JobRequest, ModelFacts, validate
 
@@ -60,7 +60,7 @@ class Job:
         return record
 
     def status(self) -> str:
-        """pending, queued, running, complete, failed or cancelled (a job of a stopped batch)."""
+        """pending, queued, running, complete, failed or cancelled."""
         status = store.connect().hget(keys.job(self.id), "status")
         return self._settled(replies.text(status) if status else "pending")[0]
 
@@ -68,7 +68,7 @@ class Job:
         # A worker closes the record just after Celery stored the outcome: the outcome wins.
         if status in ("queued", "running"):
             result: AsyncResult[Any] = AsyncResult(self.id, app=app)
-            settled = {"SUCCESS": "complete", "FAILURE": "failed"}.get(result.state)
+            settled = {"SUCCESS": "complete", "FAILURE": "failed", "REVOKED": "cancelled"}.get(result.state)
             if settled:
                 return settled, result.date_done.timestamp() if result.date_done else None
         return status, None
@@ -78,7 +78,8 @@ class Job:
 
         Raises:
             JobFailed: the job ended FAILED (the message is the reason; ``.status`` the runtime's
-                HTTP status when the runtime refused it).
+                HTTP status when the runtime refused it); :class:`JobCancelled` (a JobFailed whose
+                message is ``cancelled: <why>``) if it was cancelled.
             JobLost: its record vanished from Redis (e.g. Redis restarted without persistence).
             TimeoutError: it has not ended within ``timeout`` seconds.
         """
@@ -106,6 +107,8 @@ class Job:
     def _failure(self, default: str) -> JobFailed:
         """The job's failure: its reason and the runtime's HTTP status, from its record."""
         record = self.record()
+        if record.get("status") == "cancelled":
+            return JobCancelled(record.get("error") or "cancelled")
         status = record.get("error_status")
         return JobFailed(record.get("error") or default, status=int(status) if status else None)
 
@@ -136,13 +139,38 @@ class Job:
                     continue
                 if deadline is not None and timeout is not None and time.monotonic() >= deadline:
                     raise TimeoutError(self._not_ended(timeout))
-                if result.state == "FAILURE" or self.status() == "failed":
+                if result.state in ("FAILURE", "REVOKED") or self.status() in ("failed", "cancelled"):
                     raise self._failure("failed")
                 if result.state == "SUCCESS":
                     return  # it ended without streaming (submitted with stream=False)
                 self._check_not_lost(result)
         finally:
             _unsubscribe(result)
+
+    def cancel(self, reason: str = "cancelled by request", wait: float = 5.0) -> bool:
+        """Cancel the job: a queued one is taken off its queue and never runs; a running one is
+        stopped (its runtime call closed) and its worker slot freed. Either ends ``cancelled``, and
+        :meth:`get` then raises :class:`JobCancelled`.
+
+        Args:
+            reason: why, kept in the job's record as ``cancelled: <reason>``.
+            wait: seconds to wait for a running job to stop (0: return at once).
+
+        Returns:
+            True if the job is cancelled (or being stopped, if it had not stopped within ``wait``);
+            False if it had ended already (complete, failed or cancelled): nothing changed.
+
+        Raises:
+            UnknownJob: no job has this id (or its record expired).
+        """
+        r = store.connect()
+        why = reason if reason.startswith("cancelled:") else f"cancelled: {reason}"
+        outcome = cancel.cancel(r, self.id, why, get_settings().result_expires_s)
+        if outcome.result == "unknown":
+            raise UnknownJob(f"no job {self.id} (unknown, or expired after MM_RESULT_EXPIRES_S)")
+        if outcome.result == "stopping" and wait > 0:
+            cancel.wait_ended(r, self.id, wait)
+        return outcome.result != "ended"
 
     def _not_ended(self, timeout: float) -> str:
         return f"job {self.id} did not end within {timeout:.1f} s (status {self.status()})"

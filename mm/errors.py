@@ -32,6 +32,19 @@ class JobFailed(MMError):
         self.status = status
 
 
+class JobCancelled(JobFailed):
+    """A job ended cancelled (``job.cancel()``, ``DELETE /api/job/<id>``, its batch stopped, its
+    gateway client gone); the message, ``cancelled: <why>``, is the reason. The gateway answers
+    a request whose job was cancelled with ``status``, 409."""
+
+    def __init__(self, message: str = "cancelled", status: int | None = 409):
+        super().__init__(message, status)
+
+
+class UnknownJob(MMError, LookupError):
+    """No job has this id (never submitted, or its record expired after ``MM_RESULT_EXPIRES_S``)."""
+
+
 class JobLost(JobFailed):
     """A submitted job no longer exists in Redis (data lost); it will never run."""
 

@@ -116,6 +116,12 @@ def setup_problem(hostname: str) -> str:
 SETUP_PROBLEMS = "mm:setup:problem:*"
 
 
+def cancel(job_id: str) -> str:
+    """Set (with the job record's TTL) once the job is cancelled: a worker ends it without running it,
+    or stops it if it runs. Its value is the reason."""
+    return f"mm:cancel:{job_id}"
+
+
 def deliveries(job_id: str) -> str:
     return f"mm:deliveries:{job_id}"
 

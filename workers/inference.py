@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import ollama
 
-from mm.errors import JobFailed
+from mm.errors import JobCancelled, JobFailed
 from mm.settings import Settings
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ def failure(exc: Exception, timeout_s: float) -> JobFailed:
 
 
 Publish = Callable[[dict[str, Any]], None]
+STOPPED = "cancelled: stopped while running"
 
 
 def request_body(request: dict[str, Any], load_options: dict[str, Any], stream: bool) -> dict[str, Any]:
@@ -81,32 +84,58 @@ def request_body(request: dict[str, Any], load_options: dict[str, Any], stream: 
 
 
 def call_runtime(client: ollama.Client, request: dict[str, Any], load_options: dict[str, Any],
-                 publish: Publish | None = None) -> dict[str, Any]:
+                 publish: Publish | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     """One Ollama call for ``request``.
 
-    With ``publish``, generate and chat stream: each chunk is published as it comes and the
-    final object is returned with the whole text.
+    Generate and chat always stream from the runtime, so that the call can be given up between two
+    chunks: once ``stop`` is set the response is closed (the runtime stops generating) and
+    :class:`JobCancelled` raised. With ``publish`` each chunk is published as it comes. Either way
+    the final object is returned with the whole text, as the runtime answers a call without streaming.
     """
     kind = request["kind"]
-    relay_to = publish if kind != "embed" else None  # an embedding comes whole
     path, shape = ENDPOINTS[kind]
-    body = request_body(request, load_options, relay_to is not None)
+    streamed = kind != "embed"  # an embedding comes whole
+    body = request_body(request, load_options, streamed)
     # Through the client's request method rather than generate()/chat()/embed(), which drop the
     # fields their version does not know (truncate, and newer ones): the runtime gets them all.
-    if relay_to is not None:
-        return _relay(client._request(shape, "POST", path, json=body, stream=True), relay_to, kind)
+    if streamed:
+        chunks = _chunks(client, shape, path, body)
+        try:
+            return _relay(chunks, publish, kind, stop)
+        finally:
+            chunks.close()  # closes the response: the runtime sees its client gone and stops generating
     return client._request(shape, "POST", path, json=body, stream=False).model_dump(exclude_none=True)
 
 
-def _relay(chunks: Iterator[pydantic.BaseModel], publish: Publish, kind: str) -> dict[str, Any]:
+def _chunks(client: ollama.Client, shape: type[pydantic.BaseModel], path: str,
+            body: dict[str, Any]) -> Generator[pydantic.BaseModel, None, None]:
+    """The runtime's streamed answer, chunk by chunk (as the ollama client's streaming call, except
+    that an error sent in the stream keeps the HTTP status Ollama gives it there)."""
+    with client._client.stream("POST", path, json=body) as response:
+        if response.is_error:
+            response.read()
+            raise ollama.ResponseError(response.text, response.status_code)
+        for line in response.iter_lines():
+            part = json.loads(line)
+            if error := part.get("error"):
+                status = part.get("status")
+                raise ollama.ResponseError(error, status if isinstance(status, int) else -1)
+            yield shape(**part)
+
+
+def _relay(chunks: Iterator[pydantic.BaseModel], publish: Publish | None, kind: str,
+           stop: threading.Event | None = None) -> dict[str, Any]:
     parts: list[str] = []
     thinking: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     logprobs: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
     for chunk in chunks:
+        if stop is not None and stop.is_set():
+            raise JobCancelled(STOPPED)
         final = chunk.model_dump(exclude_none=True)
-        publish(final)
+        if publish is not None:
+            publish(final)
         piece = final if kind == "generate" else final.get("message", {})
         parts.append(piece.get("response" if kind == "generate" else "content") or "")
         thinking.append(piece.get("thinking") or "")
@@ -127,8 +156,10 @@ def _relay(chunks: Iterator[pydantic.BaseModel], publish: Publish, kind: str) ->
 
 
 def call_with_retries(client: ollama.Client, request: dict[str, Any], load_options: dict[str, Any],
-                      settings: Settings, publish: Publish | None = None) -> dict[str, Any]:
-    """Retry transient runtime errors with exponential backoff; raise JobFailed for the rest.
+                      settings: Settings, publish: Publish | None = None,
+                      stop: threading.Event | None = None) -> dict[str, Any]:
+    """Retry transient runtime errors with exponential backoff; raise JobFailed for the rest, and
+    :class:`JobCancelled` once ``stop`` is set.
 
     A streaming call is not retried once a chunk went out: the reader would see it twice.
     """
@@ -143,7 +174,9 @@ def call_with_retries(client: ollama.Client, request: dict[str, Any], load_optio
     delay = 0.5
     for attempt in range(settings.runtime_retries + 1):
         try:
-            return call_runtime(client, request, load_options, tracking if publish else None)
+            return call_runtime(client, request, load_options, tracking if publish else None, stop)
+        except JobCancelled:
+            raise
         except Exception as exc:
             if not is_transient(exc) or streamed or attempt == settings.runtime_retries:
                 raise failure(exc, settings.runtime_timeout_s) from exc

@@ -16,13 +16,13 @@ from celery import Task, states
 from celery.exceptions import Ignore, Reject
 from celery.signals import task_postrun
 
-from mm import keys, metrics, registry, result_cache, store, streams
+from mm import cancel, keys, metrics, registry, replies, result_cache, store, streams
 from mm.app import INFER_TASK, app
 from mm.batches import outcomes as batch_outcomes
-from mm.errors import JobFailed
+from mm.errors import JobCancelled, JobFailed
 from mm.settings import Settings
 from mm.settings import get as get_settings
-from mm.workers import control, intake, worker_state  # noqa: F401  (control registers the bind commands)
+from mm.workers import cancel_watch, control, intake, worker_state  # noqa: F401  (control registers the bind commands)
 from mm.workers.inference import build_result, call_with_retries
 
 if TYPE_CHECKING:
@@ -151,9 +151,10 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
         request, submitted_at = intake.admit(self, request, r, settings)
     elif submitted_at is None:  # mm's header without its kwarg: the header holds the same submit time
         submitted_at = float(self.request.get("mm_submitted"))
-    if _through_outage(lambda: batch_outcomes.stopped(r, request)):
-        _cancel(self, r, request)
+    cancelled = _through_outage(lambda: cancel.requested(r, cast(str, self.request.id), request))
     me = worker_state.current
+    if cancelled:
+        _cancel(self, r, request, cancelled)
     job = _Job(cast(str, self.request.id), request["model"], me.node if me else settings.node,
                self.request.hostname or "", request, submitted_at)  # a running task has its id
     started = _through_outage(lambda: _start(r, me, job, settings))
@@ -162,21 +163,29 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
     done = r.pipeline(transaction=False)  # the job's outcome and bookkeeping, in one round trip
     if started.deliveries > settings.max_deliveries:
         _dead_letter(done, job, started.deliveries)
-    response = _run(r, done, job, started, settings)
+    try:
+        response = _run(r, done, job, started, settings)
+    except JobCancelled as exc:
+        _cancel(self, r, request, replies.text(r.get(keys.cancel(job.id)) or str(exc)), me)
     result = _account(done, job, started, response)
     # Written by after_return, once Celery has stored the result (an attribute of mm's on this delivery).
     self.request.mm_closing = done  # type: ignore[attr-defined]
     return result
 
 
-def _cancel(task: InferTask, r: redis.Redis, request: dict[str, Any]) -> NoReturn:
-    """End a job of a cancelled or expired batch without running it: ``cancelled``, REVOKED in Celery."""
+def _cancel(task: InferTask, r: redis.Redis, request: dict[str, Any], reason: str,
+            me: worker_state.WorkerState | None = None) -> NoReturn:
+    """End a cancelled job (before it ran, or stopped while running; its batch's, or its own cancel):
+    ``cancelled``, REVOKED in Celery, a stream's reader told, its slot freed (``me``: it was started)."""
     job_id = cast(str, task.request.id)
-    reason = f"cancelled: batch {batch_outcomes.batch_of(request)} was cancelled or expired before the job ran"
     pipe = r.pipeline(transaction=False)
-    pipe.hset(keys.job(job_id), mapping={"status": "cancelled", "error": reason, "completed_at": time.time()})
-    batch_outcomes.note(pipe, request, job_id, "cancelled")
-    pipe.execute()
+    cancel.record_cancelled(pipe, job_id, reason, request)
+    if request.get("stream"):
+        pipe.xadd(keys.job_stream(job_id), {"error": reason})
+        pipe.expire(keys.job_stream(job_id), streams.STREAM_TTL_S)
+    if me is not None:  # Celery skips after_return for an ignored task: the slot is freed here
+        me.job_ended(job_id, pipe)
+    _write(pipe)
     task.backend.mark_as_revoked(job_id, reason, request=task.request, state=states.REVOKED)
     log.info("job %s: %s", job_id, reason)
     raise Ignore(reason)
@@ -241,11 +250,14 @@ def _run(r: redis.Redis, done: redis.client.Pipeline, job: _Job, started: _Start
     """Return the runtime's answer; if it fails, write the job's failure (and tell a stream) and raise."""
     entry = registry.decode(started.raw_entry) if started.raw_entry else None
     publish = functools.partial(streams.publish, r, job.id) if job.request.get("stream") else None
+    watch = cancel_watch.watcher()
     try:
         return call_with_retries(
             _runtime(settings.runtime_url, settings.runtime_timeout_s), job.request,
-            entry.load_options if entry else {}, settings, publish,
+            entry.load_options if entry else {}, settings, publish, watch.watch(job.id),
         )
+    except JobCancelled:
+        raise
     except JobFailed as exc:
         _fail(done, job.id, str(exc), exc.status)
         batch_outcomes.note(done, job.request, job.id, "failed")
@@ -256,6 +268,8 @@ def _run(r: redis.Redis, done: redis.client.Pipeline, job: _Job, started: _Start
         if job.request.get("stream"):
             streams.publish_error(r, job.id, str(exc))
         raise
+    finally:
+        watch.unwatch(job.id)
 
 
 def _account(done: redis.client.Pipeline, job: _Job, started: _Started, response: dict[str, Any]) -> dict[str, Any]:

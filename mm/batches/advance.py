@@ -22,11 +22,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import cast
 
 import redis
 
-from mm import client, keys, registry, replies
+from mm import cancel, client, keys, registry, replies
 from mm.app import app
 from mm.batches import records
 from mm.batches.files import FileStore
@@ -201,11 +200,11 @@ class Advancer:
         """Ids of the batch's jobs whose messages wait in a model queue or in kombu's unacked hash."""
         found: set[str] = set()
         for raw in self._messages(models):
-            job_id = _message_id(raw)
+            job_id = cancel.message_id(raw)
             if job_id and job_id.startswith(batch_id + "-"):
                 found.add(job_id)
         for raw in self.r.hvals("unacked"):
-            job_id = _message_id(raw, unacked=True)
+            job_id = cancel.message_id(raw, unacked=True)
             if job_id and job_id.startswith(batch_id + "-"):
                 found.add(job_id)
         return found
@@ -296,21 +295,10 @@ class Advancer:
             return
         self._swept.add(batch_id)
         models = {request.model for request in self.requests(record)[:int(record["enqueued"])]}
-        removed = []
-        for model in models:
-            for step in keys.PRIORITY_STEPS:
-                queue = keys.priority_list(model, step)
-                for raw in self.r.lrange(queue, 0, -1):
-                    job_id = _message_id(raw)
-                    if job_id and job_id.startswith(batch_id + "-") and self.r.lrem(queue, 1, cast(str, raw)):
-                        removed.append(job_id)
+        removed = cancel.take_off(self.r, cancel.model_lists(models), lambda job_id: job_id.startswith(batch_id + "-"))
         reason = f"cancelled: batch {batch_id} was {record.get('stop_reason', 'cancelled')} before the job ran"
         for job_id in removed:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.hset(keys.job(job_id), mapping={"status": "cancelled", "error": reason, "completed_at": time.time()})
-            pipe.sadd(keys.batch_ended(batch_id, "cancelled"), job_id)
-            pipe.execute()
-            app.backend.mark_as_revoked(job_id, reason)
+            cancel.end_cancelled(self.r, job_id, reason, batch_id)
 
     # --- finalizing ---------------------------------------------------------------------
     def finalize(self, record: dict[str, str]) -> None:
@@ -326,13 +314,3 @@ class Advancer:
         self._swept.discard(record["id"])
         log.info("batch %s %s", record["id"], final)
 
-
-def _message_id(raw: bytes | str, unacked: bool = False) -> str | None:
-    """The task id of a kombu message (as queued, or as kombu keeps it unacked)."""
-    try:
-        message = json.loads(raw)
-        if unacked:
-            message = message[0]
-        return str(message["headers"]["id"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None

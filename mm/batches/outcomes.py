@@ -1,4 +1,5 @@
-"""What a model-worker notes about a batch's job: its outcome, and whether its batch was stopped."""
+"""What a model-worker notes about a batch's job: its batch, and its outcome there (whether its batch was
+stopped is one of :func:`mm.cancel.requested`'s questions)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,3 @@ def note(pipe: redis.client.Pipeline, request: dict[str, Any], job_id: str, outc
     if batch_id is not None:
         pipe.sadd(keys.batch_ended(batch_id, outcome), job_id)
 
-
-def stopped(r: redis.Redis, request: dict[str, Any]) -> bool:
-    """Whether the job's batch is cancelled or expired (its jobs not started yet must not run)."""
-    batch_id = batch_of(request)
-    return batch_id is not None and bool(r.exists(keys.batch_cancelled(batch_id)))

@@ -167,10 +167,20 @@ class BaseHandler(tornado.web.RequestHandler):
         self._too_big = False
         self.streaming = False  # NDJSON lines already sent: errors must go in-band
         self.client_gone = False  # the client closed the connection (stop waiting for its job)
+        self._gone_callbacks: list[Callable[[], None]] = []
 
     def on_connection_close(self) -> None:
         self.client_gone = True
+        for callback in self._gone_callbacks:
+            callback()
         super().on_connection_close()  # fails a body still awaited, so nothing waits for it forever
+
+    def when_gone(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop) when the client closes the connection; now if it has."""
+        if self.client_gone:
+            callback()
+        else:
+            self._gone_callbacks.append(callback)
 
     # --- request body -----------------------------------------------------------------
     def body_limit(self) -> int:

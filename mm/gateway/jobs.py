@@ -1,4 +1,4 @@
-"""Job manager API: POST /api/submit, GET /api/job/<id>, GET /api/stats, GET /api/health;
+"""Job manager API: POST /api/submit, GET and DELETE /api/job/<id>, GET /api/stats, GET /api/health;
 plus GET /api/jobs (recent jobs) and GET /api/rollups (charts) for the status page."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, cast
 import redis
 from celery.result import AsyncResult
 
-from mm import client, keys, metrics, replies
+from mm import cancel, client, keys, metrics, replies
 from mm.app import app
 from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler, Gateway
@@ -21,6 +21,7 @@ from mm.rollup import RESOLUTIONS
 SUBMIT_FIELDS = ("model", "prompt", "messages", "kind", "priority", "options", "images", "metadata", "format",
                  "system")
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+CANCEL_WAIT_S = 3.0  # how long DELETE /api/job/<id> waits for a running job to stop
 STATS_CACHE_S = 1.0  # /api/stats is polled by every open status page: one Redis pass per second
 
 
@@ -89,6 +90,8 @@ def job_view(job_id: str) -> dict[str, Any] | None:
             view["result"] = _result_text(output)
             view["timings"] = output.get("timings")
             view["output"] = output
+    elif state == "cancelled":
+        view["error"] = record.get("error") or "cancelled"
     elif state == "failed":
         view["error"] = record.get("error") or "failed"
         if record.get("error_status"):  # the runtime refused the job with this HTTP status
@@ -96,14 +99,38 @@ def job_view(job_id: str) -> dict[str, Any] | None:
     return view
 
 
+def cancel_job(r: redis.Redis, job_id: str, expires_s: int) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, body) of ``DELETE /api/job/<id>``: 200 and the job, cancelled; 202 if a worker
+    is still stopping it after CANCEL_WAIT_S; 409 if it had ended (nothing changed); 404 if unknown."""
+    outcome = cancel.cancel(r, job_id, "cancelled: DELETE /api/job through the gateway", expires_s)
+    if outcome.result == "unknown":
+        raise ApiError(404, "job_id", f"no job {job_id} (unknown, or expired after MM_RESULT_EXPIRES_S)")
+    if outcome.result == "ended":
+        raise ApiError(409, "job_id", f"job {job_id} has ended ({outcome.status}); nothing was cancelled")
+    if outcome.result == "stopping":
+        cancel.wait_ended(r, job_id, CANCEL_WAIT_S)
+    view = job_view(job_id) or {"job_id": job_id, "status": "cancelled"}
+    return (200 if view["status"] == "cancelled" else 202), view
+
+
 class JobHandler(BaseHandler):
     async def get(self, job_id: str) -> None:
-        if not JOB_ID_RE.match(job_id):
-            raise ApiError(400, "job_id", "must be 1-200 letters, digits or _.:-")
+        check_job_id(job_id)
         view = await self.run(job_view, job_id)
         if view is None:
             raise ApiError(404, "job_id", f"no job {job_id} (unknown, or expired after MM_RESULT_EXPIRES_S)")
         self.send_json(view)
+
+    async def delete(self, job_id: str) -> None:
+        """Cancel the job: a queued one never runs, a running one is stopped."""
+        check_job_id(job_id)
+        code, view = await self.run(cancel_job, self.gw.r, job_id, self.gw.settings.result_expires_s)
+        self.send_json(view, code)
+
+
+def check_job_id(job_id: str) -> None:
+    if not JOB_ID_RE.match(job_id):
+        raise ApiError(400, "job_id", "must be 1-200 letters, digits or _.:-")
 
 
 class StatsHandler(BaseHandler):

@@ -5,7 +5,8 @@ the Ollama proxy (:mod:`mm.gateway.proxy`); :mod:`mm.gateway.openai_shape` conve
 gateway's API keys are the SDK's ``api_key``; the priority comes from ``X-MM-Priority`` or the
 body's ``priority`` (the SDK's ``extra_body``). Streaming answers are server-sent events ending
 with ``data: [DONE]``. Every error, auth and unknown paths under ``/v1`` included, is OpenAI's
-``{"error": {message, type, param, code}}``.
+``{"error": {message, type, param, code}}``. A client that hangs up before its answer is complete
+cancels its job, as on the Ollama routes.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class CompletionsHandler(OpenAIErrors, ProxyHandler):
             if not self.client_gone:
                 raise OpenAIError(504, f"job {job.id} did not finish within {self.gw.settings.gateway_wait_s}s; "
                                        f"follow it at /api/job/{job.id}")
+            await self.drop(job)
             return
         if not stream:
             self.send_json(response_body(self.endpoint, model, result, job.id, created, encoding=encoding))
@@ -130,14 +132,19 @@ class CompletionsHandler(OpenAIErrors, ProxyHandler):
 
     async def stream_events(self, shaper: StreamShaper, job: client.Job) -> None:
         """Relay the worker's tokens as OpenAI chunks (nothing is sent before the first: errors keep their status)."""
-        chunks = relay(job, self.gw.stream_executor, self.gw.settings.gateway_wait_s)
+        chunks = relay(job, self.gw.stream_executor, self.gw.settings.gateway_wait_s, self.when_gone)
         try:
             async for chunk in chunks:
                 if self.client_gone:
                     return
                 await self.send_events(shaper.chunks(chunk))
+        except tornado.iostream.StreamClosedError:
+            self.client_gone = True
+            raise
         finally:
             await chunks.aclose()
+            if self.client_gone:  # nobody reads the rest: stop the job
+                await self.drop(job)
         if not self._finished and not self.client_gone:
             await self.send_done()
 

@@ -59,7 +59,7 @@ def reply(description: str, schema: dict[str, Any] | None = None, media: str = J
 
 def errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad input; `field` names what is wrong", 401: "Missing or invalid API key",
-            404: "Unknown model, job or path", 409: "Conflicts with the model's state",
+            404: "Unknown model, job or path", 409: "Conflicts with the state of the model or job",
             413: "Body over MM_GATEWAY_MAX_BODY", 500: "The runtime failed the job (its own status and reason)",
             502: "The job failed (the reason is given)",
             503: "Redis unavailable", 504: "The job did not finish in time"}
@@ -196,7 +196,8 @@ SCHEMAS: dict[str, Any] = {
     "SubmitResponse": obj({"job_id": STR, "status": {"type": "string", "enum": ["submitted"]}, "model": STR,
                            "priority": STR}, ("job_id", "status")),
     "Job": obj({
-        "job_id": STR, "status": {"type": "string", "enum": ["pending", "queued", "running", "complete", "failed"]},
+        "job_id": STR, "status": {"type": "string",
+                                  "enum": ["pending", "queued", "running", "complete", "failed", "cancelled"]},
         "model": nullable(STR), "kind": nullable(STR), "priority": nullable(STR), "submitted_at": nullable(STR),
         "started_at": nullable(STR), "completed_at": nullable(STR), "node": nullable(STR), "worker": nullable(STR),
         "metadata": {}, "result": {"description": "Text (generate, chat) or embeddings (embed)"},
@@ -300,17 +301,23 @@ def _paths() -> dict[str, Any]:
     return _job_paths() | _monitor_paths() | _quality_paths() | _model_paths() | _ollama_paths() | _ops_paths()
 
 
+JOB_ID = path_param("job_id", "The id /api/submit returned", {"type": "string", "pattern": JOB_ID_PATTERN})
+
+
 def _job_paths() -> dict[str, Any]:
     """The job manager API: submit, follow and account for jobs."""
     jobs = ["jobs"]
     return {
         "/api/submit": {"post": op("Submit a job (job manager API)", {"200": reply("Enqueued", ref("SubmitResponse"))},
                                    tags=jobs, request=body(ref("SubmitRequest")), codes=(400, 404, 413))},
-        "/api/job/{job_id}": {"get": op("A job's status, and its result or error (job manager API)",
-                                        {"200": reply("The job", ref("Job"))}, tags=jobs,
-                                        params=[path_param("job_id", "The id /api/submit returned",
-                                                           {"type": "string", "pattern": JOB_ID_PATTERN})],
-                                        codes=(400, 404))},
+        "/api/job/{job_id}": {
+            "get": op("A job's status, and its result or error (job manager API)",
+                      {"200": reply("The job", ref("Job"))}, tags=jobs, params=[JOB_ID], codes=(400, 404)),
+            "delete": op("Cancel a job: a queued one never runs, a running one is stopped",
+                         {"200": reply("The job, cancelled", ref("Job")),
+                          "202": reply("The job, still being stopped by its worker", ref("Job"))},
+                         tags=jobs, params=[JOB_ID], codes=(400, 404, 409)),
+        },
         "/api/stats": {"get": op("Queues, jobs by status, nodes with memory per GPU, resident models (job manager API)",
                                  {"200": reply("Statistics", ref("Stats"))}, tags=jobs)},
         "/api/health": {"get": op("Health (no key needed)", {"200": reply("Redis answers", ref("Health"))},

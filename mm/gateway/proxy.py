@@ -12,7 +12,8 @@ Ollama's other request fields (``tools``, ``think``, ``raw``, ``template``, ``su
 ``context``, ``logprobs``, ``top_logprobs``, ``dimensions``, ``truncate``) go to the runtime with
 the job. A job the runtime refused is answered with the runtime's status (400 stays 400); what
 validation accepted but will not do as asked (a ``num_ctx`` other than the model's) is said in
-``warnings`` and ``X-MM-Warning`` headers.
+``warnings`` and ``X-MM-Warning`` headers. A client that hangs up before its answer is complete
+cancels its job (the worker stops the runtime's generation); a job cancelled otherwise is answered 409.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from typing import Any
 
 import httpx
 import redis
+import tornado.iostream
 
-from mm import client, keys, registry, replies, store
+from mm import cancel, client, keys, registry, replies, store
 from mm.errors import JobFailed, JobLost
 from mm.gateway import status
-from mm.gateway.base import ApiError, BaseHandler, Gateway
+from mm.gateway.base import ApiError, BaseHandler, Gateway, log
 from mm.gateway.models import warmup_kind
 from mm.gateway.ollama_shape import (
     CACHE_HEADER,
@@ -50,6 +52,7 @@ from mm.runtime.handlers import OLLAMA_VERSION
 
 SHOW_TIMEOUT_S = 5.0
 ZERO_KEEP_ALIVE = (0, 0.0, "0", "0s", "0m", "0h")
+GONE = "cancelled: the gateway's client disconnected before the answer was complete"
 
 
 def not_found(model: str) -> ApiError:
@@ -126,6 +129,7 @@ class ProxyHandler(BaseHandler):
             raise runtime_failure(exc) from None
         if result is None:
             if self.client_gone:
+                await self.drop(job)
                 return
             raise ApiError(504, "", f"job {job.id} did not finish within {self.gw.settings.gateway_wait_s}s; "
                                     f"follow it at /api/job/{job.id}")
@@ -148,8 +152,15 @@ class ProxyHandler(BaseHandler):
             self.set_header("X-MM-Job-Id", self.job_id)
         super().write_error(status_code, **kwargs)
 
+    async def drop(self, job: client.Job) -> None:
+        """Cancel the job of a client that hung up: nobody reads its answer (a job of /api/submit,
+        meant to outlive its request, never comes here)."""
+        outcome = await self.run(cancel.cancel, self.gw.r, job.id, GONE, self.gw.settings.result_expires_s)
+        if outcome.result in ("cancelled", "stopping"):
+            log.info("%s %s: the client hung up; job %s cancelled", self.request.method, self.request.path, job.id)
+
     async def relay(self, model: str, job: client.Job) -> None:
-        chunks = relay(job, self.gw.stream_executor, self.gw.settings.gateway_wait_s)
+        chunks = relay(job, self.gw.stream_executor, self.gw.settings.gateway_wait_s, self.when_gone)
         try:
             async for chunk in chunks:
                 if self.client_gone:
@@ -159,8 +170,13 @@ class ProxyHandler(BaseHandler):
                     if job.warnings:
                         chunk["warnings"] = list(job.warnings)
                 await self.send_line(chunk)
+        except tornado.iostream.StreamClosedError:
+            self.client_gone = True
+            raise
         finally:
             await chunks.aclose()
+            if self.client_gone:
+                await self.drop(job)
         if not self._finished and not self.client_gone:
             self.finish()
 

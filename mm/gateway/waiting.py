@@ -14,7 +14,7 @@ from celery.result import AsyncResult
 
 from mm import client, keys, replies, store
 from mm.app import app
-from mm.errors import JobFailed, JobLost
+from mm.errors import JobCancelled, JobFailed, JobLost
 
 POLL_START_S = 0.02
 POLL_MAX_S = 0.25
@@ -26,12 +26,14 @@ def result_state(job_id: str) -> tuple[str, Any]:
     A failure carries the runtime's HTTP status when the runtime refused the job (``JobFailed.status``).
     """
     result: AsyncResult[Any] = AsyncResult(job_id, app=app)
-    state = result.state
+    state: str = result.state  # celery-types leaves REVOKED out of the states it lists
     if state == states.SUCCESS:
         return "ok", result.result
     if state in states.EXCEPTION_STATES:
         reason, status = store.connect().hmget(keys.job(job_id), "error", "error_status")
         message = replies.text(reason) if reason else f"{type(result.result).__name__}: {result.result}"
+        if state == states.REVOKED:  # cancelled
+            return "failed", JobCancelled(message)
         return "failed", JobFailed(message, status=int(status) if status else None)
     if not store.connect().exists(keys.job(job_id)):
         return "lost", None
@@ -67,14 +69,21 @@ def streaming_supported() -> bool:
     return "stream" in inspect.signature(client.submit).parameters and hasattr(client.Job, "stream")
 
 
-async def in_thread(make: Callable[[], Iterator[Any]], executor: Any) -> AsyncGenerator[Any, None]:
+Gone = Callable[[Callable[[], None]], None]  # registers what to call when the client hangs up
+
+
+async def in_thread(make: Callable[[], Iterator[Any]], executor: Any,
+                    when_gone: Gone | None = None) -> AsyncGenerator[Any, None]:
     """Iterate a blocking generator on ``executor``, handing each item to the event loop.
 
-    Closing this iterator (the client hung up) stops the generator at its next item.
+    Closing this iterator (the client hung up) stops the generator at its next item; with
+    ``when_gone``, the iteration also ends as soon as the client hangs up, between two items.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()
+    if when_gone is not None:
+        when_gone(lambda: queue.put_nowait(("end", None)))
 
     def put(kind: str, item: Any) -> None:
         try:
@@ -106,6 +115,8 @@ async def in_thread(make: Callable[[], Iterator[Any]], executor: Any) -> AsyncGe
         stop.set()
 
 
-def relay(job: Any, executor: Any, timeout: float | None) -> AsyncGenerator[dict[str, Any], None]:
-    """Yield the job's Ollama-shaped chunks as the worker publishes them (``Job.stream``, in a thread)."""
-    return in_thread(lambda: job.stream(timeout=timeout), executor)
+def relay(job: Any, executor: Any, timeout: float | None,
+          when_gone: Gone | None = None) -> AsyncGenerator[dict[str, Any], None]:
+    """Yield the job's Ollama-shaped chunks as the worker publishes them (``Job.stream``, in a thread),
+    until the job ends or the client hangs up (``when_gone``)."""
+    return in_thread(lambda: job.stream(timeout=timeout), executor, when_gone)

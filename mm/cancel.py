@@ -1,0 +1,158 @@
+"""Cancelling jobs: a queued one is taken off its queue, a running one is stopped by its worker.
+
+A cancel first writes the marker ``mm:cancel:<job id>`` (expiring with the job's record), then looks
+for the job's message on its model's priority lists (kombu's Redis lists). Found and removed there,
+the job never ran: its record says ``cancelled`` and Celery holds it REVOKED at once. Not found, a
+worker holds the message: it ends the job cancelled when it starts it (it reads the marker first),
+or, running it, sees the marker within a fraction of a second, closes the runtime call (the runtime
+stops generating) and frees its slot. A message redelivered later meets the marker too.
+
+Used by ``Job.cancel``, ``mm jobs cancel``, ``DELETE /api/job/<id>``, the gateway when its client
+goes away, and the Batch API (:func:`take_off` and :func:`end_cancelled` for a stopped batch).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+from celery import states
+from celery.result import AsyncResult
+
+from mm import keys, replies
+from mm.app import app
+from mm.batches import outcomes as batch_outcomes
+
+FINAL = ("complete", "failed", "cancelled")
+PAGE = 500  # messages read per LRANGE while looking for one job's message
+CELERY_ENDED = {states.SUCCESS: "complete", states.FAILURE: "failed", states.REVOKED: "cancelled"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a cancel did: ``cancelled`` (it was queued; it ended now, never run), ``stopping`` (a
+    worker holds it and stops it), ``ended`` (it had ended: nothing changed) or ``unknown`` (no such
+    job). ``status`` is the job's status then."""
+
+    result: str
+    status: str
+
+
+def message_id(raw: bytes | str, unacked: bool = False) -> str | None:
+    """The task id of a kombu message (as queued, or as kombu keeps it unacked)."""
+    try:
+        message = json.loads(raw)
+        if unacked:
+            message = message[0]
+        return str(message["headers"]["id"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def model_lists(models: Iterable[str]) -> list[str]:
+    """Every priority list of ``models``' queues."""
+    return [keys.priority_list(model, step) for model in models for step in keys.PRIORITY_STEPS]
+
+
+def take_off(r: redis.Redis, lists: Iterable[str], wanted: Callable[[str], bool],
+             limit: int | None = None) -> list[str]:
+    """Remove from ``lists`` the messages whose job id is ``wanted`` (at most ``limit`` of them);
+    return the ids removed. LREM removes only a message still there, so a worker that took one
+    meanwhile runs it and no job is both removed and run."""
+    removed: list[str] = []
+    for queue in lists:
+        start = 0
+        while True:
+            page = r.lrange(queue, start, start + PAGE - 1)
+            taken = 0
+            for raw in page:
+                job_id = message_id(raw)
+                if job_id and wanted(job_id) and r.lrem(queue, 1, cast(str, raw)):
+                    removed.append(job_id)
+                    taken += 1
+                    if limit is not None and len(removed) >= limit:
+                        return removed
+            if len(page) < PAGE:
+                break
+            start += PAGE - taken  # what was removed shifted the rest of the list to the left
+    return removed
+
+
+def record_cancelled(pipe: redis.client.Pipeline, job_id: str, reason: str, request: dict[str, Any] | None) -> None:
+    """Queue the writes that close the job's record as cancelled (and count it in its batch)."""
+    pipe.hset(keys.job(job_id), mapping={"status": "cancelled", "error": reason, "completed_at": time.time()})
+    if request is not None:
+        batch_outcomes.note(pipe, request, job_id, "cancelled")
+
+
+def end_cancelled(r: redis.Redis, job_id: str, reason: str, batch_id: str | None = None) -> None:
+    """End a job taken off its queue: record ``cancelled`` (counted in ``batch_id``), Celery REVOKED."""
+    pipe = r.pipeline(transaction=False)
+    record_cancelled(pipe, job_id, reason, {"metadata": {"batch_id": batch_id}} if batch_id else None)
+    pipe.execute()
+    app.backend.mark_as_revoked(job_id, reason)
+
+
+def requested(r: redis.Redis, job_id: str, request: dict[str, Any]) -> str | None:
+    """Why the job must not run (it was cancelled, or its batch was cancelled or expired), in one
+    round trip; None if it may."""
+    batch_id = batch_outcomes.batch_of(request)
+    pipe = r.pipeline(transaction=False)
+    pipe.get(keys.cancel(job_id))
+    if batch_id is not None:
+        pipe.exists(keys.batch_cancelled(batch_id))
+    marker, *batch_stopped = pipe.execute()
+    if marker:
+        return replies.text(marker)
+    if batch_stopped and batch_stopped[0]:
+        return f"cancelled: batch {batch_id} was cancelled or expired before the job ran"
+    return None
+
+
+def status(r: redis.Redis, job_id: str) -> str | None:
+    """The job's status (its record's, or Celery's stored outcome when that is newer); None: unknown."""
+    raw, model = r.hmget(keys.job(job_id), "status", "model")
+    if raw is None and model is None:
+        return None
+    current = replies.text(raw) if raw else "queued"
+    if current not in FINAL:
+        current = CELERY_ENDED.get(AsyncResult(job_id, app=app).state, current)
+    return current
+
+
+def cancel(r: redis.Redis, job_id: str, reason: str, expires_s: int) -> Outcome:
+    """Cancel the job ``job_id`` (see the module's description); ``reason`` starts with ``cancelled:``."""
+    current = status(r, job_id)
+    if current is None:
+        return Outcome("unknown", "unknown")
+    if current in FINAL:
+        return Outcome("ended", current)
+    r.set(keys.cancel(job_id), reason, ex=expires_s)
+    model = replies.text(r.hget(keys.job(job_id), "model") or b"")
+    if model and take_off(r, model_lists([model]), lambda found: found == job_id, limit=1):
+        end_cancelled(r, job_id, reason, _batch_of_record(r, job_id))
+        return Outcome("cancelled", "cancelled")
+    return Outcome("stopping", current)
+
+
+def _batch_of_record(r: redis.Redis, job_id: str) -> str | None:
+    raw = r.hget(keys.job(job_id), "metadata")
+    try:
+        metadata = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return batch_outcomes.batch_of({"metadata": metadata})
+
+
+def wait_ended(r: redis.Redis, job_id: str, timeout: float, interval: float = 0.05) -> str | None:
+    """Wait up to ``timeout`` seconds for the job to end; its status then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = status(r, job_id)
+        if current is None or current in FINAL or time.monotonic() >= deadline:
+            return current
+        time.sleep(interval)
