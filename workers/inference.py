@@ -84,13 +84,16 @@ def request_body(request: dict[str, Any], load_options: dict[str, Any], stream: 
 
 
 def call_runtime(client: ollama.Client, request: dict[str, Any], load_options: dict[str, Any],
-                 publish: Publish | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+                 publish: Publish | None = None, stop: threading.Event | None = None,
+                 timeout_s: float | None = None) -> dict[str, Any]:
     """One Ollama call for ``request``.
 
     Generate and chat always stream from the runtime, so that the call can be given up between two
     chunks: once ``stop`` is set the response is closed (the runtime stops generating) and
     :class:`JobCancelled` raised. With ``publish`` each chunk is published as it comes. Either way
     the final object is returned with the whole text, as the runtime answers a call without streaming.
+    A call still streaming ``timeout_s`` after it began times out (``httpx.ReadTimeout``), as one
+    whose answer took that long would.
     """
     kind = request["kind"]
     path, shape = ENDPOINTS[kind]
@@ -100,8 +103,9 @@ def call_runtime(client: ollama.Client, request: dict[str, Any], load_options: d
     # fields their version does not know (truncate, and newer ones): the runtime gets them all.
     if streamed:
         chunks = _chunks(client, shape, path, body)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            return _relay(chunks, publish, kind, stop)
+            return _relay(chunks, publish, kind, stop, deadline)
         finally:
             chunks.close()  # closes the response: the runtime sees its client gone and stops generating
     return client._request(shape, "POST", path, json=body, stream=False).model_dump(exclude_none=True)
@@ -110,7 +114,7 @@ def call_runtime(client: ollama.Client, request: dict[str, Any], load_options: d
 def _chunks(client: ollama.Client, shape: type[pydantic.BaseModel], path: str,
             body: dict[str, Any]) -> Generator[pydantic.BaseModel, None, None]:
     """The runtime's streamed answer, chunk by chunk (as the ollama client's streaming call, except
-    that an error sent in the stream keeps the HTTP status Ollama gives it there)."""
+    that an error sent in the stream carries the status Ollama would answer it with unstreamed)."""
     with client._client.stream("POST", path, json=body) as response:
         if response.is_error:
             response.read()
@@ -118,13 +122,14 @@ def _chunks(client: ollama.Client, shape: type[pydantic.BaseModel], path: str,
         for line in response.iter_lines():
             part = json.loads(line)
             if error := part.get("error"):
+                # Ollama answers a call without streaming with this status, or 500 when the line has none.
                 status = part.get("status")
-                raise ollama.ResponseError(error, status if isinstance(status, int) else -1)
+                raise ollama.ResponseError(error, status if isinstance(status, int) else 500)
             yield shape(**part)
 
 
 def _relay(chunks: Iterator[pydantic.BaseModel], publish: Publish | None, kind: str,
-           stop: threading.Event | None = None) -> dict[str, Any]:
+           stop: threading.Event | None = None, deadline: float | None = None) -> dict[str, Any]:
     parts: list[str] = []
     thinking: list[str] = []
     tool_calls: list[dict[str, Any]] = []
@@ -133,6 +138,8 @@ def _relay(chunks: Iterator[pydantic.BaseModel], publish: Publish | None, kind: 
     for chunk in chunks:
         if stop is not None and stop.is_set():
             raise JobCancelled(STOPPED)
+        if deadline is not None and time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the runtime was still answering at the call's timeout")
         final = chunk.model_dump(exclude_none=True)
         if publish is not None:
             publish(final)
@@ -174,7 +181,8 @@ def call_with_retries(client: ollama.Client, request: dict[str, Any], load_optio
     delay = 0.5
     for attempt in range(settings.runtime_retries + 1):
         try:
-            return call_runtime(client, request, load_options, tracking if publish else None, stop)
+            return call_runtime(client, request, load_options, tracking if publish else None, stop,
+                                settings.runtime_timeout_s)
         except JobCancelled:
             raise
         except Exception as exc:

@@ -1,16 +1,19 @@
-"""Cancelling, pure parts: a stopped runtime call gives up between two chunks and closes the stream;
-a kombu message's job id is read as queued and as kept unacked."""
+"""Cancelling, pure parts: a stopped runtime call gives up between two chunks and closes the stream
+(and one past its timeout fails as timed out); a kombu message's job id is read as queued and as kept
+unacked."""
 
 import json
 import threading
+import time
 
+import httpx
 import ollama
 import pytest
 
 from mm.cancel import message_id, model_lists
 from mm.errors import JobCancelled, JobFailed
 from mm.keys import priority_list
-from mm.workers.inference import _relay
+from mm.workers.inference import _relay, failure
 
 
 def chunks_until(stop: threading.Event, stop_after: int, seen: list[int]):
@@ -60,3 +63,13 @@ def test_a_models_queue_is_looked_for_on_every_priority_list():
     lists = model_lists(["m:1b"])
 
     assert lists[0] == priority_list("m:1b", 0) and len(set(lists)) == 4
+
+
+def test_a_call_still_streaming_past_its_timeout_fails_as_a_timed_out_call():
+    chunks = iter([ollama.GenerateResponse(model="m", response="a")])
+
+    with pytest.raises(httpx.ReadTimeout) as caught:
+        _relay(chunks, None, "generate", threading.Event(), deadline=time.monotonic() - 1)
+
+    failed = failure(caught.value, 600)
+    assert failed.status == 504 and "timed out after 600s" in str(failed)
