@@ -158,7 +158,8 @@ class Job:
 
         Returns:
             True if the job is cancelled (or being stopped, if it had not stopped within ``wait``);
-            False if it had ended already (complete, failed or cancelled): nothing changed.
+            False if it had ended already (complete, failed or cancelled), or ended on its own while
+            being stopped (an embedding is not stopped mid-call): nothing changed.
 
         Raises:
             UnknownJob: no job has this id (or its record expired).
@@ -169,7 +170,8 @@ class Job:
         if outcome.result == "unknown":
             raise UnknownJob(f"no job {self.id} (unknown, or expired after MM_RESULT_EXPIRES_S)")
         if outcome.result == "stopping" and wait > 0:
-            cancel.wait_ended(r, self.id, wait)
+            # An embedding (or a job about to finish) may end on its own meanwhile: then nothing changed.
+            return cancel.wait_ended(r, self.id, wait) not in ("complete", "failed")
         return outcome.result != "ended"
 
     def _not_ended(self, timeout: float) -> str:

@@ -101,14 +101,15 @@ def job_view(job_id: str) -> dict[str, Any] | None:
 
 def cancel_job(r: redis.Redis, job_id: str, expires_s: int) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of ``DELETE /api/job/<id>``: 200 and the job, cancelled; 202 if a worker
-    is still stopping it after CANCEL_WAIT_S; 409 if it had ended (nothing changed); 404 if unknown."""
+    is still stopping it after CANCEL_WAIT_S; 409 if it had ended, or ended on its own meanwhile
+    (nothing changed); 404 if unknown."""
     outcome = cancel.cancel(r, job_id, "cancelled: DELETE /api/job through the gateway", expires_s)
     if outcome.result == "unknown":
         raise ApiError(404, "job_id", f"no job {job_id} (unknown, or expired after MM_RESULT_EXPIRES_S)")
     if outcome.result == "ended":
         raise ApiError(409, "job_id", f"job {job_id} has ended ({outcome.status}); nothing was cancelled")
-    if outcome.result == "stopping":
-        cancel.wait_ended(r, job_id, CANCEL_WAIT_S)
+    if outcome.result == "stopping" and cancel.wait_ended(r, job_id, CANCEL_WAIT_S) in ("complete", "failed"):
+        raise ApiError(409, "job_id", f"job {job_id} ended on its own while being stopped; nothing was cancelled")
     view = job_view(job_id) or {"job_id": job_id, "status": "cancelled"}
     return (200 if view["status"] == "cancelled" else 202), view
 

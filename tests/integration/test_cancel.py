@@ -83,6 +83,23 @@ def test_a_cancelled_queued_job_never_runs_and_ends_cancelled(node):
     assert not any(node.r.lrange(keys.priority_list(SLOW, s), 0, -1) for s in keys.PRIORITY_STEPS)
 
 
+def test_a_message_a_worker_meets_after_its_cancel_ends_cancelled_without_running(node):
+    # Given a queued job whose cancel marker is written while its message is out of reach (as for a
+    # message in flight, or redelivered after its worker died)
+    blocker = mm.submit(SLOW, "hold the slot", options=LONG)
+    running(blocker)
+    later = mm.submit(SLOW, "met later", options={"num_predict": 4}, stream=True)
+    node.r.set(keys.cancel(later.id), "cancelled: while its message was in flight", ex=600)
+    before = answered(node)
+
+    blocker.cancel(wait=5)  # the slot frees: the worker takes the message
+
+    wait_for(lambda: later.status() == "cancelled", 10, what="the worker to end it cancelled")
+    with pytest.raises(JobCancelled, match="in flight"):
+        list(later.stream(timeout=5))
+    assert "started_at" not in later.record() and answered(node) == before
+
+
 def test_a_cancelled_running_job_stops_its_runtime_call_and_frees_its_slot_at_once(node):
     job = mm.submit(SLOW, "a long story", options=LONG, stream=True)
     running(job)
