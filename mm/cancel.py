@@ -113,39 +113,50 @@ def requested(r: redis.Redis, job_id: str, request: dict[str, Any]) -> str | Non
     return None
 
 
+def _record(r: redis.Redis, job_id: str) -> dict[str, str] | None:
+    """The fields of the job's record a cancel needs, its status settled; None: no such job."""
+    raw = r.hmget(keys.job(job_id), "status", "model", "priority", "metadata")
+    if raw[0] is None and raw[1] is None:
+        return None
+    record = {name: replies.text(value) for name, value in zip(("status", "model", "priority", "metadata"), raw,
+                                                                strict=True) if value is not None}
+    record.setdefault("status", "queued")  # written just after the send: it is on its queue
+    if record["status"] not in FINAL:
+        record["status"] = CELERY_ENDED.get(AsyncResult(job_id, app=app).state, record["status"])
+    return record
+
+
 def status(r: redis.Redis, job_id: str) -> str | None:
     """The job's status (its record's, or Celery's stored outcome when that is newer); None: unknown."""
-    raw, model = r.hmget(keys.job(job_id), "status", "model")
-    if raw is None and model is None:
-        return None
-    current = replies.text(raw) if raw else "queued"
-    if current not in FINAL:
-        current = CELERY_ENDED.get(AsyncResult(job_id, app=app).state, current)
-    return current
+    record = _record(r, job_id)
+    return None if record is None else record["status"]
 
 
 def cancel(r: redis.Redis, job_id: str, reason: str, expires_s: int) -> Outcome:
     """Cancel the job ``job_id`` (see the module's description); ``reason`` starts with ``cancelled:``."""
-    current = status(r, job_id)
-    if current is None:
+    record = _record(r, job_id)
+    if record is None:
         return Outcome("unknown", "unknown")
-    if current in FINAL:
-        return Outcome("ended", current)
+    if record["status"] in FINAL:
+        return Outcome("ended", record["status"])
     r.set(keys.cancel(job_id), reason, ex=expires_s)
-    model = replies.text(r.hget(keys.job(job_id), "model") or b"")
-    if model and take_off(r, model_lists([model]), lambda found: found == job_id, limit=1):
-        end_cancelled(r, job_id, reason, _batch_of_record(r, job_id))
-        return Outcome("cancelled", "cancelled")
-    return Outcome("stopping", current)
+    # A running job's message is held by its worker: only a queued one is looked for (one put back
+    # meanwhile, its model gone, meets the marker).
+    if record["status"] == "queued" and record.get("model"):
+        own = keys.priority_list(record["model"], keys.PRIORITIES.get(record.get("priority", ""), 0))
+        lists = [own, *(q for q in model_lists([record["model"]]) if q != own)]  # its own priority's first
+        if take_off(r, lists, lambda found: found == job_id, limit=1):
+            end_cancelled(r, job_id, reason, _batch_of(record.get("metadata")))
+            return Outcome("cancelled", "cancelled")
+    return Outcome("stopping", record["status"])
 
 
-def _batch_of_record(r: redis.Redis, job_id: str) -> str | None:
-    raw = r.hget(keys.job(job_id), "metadata")
+def _batch_of(metadata: str | None) -> str | None:
     try:
-        metadata = json.loads(raw) if raw else None
+        decoded = json.loads(metadata) if metadata else None
     except ValueError:
         return None
-    return batch_outcomes.batch_of({"metadata": metadata})
+    return batch_outcomes.batch_of({"metadata": decoded})
 
 
 def wait_ended(r: redis.Redis, job_id: str, timeout: float, interval: float = 0.05) -> str | None:
