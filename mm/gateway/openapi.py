@@ -186,7 +186,7 @@ ACTIVITY = obj({"model": STR, "last_used": nullable(NUM), "last_used_at": nullab
                 "pinned": BOOL, "warm": BOOL}, ("model", "active", "idle"))
 DURATIONS = {k: INT for k in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
                               "eval_count", "eval_duration")}
-OLLAMA_ERRORS = (400, 404, 413, 500, 502, 504)
+OLLAMA_ERRORS = (400, 404, 409, 413, 500, 502, 504)  # 409: the job was cancelled (DELETE /api/job/<id>)
 PULL_NAME = {"type": "string", "minLength": 1, "maxLength": 256}
 PULL_STATUS = obj({"status": STR, "digest": STR, "total": INT, "completed": INT}, ("status",))
 NDJSON = "application/x-ndjson"
@@ -399,7 +399,7 @@ def _model_paths() -> dict[str, Any]:
             "Submit a job and wait for its result (model control)",
             {"200": reply("Done", ref("InferResult")), "202": reply("Still running", ref("InferResult"))},
             tags=models, params=[MODEL, PRIORITY_PARAM], request=body(ref("InferRequest")),
-            codes=(400, 404, 413, 500, 502))},
+            codes=(400, 404, 409, 413, 500, 502))},
         "/api/models/{name}/history": {
             "get": op("Loads, unloads, pins and failures, newest first (deployment history)",
                       {"200": reply("History", ref("History"))}, tags=models, codes=model_codes,
