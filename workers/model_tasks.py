@@ -183,10 +183,12 @@ def _cancel(task: InferTask, r: redis.Redis, request: dict[str, Any], reason: st
     if request.get("stream"):
         pipe.xadd(keys.job_stream(job_id), {"error": reason})
         pipe.expire(keys.job_stream(job_id), streams.STREAM_TTL_S)
-    if me is not None:  # Celery skips after_return for an ignored task: the slot is freed here
-        me.job_ended(job_id, pipe)
     _write(pipe)
     task.backend.mark_as_revoked(job_id, reason, request=task.request, state=states.REVOKED)
+    if me is not None:  # Celery skips after_return for an ignored task: the slot is freed here, once
+        freed = r.pipeline(transaction=False)  # the outcome is stored (as after_return does it)
+        if me.job_ended(job_id, freed):
+            _write(freed)
     log.info("job %s: %s", job_id, reason)
     raise Ignore(reason)
 
