@@ -11,8 +11,9 @@ from collections import Counter
 
 from mm import client, keys, registry, settings, store
 from mm.batches import records
-from mm.batches.advance import CHUNK, Advancer, _message_id
+from mm.batches.advance import CHUNK, Advancer
 from mm.batches.files import FileStore
+from mm.cancel import message_id
 from tests.support import GB
 
 MODEL = "resume:1b"
@@ -26,7 +27,7 @@ def batch_file() -> bytes:
 
 
 def queued_ids(r) -> Counter:
-    return Counter(_message_id(raw) for step in keys.PRIORITY_STEPS
+    return Counter(message_id(raw) for step in keys.PRIORITY_STEPS
                    for raw in r.lrange(keys.priority_list(MODEL, step), 0, -1))
 
 
