@@ -12,6 +12,8 @@ import pytest
 
 from mm.cancel import message_id, model_lists
 from mm.errors import JobCancelled, JobFailed
+from mm.gateway.base import status_for
+from mm.gateway.openai_shape import openai_error
 from mm.keys import priority_list
 from mm.workers.inference import _relay, failure
 
@@ -73,3 +75,11 @@ def test_a_call_still_streaming_past_its_timeout_fails_as_a_timed_out_call():
 
     failed = failure(caught.value, 600)
     assert failed.status == 504 and "timed out after 600s" in str(failed)
+
+
+def test_a_cancelled_job_is_a_409_on_both_apis():
+    cancelled = JobCancelled("cancelled: by request")
+
+    assert cancelled.status == 409 and isinstance(cancelled, JobFailed)
+    assert openai_error(cancelled).status == 409 and openai_error(cancelled).code == "job_cancelled"
+    assert status_for(cancelled)[0] == 409
