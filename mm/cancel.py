@@ -30,6 +30,7 @@ from mm.batches import outcomes as batch_outcomes
 FINAL = ("complete", "failed", "cancelled")
 PAGE = 500  # messages read per LRANGE while looking for one job's message
 CELERY_ENDED = {states.SUCCESS: "complete", states.FAILURE: "failed", states.REVOKED: "cancelled"}
+CLIENT_GONE = "cancelled: the gateway's client disconnected before the answer was complete"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import redis
 
-from mm import activity, client, events, keys, registry
+from mm import activity, cancel, client, events, keys, registry
 from mm.errors import JobFailed, JobLost
 from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler, Gateway
@@ -255,6 +255,10 @@ class InferHandler(BaseHandler):
                 raise
             raise ApiError(exc.status or 502, "job_id", f"job {job.id} failed: {exc}") from None
         if result is None:
+            if self.client_gone:  # nobody learned its id: nobody reads its answer
+                await self.run(cancel.cancel, self.gw.r, job.id, cancel.CLIENT_GONE,
+                               self.gw.settings.result_expires_s)
+                return
             self.send_json({"job_id": job.id, "status": await self.run(job.status), "model": name}, 202)
             return
         self.send_json({"job_id": job.id, "status": "complete", "model": name, "result": _result_text(result),

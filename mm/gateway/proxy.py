@@ -52,7 +52,6 @@ from mm.runtime.handlers import OLLAMA_VERSION
 
 SHOW_TIMEOUT_S = 5.0
 ZERO_KEEP_ALIVE = (0, 0.0, "0", "0s", "0m", "0h")
-GONE = "cancelled: the gateway's client disconnected before the answer was complete"
 
 
 def not_found(model: str) -> ApiError:
@@ -155,7 +154,8 @@ class ProxyHandler(BaseHandler):
     async def drop(self, job: client.Job) -> None:
         """Cancel the job of a client that hung up: nobody reads its answer (a job of /api/submit,
         meant to outlive its request, never comes here)."""
-        outcome = await self.run(cancel.cancel, self.gw.r, job.id, GONE, self.gw.settings.result_expires_s)
+        outcome = await self.run(cancel.cancel, self.gw.r, job.id, cancel.CLIENT_GONE,
+                                 self.gw.settings.result_expires_s)
         if outcome.result in ("cancelled", "stopping"):
             log.info("%s %s: the client hung up; job %s cancelled", self.request.method, self.request.path, job.id)
 

@@ -196,6 +196,7 @@ def test_a_streaming_client_that_hangs_up_cancels_its_job(node, path, body):
 @pytest.mark.parametrize("path, body", [
     ("/api/generate", OLLAMA_GENERATE | {"stream": False}),
     ("/v1/chat/completions", OPENAI_CHAT),
+    (f"/api/models/{SLOW}/infer", {"prompt": "talk", "options": LONG}),
 ])
 def test_a_waiting_client_that_hangs_up_cancels_its_job(node, path, body):
     submitted = time.time()
