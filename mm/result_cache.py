@@ -42,6 +42,7 @@ _PER_JOB = ("id", "node", "worker", "warnings")
 _PIECE = re.compile(r"\S+\s*|\s+")
 
 # KEYS: entry, lru, stats. ARGV: model. The entry's value, its last use refreshed; counted as hit or miss.
+# Last uses are in microseconds: uses within one millisecond would tie, and ties evict by key, not by age.
 _GET = """
 local value = redis.call('GET', KEYS[1])
 local outcome = value and 'hits' or 'misses'
@@ -49,7 +50,7 @@ redis.call('HINCRBY', KEYS[3], outcome, 1)
 redis.call('HINCRBY', KEYS[3], outcome .. ':' .. ARGV[1], 1)
 if not value then return false end
 local t = redis.call('TIME')
-redis.call('ZADD', KEYS[2], 'XX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), KEYS[1])
+redis.call('ZADD', KEYS[2], 'XX', tonumber(t[1]) * 1000000 + tonumber(t[2]), KEYS[1])
 return value
 """
 
@@ -74,7 +75,7 @@ drop(KEYS[1])
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 redis.call('HSET', KEYS[4], KEYS[1], size)
-redis.call('ZADD', KEYS[2], now, KEYS[1])
+redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000000 + tonumber(t[2]), KEYS[1])
 redis.call('ZADD', KEYS[3], now + ttl, KEYS[1])
 local total = redis.call('INCRBY', KEYS[5], size)
 local evicted = 0
