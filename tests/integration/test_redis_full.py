@@ -29,15 +29,17 @@ def full_redis(tmp_path):
                  "--save", "", "--maxmemory", str(MAXMEMORY), "--maxmemory-policy", "noeviction"],
                 log=tmp_path / "redis-full.log")
     r = redis.Redis(port=port)
-    wait_for(r.ping, 15, what="redis with a maxmemory")
-    registry.save(r, registry.ModelEntry(name=MODEL, tag_size=GB, size_estimate=GB, digest="sha256:full"))
-    n = 0
-    while int(r.info("memory")["used_memory"]) < 0.93 * MAXMEMORY:  # Redis still takes writes below 100%
-        r.set(f"filler:{n}", b"x" * 32 * 1024)
-        n += 1
-    assert int(r.info("memory")["used_memory"]) < MAXMEMORY
-    yield f"redis://127.0.0.1:{port}/0", r
-    proc.stop()
+    try:
+        wait_for(r.ping, 15, what="redis with a maxmemory")
+        registry.save(r, registry.ModelEntry(name=MODEL, tag_size=GB, size_estimate=GB, digest="sha256:full"))
+        n = 0
+        while int(r.info("memory")["used_memory"]) < 0.93 * MAXMEMORY:  # Redis still takes writes below 100%
+            r.set(f"filler:{n}", b"x" * 32 * 1024)
+            n += 1
+        assert int(r.info("memory")["used_memory"]) < MAXMEMORY
+        yield f"redis://127.0.0.1:{port}/0", r
+    finally:
+        proc.stop()
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess:
