@@ -119,7 +119,7 @@ def test_a_batch_survives_gateway_worker_leader_and_redis_restarts_answering_eac
         served = stack.runtime.served_at()
         extra, interrupted = runs_twice(served, [worker_killed])
         twice = extra - interrupted  # a run the runtime finished as its worker died is rerun, not run twice
-        assert len(served) == LINES and twice == 0
+        assert len(served) == LINES and twice == 0, (worker_killed, {d: t for d, t in served.items() if len(t) > 1})
         ledger("15. a batch under gateway, model-worker, gpu-broker and Redis (AOF) restarts",
                "every request answered once, none run twice", submitted=LINES, completed=len(ids),
                failed=done["request_counts"]["failed"], duplicated=twice, recover_s=time.monotonic() - began)
