@@ -54,7 +54,8 @@ def _worker_steps(record: dict[str, str], deliveries: int) -> list[Step]:
                                              f"after {started - submitted:.3f}s in the queue{again}"))
     if record.get("completed_at"):
         status = record.get("status", "")
-        text = status if status == "complete" else f"{status}: {record.get('error', '')}"
+        error = record.get("error", "")
+        text = status if status == "complete" else error if error.startswith(f"{status}:") else f"{status}: {error}"
         steps.append(Step(float(record["completed_at"]), "worker", text))
     return steps
 

@@ -43,3 +43,9 @@ def test_a_failed_redelivered_batch_job_says_so():
 
     assert "for batch batch_x (custom_id c7)" in steps[0].text
     assert "(delivery 2)" in steps[1].text and steps[2].text == "failed: runtime said no"
+
+
+def test_a_cancelled_job_says_so_once():
+    record = RECORD | {"status": "cancelled", "error": "cancelled: by the client"}
+
+    assert trail(record, [])[-1].text == "cancelled: by the client"
