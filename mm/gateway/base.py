@@ -325,12 +325,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.write(json.dumps(obj, default=str) + "\n")
         await self.flush()
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if exc is not None:
-            _status, field_, message = status_for(exc)
-        else:
-            field_, message = "", tornado.httputil.responses.get(status_code, "error").lower()
+    def error_headers(self, status_code: int, exc: BaseException | None) -> None:
+        """The headers of an error answer: JSON, and what a 401, a 405 or a full Redis calls for."""
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="mm"')
@@ -338,6 +334,14 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         if isinstance(exc, RedisFull):
             self.set_header("Retry-After", str(RETRY_FULL_S))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if exc is not None:
+            _status, field_, message = status_for(exc)
+        else:
+            field_, message = "", tornado.httputil.responses.get(status_code, "error").lower()
+        self.error_headers(status_code, exc)
         # Ollama's clients show only "error": it names the field too, unless the message already does.
         body = {"error": f"{field_}: {message}" if field_ and field_ not in message else message}
         if field_:

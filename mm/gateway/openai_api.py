@@ -22,9 +22,9 @@ import tornado.iostream
 import tornado.web
 
 from mm import client, registry
-from mm.errors import JobFailed, RedisFull
+from mm.errors import JobFailed
 from mm.gateway import status
-from mm.gateway.base import RETRY_FULL_S, ApiError, BaseHandler, Gateway, log, status_for
+from mm.gateway.base import ApiError, BaseHandler, Gateway, log, status_for
 from mm.gateway.ollama_shape import PRIORITY_HEADER, created_at, final_chunks
 from mm.gateway.openai_shape import (
     CHAT,
@@ -67,15 +67,9 @@ class OpenAIErrors(BaseHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         error = as_openai(status_code, exc)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.error_headers(status_code, exc)
         if self.job_id:  # an error answer starts with cleared headers: keep the failed job findable
             self.set_header("X-MM-Job-Id", self.job_id)
-        if status_code == 401:
-            self.set_header("WWW-Authenticate", 'Bearer realm="mm"')
-        if status_code == 405:
-            self.set_header("Allow", ", ".join(self.allowed_methods()))
-        if isinstance(exc, RedisFull):
-            self.set_header("Retry-After", str(RETRY_FULL_S))
         self.finish(json.dumps(error.body()))
 
     def _handle_request_exception(self, e: BaseException) -> None:
