@@ -142,8 +142,9 @@ class BatchesHandler(BatchBase):
         except ValidationError as exc:
             raise bad(exc.field, f"{exc.field} {exc.message}") from None
         batch_id = await self.run(records.create, self.gw.r, input_file_id, endpoint, window, metadata)
-        self.wake()
-        self.send_json(self.batch_view(await self.run(self.batch_or_404, batch_id)))
+        created = await self.run(lambda: self.batch_view(self.batch_or_404(batch_id)))
+        self.wake()  # after reading it: the answer is the batch as created (validating), as OpenAI's is
+        self.send_json(created)
 
     async def get(self) -> None:
         limit = int(self.query_number("limit", 20, minimum=1, maximum=MAX_PAGE, integer=True))
