@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import time
 
@@ -91,7 +92,7 @@ def follow(url: str, r, batch_id: str, lines: int, stack, faults: bool) -> tuple
         batch = httpx.get(f"{url}/v1/batches/{batch_id}", timeout=30).json()
         counts = batch["request_counts"]
         ended = counts["completed"] + counts["failed"]
-        if enqueued_s != enqueued_s and int(r.hget(f"mm:batch:{batch_id}", "enqueued") or 0) >= lines:
+        if math.isnan(enqueued_s) and int(r.hget(f"mm:batch:{batch_id}", "enqueued") or 0) >= lines:
             enqueued_s = time.monotonic() - began
         while plan and ended >= plan[0][0] * lines:
             _, what, name = plan.pop(0)

@@ -210,9 +210,8 @@ class Advancer:
         return found
 
     def _messages(self, models: set[str]) -> Iterator[bytes | str]:
-        for model in models:
-            for step in keys.PRIORITY_STEPS:
-                yield from self.r.lrange(keys.priority_list(model, step), 0, -1)
+        for queue in cancel.model_lists(models):
+            yield from self.r.lrange(queue, 0, -1)
 
     def all_ended(self, record: dict[str, str]) -> bool:
         """Whether every enqueued job of the batch has ended (looking job by job when counts stall)."""
