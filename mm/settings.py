@@ -33,6 +33,8 @@ class Settings:
                                          "inputs holds one slot for all of them).")
     max_images: int = _opt(8, "Most images one job may carry.")
     max_image_bytes: int = _opt(20 * 1024 * 1024, "Largest decoded image accepted, in bytes.")
+    max_queued_per_key: int = _opt(0, "Most jobs one gateway API key may have queued (not yet started); past it the "
+                                      "gateway answers 429 with Retry-After (0: no limit; batches do not count).")
     max_num_predict: int = _opt(4096, "Largest options.num_predict accepted (a model's max_num_predict in the "
                                       "registry overrides it; 0: no ceiling).")
 
