@@ -17,6 +17,10 @@ def _opt(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
 
+class SettingsError(ValueError):
+    """A setting out of its range, not of its type, or contradicting another; the message names them."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed settings; build with :func:`load` (environment) or directly in tests."""
@@ -133,17 +137,50 @@ class Settings:
         return max(self.job_time_limit_s, attempts * self.runtime_timeout_s + 8.0 * attempts)
 
     def __post_init__(self) -> None:
+        found = self.contradictions()
+        if found:
+            raise SettingsError("; ".join(found))
+
+    def contradictions(self) -> list[str]:
+        """Each setting out of its range, or pair of settings that cannot both hold, with the fix."""
+        found = []
         if self.log_format not in ("text", "json"):
-            raise ValueError(f"MM_LOG_FORMAT must be text or json, not {self.log_format!r}")
+            found.append(f"MM_LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.placement not in ("spread", "binpack"):
-            raise ValueError(f"MM_PLACEMENT must be spread or binpack, not {self.placement!r}")
+            found.append(f"MM_PLACEMENT must be spread or binpack, not {self.placement!r}")
+        for name in ("worker_slots", "max_deliveries", "lease_ttl_ms"):
+            if getattr(self, name) < 1:
+                found.append(f"{env_name(name)} must be at least 1, not {getattr(self, name)}")
+        for name in ("heartbeat_s", "tick_s", "runtime_timeout_s", "batch_tick_s"):
+            if getattr(self, name) <= 0:
+                found.append(f"{env_name(name)} must be more than 0, not {getattr(self, name)}")
+        if not 0 <= self.redis_memory_limit <= 1:
+            found.append(f"MM_REDIS_MEMORY_LIMIT is a share of maxmemory, 0 to 1, not {self.redis_memory_limit}")
         # kombu redelivers an unacked message older than the visibility timeout, even while it runs.
         if self.visibility_timeout_s <= self.longest_job_s:
-            raise ValueError(
+            found.append(
                 f"MM_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed the longest job "
                 f"({self.longest_job_s:.0f}s: MM_JOB_TIME_LIMIT_S, or (MM_RUNTIME_RETRIES + 1) x "
                 f"MM_RUNTIME_TIMEOUT_S plus backoff), or long jobs run twice at once"
             )
+        # State published every heartbeat must outlive the gap to the next publish, with one miss to spare.
+        if self.state_ttl_s < 2 * self.heartbeat_s:
+            found.append(
+                f"MM_STATE_TTL_S ({self.state_ttl_s}) must be at least twice MM_HEARTBEAT_S ({self.heartbeat_s}): "
+                f"node and worker state would expire between publishes, and the leader would take live "
+                f"workers for dead and requeue their jobs"
+            )
+        if self.memory_budget and self.memory_budget <= self.safety_margin:
+            found.append(
+                f"MM_MEMORY_BUDGET ({self.memory_budget}) must exceed MM_SAFETY_MARGIN ({self.safety_margin}), "
+                f"which is kept free on every node: no model could ever load"
+            )
+        if self.orphan_grace_s >= self.visibility_timeout_s:
+            found.append(
+                f"MM_ORPHAN_GRACE_S ({self.orphan_grace_s}) must be below MM_VISIBILITY_TIMEOUT_S "
+                f"({self.visibility_timeout_s}): stranded jobs would wait for kombu's timeout instead"
+            )
+        return found
 
 
 def env_name(name: str) -> str:
@@ -164,7 +201,7 @@ def _parse(raw: str, typ: Any, name: str) -> Any:
             return float(raw)
         return raw
     except ValueError:
-        raise ValueError(f"{env_name(name)}={raw!r} is not a valid {typ}") from None
+        raise SettingsError(f"{env_name(name)}={raw!r} is not a valid {typ}") from None
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -68,8 +68,12 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         import redis
 
+        from mm.settings import SettingsError
+
         try:
             return super().invoke(ctx)
+        except SettingsError as exc:
+            raise click.ClickException(f"bad settings: {exc}") from None
         except redis.AuthenticationError as exc:
             raise click.ClickException(f"Redis refused the credentials in MM_REDIS_URL: {exc}") from None
         except redis.ConnectionError as exc:

@@ -2,6 +2,8 @@
 
 import base64
 
+import re
+
 import pytest
 
 from mm.errors import UnknownModel, ValidationError
@@ -92,6 +94,29 @@ def test_settings_name_a_bad_value():
 def test_settings_refuse_a_visibility_timeout_shorter_than_all_runtime_attempts():
     with pytest.raises(ValueError, match="longest job"):
         load({"MM_VISIBILITY_TIMEOUT_S": "2000", "MM_RUNTIME_TIMEOUT_S": "600", "MM_RUNTIME_RETRIES": "3"})
+
+
+@pytest.mark.parametrize("environ, says", [
+    ({"MM_HEARTBEAT_S": "3", "MM_STATE_TTL_S": "5"}, "MM_STATE_TTL_S (5.0) must be at least twice MM_HEARTBEAT_S"),
+    ({"MM_MEMORY_BUDGET": "1000", "MM_SAFETY_MARGIN": "1000"}, "MM_MEMORY_BUDGET (1000) must exceed MM_SAFETY_MARGIN"),
+    ({"MM_ORPHAN_GRACE_S": "3600"}, "MM_ORPHAN_GRACE_S (3600.0) must be below MM_VISIBILITY_TIMEOUT_S"),
+    ({"MM_WORKER_SLOTS": "0"}, "MM_WORKER_SLOTS must be at least 1"),
+    ({"MM_TICK_S": "0"}, "MM_TICK_S must be more than 0"),
+    ({"MM_REDIS_MEMORY_LIMIT": "90"}, "MM_REDIS_MEMORY_LIMIT is a share of maxmemory, 0 to 1"),
+])
+def test_settings_refuse_values_that_contradict_each_other_naming_both(environ, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        load(environ)
+
+
+def test_settings_name_every_contradiction_at_once():
+    with pytest.raises(ValueError) as refused:
+        load({"MM_WORKER_SLOTS": "0", "MM_PLACEMENT": "random"})
+    assert "MM_WORKER_SLOTS" in str(refused.value) and "MM_PLACEMENT" in str(refused.value)
+
+
+def test_the_default_settings_contradict_nothing():
+    assert load({}).contradictions() == []
 
 
 # --- Ollama's fields, model facts and input that would fail later ------------------------------
