@@ -1,7 +1,6 @@
 """Validation of job requests: pure, no services."""
 
 import base64
-
 import re
 
 import pytest
