@@ -51,6 +51,10 @@ class BudgetMonitor:
         used = min(resident_bytes, self.budget)
         return MemoryState("budget", self.budget, used, self.budget - used)
 
+    def lower_to(self, budget: int) -> None:
+        """Plan with ``budget`` from now on: the runtime was found to hold less than configured."""
+        self.budget = min(self.budget, budget)
+
 
 class NvmlMonitor:
     """Per-GPU memory from NVML (pynvml); figures are the whole device's, whoever holds it."""

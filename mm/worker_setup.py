@@ -76,6 +76,35 @@ def _worker_problems(started: Started, settings: Settings) -> list[str]:
     return found
 
 
+def _publisher(raw: bytes | str | None) -> tuple[str, str, float] | None:
+    """(host, runtime URL, publish time) of a node state, or None (no state, or one from before hosts were named)."""
+    if raw is None:
+        return None
+    state = json.loads(raw)
+    return (state["host"], state.get("runtime_url", ""), float(state.get("at", 0))) if "host" in state else None
+
+
+def node_taken(r: redis.Redis, settings: Settings, host: str) -> list[str]:
+    """A problem if another live node (another host or runtime) publishes state as ``MM_NODE``.
+
+    A gpu-broker of the same host and runtime is the same node (a standby, or this one restarted).
+    A state from elsewhere counts only if it is published again within two heartbeats: one left
+    behind by a node that died expires on its own.
+    """
+    seen = _publisher(r.get(keys.node_state(settings.node)))
+    if seen is None or seen[:2] == (host, settings.runtime_url):
+        return []
+    deadline = time.monotonic() + 2 * settings.heartbeat_s + 0.5
+    while time.monotonic() < deadline:
+        time.sleep(min(0.1, settings.heartbeat_s / 4))
+        now = _publisher(r.get(keys.node_state(settings.node)))
+        if now is not None and now[:2] == seen[:2] and now[2] > seen[2]:
+            return [f"another node already runs as MM_NODE={settings.node!r} (host {seen[0]}, runtime {seen[1]}; "
+                    f"this one is host {host}, runtime {settings.runtime_url}): two nodes under one name would "
+                    f"overwrite each other's state and take each other's commands; give each node its own MM_NODE"]
+    return []
+
+
 def problems(started: Started, settings: Settings) -> list[str]:
     """What is wrong with how this worker was started for its role (an empty list if nothing)."""
     return _broker_problems(started, settings) if started.is_broker else _worker_problems(started, settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from typing import Any
 
@@ -38,6 +39,8 @@ def _check_setup(c: Consumer, r: redis.Redis, settings: Settings) -> None:
         queues=frozenset(c.app.amqp.queues.consume_from),
     )
     found = worker_setup.problems(started, settings)
+    if started.is_broker and not found:
+        found = worker_setup.node_taken(r, settings, socket.gethostname())
     worker_setup.record(r, c.hostname or "", found)
     if found:
         for problem in found:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,10 +19,10 @@ from typing import Any
 import ollama
 import redis
 
-from mm import events, keys, registry
+from mm import events, keys, node_problems, registry
 from mm.errors import StaleToken
 from mm.lease import check_fence
-from mm.memory import MemoryMonitor
+from mm.memory import BudgetMonitor, MemoryMonitor
 from mm.scheduling.reader import read_records
 from mm.settings import Settings
 from mm.workers.heartbeat import Heartbeat
@@ -32,15 +32,6 @@ log = logging.getLogger("mm.node")
 TAGS_SYNC_EVERY_S = 5.0
 DRAIN_WAIT_S = 60.0  # an unload waits this long for jobs that started on the model to finish
 OOM_GROWTH = 1.25  # size factor learned from an out-of-memory load that names no size
-_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
-_REQUIRED = re.compile(r"requires more (?:system )?memory \((\d+(?:\.\d+)?)\s*([kmgt]?i?b)\)", re.IGNORECASE)
-
-
-def required_bytes(message: str) -> int | None:
-    """The size an Ollama out-of-memory error says the model needs (``"... memory (7.5 GiB) than ..."``)."""
-    match = _REQUIRED.search(message)
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()]) if match else None
 
 
 def _expires_ts(value: Any) -> float | None:
@@ -60,6 +51,7 @@ class NodeAgent:
     def __init__(self, settings: Settings, r: redis.Redis, monitor: MemoryMonitor) -> None:
         self.settings = settings
         self.node = settings.node
+        self.host = socket.gethostname()  # with the runtime URL, tells this node from another under the same name
         self.r = r
         self.monitor = monitor
         self.runtime = ollama.Client(host=settings.runtime_url, timeout=settings.runtime_timeout_s)
@@ -67,6 +59,8 @@ class NodeAgent:
         self.loaded: dict[str, dict[str, float]] = {}  # model -> {loaded_at, load_s}
         self.ops: dict[str, dict[str, Any]] = {}  # model -> the last operation on it
         self._last_sync = 0.0
+        self.models_listed: int | None = None  # models in the runtime's /api/tags at the last sync
+        self.memory_warning = ""  # set when a load shows MM_MEMORY_BUDGET larger than the runtime holds
         self._shown: dict[tuple[str, str], dict[str, Any]] = {}  # (model, digest) -> facts from /api/show
         self._heartbeat = Heartbeat("mm-node-agent", settings.heartbeat_s, self._beat, log, "node state publish failed")
 
@@ -85,13 +79,16 @@ class NodeAgent:
 
     def publish(self) -> dict[str, Any]:
         """Write this node's state to Redis (with a TTL) and return it."""
-        state: dict[str, Any] = {"node": self.node, "runtime_url": self.settings.runtime_url, "at": time.time()}
+        state: dict[str, Any] = {"node": self.node, "host": self.host, "runtime_url": self.settings.runtime_url,
+                                 "at": time.time()}
         try:
             resident = self.resident()
             state["runtime_up"] = True
         except Exception as exc:  # runtime down: publish that, never die
-            resident, state["runtime_up"], state["runtime_error"] = [], False, str(exc)
+            error = node_problems.not_ollama(self.settings.runtime_url, exc) or str(exc)
+            resident, state["runtime_up"], state["runtime_error"] = [], False, error
         state["resident"] = resident
+        state["warnings"] = self.warnings(state["runtime_up"])
         state["memory"] = self.monitor.read(sum(m["size"] for m in resident)).as_dict()
         with self._lock:
             state["ops"] = dict(self.ops)
@@ -100,6 +97,13 @@ class NodeAgent:
         pipe.zadd(keys.NODES, {self.node: state["at"]})
         pipe.execute()
         return state
+
+    def warnings(self, runtime_up: bool) -> list[str]:
+        """What is wrong with this node's setup though its runtime answers (see :mod:`mm.node_problems`)."""
+        found = [self.memory_warning] if self.memory_warning else []
+        if runtime_up and self.models_listed == 0:
+            found.append(node_problems.no_models(self.settings.runtime_url))
+        return found
 
     def sync_registry(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_sync < TAGS_SYNC_EVERY_S:
@@ -110,6 +114,7 @@ class NodeAgent:
              "details": m.details.model_dump() if m.details else {}, **self.show(m.model or "", m.digest or "")}
             for m in self.runtime.list().models
         ]
+        self.models_listed = len(tags)
         for name in registry.sync_node(self.r, self.node, tags, self.settings):
             log.info("REGISTRY model %s registered from %s", name, self.node)
 
@@ -202,10 +207,7 @@ class NodeAgent:
                 self._touch(model, keep_alive=-1, options=options)
             except ollama.ResponseError as exc:
                 if entry is not None and "memory" in str(exc.error).lower():
-                    # The model is bigger than we thought: learn it, so the next plan makes room.
-                    grown = max(required_bytes(str(exc.error)) or 0, int(entry.size * OOM_GROWTH))
-                    registry.learn_size(self.r, model, grown)
-                    log.warning("LOAD %s out of memory: %s; size now taken as %d bytes", model, exc.error, grown)
+                    self._learn_from_oom(model, entry.size, str(exc.error))
                 raise
             load_s = time.time() - started
             self.loaded[model] = {"loaded_at": time.time(), "load_s": load_s}
@@ -217,6 +219,24 @@ class NodeAgent:
             return {"model": model, "node": self.node, "load_s": load_s, "size": size}
 
         return self._fenced("load", model, token, body, waited_s)
+
+    def _learn_from_oom(self, model: str, size: int, error: str) -> None:
+        """Learn from a load that ran out of memory, so that the next plan makes room instead of retrying it.
+
+        If the runtime holds clearly less than the memory budget, the budget is wrong: plan with what
+        it holds and say so. Otherwise the model is bigger than thought: learn its size.
+        """
+        available = node_problems.available_bytes(error)
+        if isinstance(self.monitor, BudgetMonitor) and available is not None:
+            holds = node_problems.RuntimeHolds(sum(m["size"] for m in self.resident()), available)
+            if holds.below(self.monitor.budget):
+                self.memory_warning = holds.budget_too_large(self.monitor.budget, model)
+                self.monitor.lower_to(holds.capacity)
+                log.error("LOAD %s out of memory: %s", model, self.memory_warning)
+                return
+        grown = max(node_problems.required_bytes(error) or 0, int(size * OOM_GROWTH))
+        registry.learn_size(self.r, model, grown)
+        log.warning("LOAD %s out of memory: %s; size now taken as %d bytes", model, error, grown)
 
     def unload(self, model: str, token: int, reason: str = "", decided_at: float | None = None) -> dict[str, Any]:
         """Unload ``model`` and wait until its memory shows as free (NVML lags); ``decided_at`` as for load."""

@@ -38,15 +38,26 @@ def problems(node: str | None, worker: str | None, beat_within: float | None) ->
     return found
 
 
+def warnings() -> list[str]:
+    """What every live node says is wrong with its setup though it runs (no models, a memory budget too large)."""
+    r = store.connect()
+    nodes = [replies.text(n) for n in replies.members(r.zrange(keys.NODES, 0, -1))]
+    states = r.mget([keys.node_state(n) for n in nodes]) if nodes else []
+    return [f"warning: node {node}: {warning}" for node, raw in zip(nodes, states, strict=True) if raw
+            for warning in json.loads(raw).get("warnings", [])]
+
+
 @click.command()
 @click.option("--node", help="Require this node's state (its gpu-broker and runtime).")
 @click.option("--worker", help="Require this model-worker's heartbeat (its Celery hostname).")
 @click.option("--beat-within", type=float, help="Require a beat job to have run within this many seconds.")
 def check(node: str | None, worker: str | None, beat_within: float | None) -> None:
-    """Exit 0 if Redis answers and the named parts are alive; else print why and exit 1."""
+    """Exit 0 if Redis answers and the named parts are alive (printing nodes' warnings); else say why, exit 1."""
     found = problems(node, worker, beat_within)
     for problem in found:
         click.echo(problem, err=True)
     if found:
         raise SystemExit(1)
+    for warning in warnings():
+        click.echo(warning, err=True)
     click.echo("ok")

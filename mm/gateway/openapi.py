@@ -216,7 +216,7 @@ SCHEMAS: dict[str, Any] = {
             "vram": obj({"total": INT, "used": INT, "free": INT}),
             "loaded_models": {"type": "array", "items": obj({"model": STR, "node": STR, "size": INT})},
             "nodes": {"type": "array", "items": obj({
-                "node": STR, "runtime_url": nullable(STR), "runtime_up": BOOL,
+                "node": STR, "runtime_url": nullable(STR), "runtime_up": BOOL, "warnings": STR_LIST,
                 "memory": obj({"source": STR, "total": INT, "used": INT, "free": INT,
                                "gpus": {"type": "array", "items": obj({"index": INT, "name": STR, "total": INT,
                                                                        "used": INT, "free": INT})}}),

@@ -82,7 +82,8 @@ def nodes(r: redis.Redis, now: float) -> tuple[list[dict[str, Any]], dict[str, A
         ops = {model: op for model, op in (state.get("ops") or {}).items() if op.get("state") == "running"}
         out.append({
             "node": name, "runtime_url": state.get("runtime_url"), "runtime_up": bool(state.get("runtime_up", True)),
-            "runtime_error": state.get("runtime_error"), "age_s": round(max(0.0, now - float(state.get("at", now))), 3),
+            "runtime_error": state.get("runtime_error"), "warnings": list(state.get("warnings", [])),
+            "age_s": round(max(0.0, now - float(state.get("at", now))), 3),
             "memory": {
                 "source": memory.get("source", ""), "total": int(memory.get("total", 0)),
                 "used": int(memory.get("used", 0)), "free": int(memory.get("free", 0)),

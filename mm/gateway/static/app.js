@@ -100,9 +100,12 @@ function renderNodes(s) {
   }
   $("nodes").innerHTML = nodes.map((n) => {
     const m = n.memory;
-    const up = n.runtime_up ? `<span class="good">runtime up</span>` : `<span class="bad">runtime down</span>`;
+    const up = n.runtime_up ? `<span class="good">runtime up</span>`
+      : `<span class="bad" title="${esc(n.runtime_error || "")}">runtime down</span>`;
     let html = `<div class="node"><div class="node-head"><span class="node-name">${esc(n.node)}</span>` +
       `<span class="muted">${up} · ${esc(m.source || "")} · seen ${secs(n.age_s)} ago</span></div>`;
+    if (!n.runtime_up && n.runtime_error) html += `<div class="bad node-note">${esc(n.runtime_error)}</div>`;
+    for (const w of n.warnings || []) html += `<div class="warn node-note">${esc(w)}</div>`;
     html += memoryBar("models", m.total, n.resident.map((r) => ({model: r.model, size: r.size})), 0);
     for (const g of m.gpus || []) {
       html += memoryBar(`GPU ${g.index} · ${g.name}`, g.total, [], g.used);
