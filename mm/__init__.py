@@ -7,8 +7,8 @@
 
 from typing import Any
 
-__all__ = ["submit", "generate", "Job", "JobFailed", "JobCancelled", "UnknownJob", "ValidationError",
-           "record_metric", "metric_stats"]
+__all__ = ["submit", "generate", "Job", "JobFailed", "JobCancelled", "JobExpired", "UnknownJob",
+           "ValidationError", "record_metric", "metric_stats"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
         from mm import quality
 
         return getattr(quality, name)
-    if name in ("JobFailed", "JobCancelled", "UnknownJob", "ValidationError"):
+    if name in ("JobFailed", "JobCancelled", "JobExpired", "UnknownJob", "ValidationError"):
         from mm import errors
 
         return getattr(errors, name)

@@ -27,7 +27,7 @@ from mm import keys, replies
 from mm.app import app
 from mm.batches import outcomes as batch_outcomes
 
-FINAL = ("complete", "failed", "cancelled")
+FINAL = ("complete", "failed", "cancelled", "expired")
 PAGE = 500  # messages read per LRANGE while looking for one job's message
 CELERY_ENDED = {states.SUCCESS: "complete", states.FAILURE: "failed", states.REVOKED: "cancelled"}
 CLIENT_GONE = "cancelled: the gateway's client disconnected before the answer was complete"
@@ -57,6 +57,12 @@ def message_id(raw: bytes | str, unacked: bool = False) -> str | None:
 def model_lists(models: Iterable[str]) -> list[str]:
     """Every priority list of ``models``' queues."""
     return [keys.priority_list(model, step) for model in models for step in keys.PRIORITY_STEPS]
+
+
+def job_lists(model: str, priority: str | None) -> list[str]:
+    """The lists a job of ``model`` may be queued on, its own ``priority``'s first."""
+    own = keys.priority_list(model, keys.PRIORITIES.get(priority or "", 0))
+    return [own, *(q for q in model_lists([model]) if q != own)]
 
 
 def take_off(r: redis.Redis, lists: Iterable[str], wanted: Callable[[str], bool],
@@ -144,9 +150,7 @@ def cancel(r: redis.Redis, job_id: str, reason: str, expires_s: int) -> Outcome:
     # A running job's message is held by its worker: only a queued one is looked for (one put back
     # meanwhile, its model gone, meets the marker).
     if record["status"] == "queued" and record.get("model"):
-        own = keys.priority_list(record["model"], keys.PRIORITIES.get(record.get("priority", ""), 0))
-        lists = [own, *(q for q in model_lists([record["model"]]) if q != own)]  # its own priority's first
-        if take_off(r, lists, lambda found: found == job_id, limit=1):
+        if take_off(r, job_lists(record["model"], record.get("priority")), lambda found: found == job_id, limit=1):
             end_cancelled(r, job_id, reason, _batch_of(record.get("metadata")))
             return Outcome("cancelled", "cancelled")
     return Outcome("stopping", record["status"])

@@ -16,9 +16,9 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from mm import cancel, keys, redis_memory, registry, replies, result_cache, store, streams
+from mm import cancel, deadlines, keys, redis_memory, registry, replies, result_cache, store, streams
 from mm.app import INFER_TASK, app
-from mm.errors import JobCancelled, JobFailed, JobLost, UnknownJob
+from mm.errors import JobCancelled, JobExpired, JobFailed, JobLost, UnknownJob
 from mm.settings import get as get_settings
 from mm.validation import JobRequest, ModelFacts, validate
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from celery.backends.redis import RedisBackend
     from redis.typing import EncodableT, FieldT
 
-STATUSES = ("pending", "queued", "running", "complete", "failed", "cancelled")
+STATUSES = ("pending", "queued", "running", "complete", "failed", "cancelled", "expired")
 KNOWN_MODELS_TTL_S = 5.0  # a removed model is refused at most this long after it left every runtime
 LOST_CHECK_S = 1.0  # how often a waiting client checks that its job still exists
 
@@ -60,7 +60,7 @@ class Job:
         return record
 
     def status(self) -> str:
-        """pending, queued, running, complete, failed or cancelled."""
+        """pending, queued, running, complete, failed, cancelled or expired (not started by its deadline)."""
         status = store.connect().hget(keys.job(self.id), "status")
         return self._settled(replies.text(status) if status else "pending")[0]
 
@@ -79,7 +79,8 @@ class Job:
         Raises:
             JobFailed: the job ended FAILED (the message is the reason; ``.status`` the runtime's
                 HTTP status when the runtime refused it); :class:`JobCancelled` (a JobFailed whose
-                message is ``cancelled: <why>``) if it was cancelled.
+                message is ``cancelled: <why>``) if it was cancelled; :class:`JobExpired` (a JobFailed
+                whose message is ``expired: <why>``) if it was not started within its ``deadline_s``.
             JobLost: its record vanished from Redis (e.g. Redis restarted without persistence).
             TimeoutError: it has not ended within ``timeout`` seconds.
         """
@@ -109,6 +110,8 @@ class Job:
         record = self.record()
         if record.get("status") == "cancelled":
             return JobCancelled(record.get("error") or "cancelled")
+        if record.get("status") == "expired":
+            return JobExpired(record.get("error") or "expired")
         status = record.get("error_status")
         return JobFailed(record.get("error") or default, status=int(status) if status else None)
 
@@ -139,7 +142,7 @@ class Job:
                     continue
                 if deadline is not None and timeout is not None and time.monotonic() >= deadline:
                     raise TimeoutError(self._not_ended(timeout))
-                if result.state in ("FAILURE", "REVOKED") or self.status() in ("failed", "cancelled"):
+                if result.state in ("FAILURE", "REVOKED") or self.status() in ("failed", "cancelled", "expired"):
                     raise self._failure("failed")
                 if result.state == "SUCCESS":
                     return  # it ended without streaming (submitted with stream=False)
@@ -269,6 +272,7 @@ def _enqueue(request: JobRequest, job_id: str | None = None) -> Job:
     pipe.hset(keys.job(job_id), mapping=record)
     pipe.hsetnx(keys.job(job_id), "status", "queued")
     pipe.expire(keys.job(job_id), expires_s)
+    deadlines.note(pipe, job_id, now, request.deadline_s)
     pipe.lpush(keys.WAKE, 1)
     pipe.execute()
     return Job(job_id, result, request.warnings)
@@ -326,15 +330,11 @@ def submit(
     stream: bool = False,
     tools: list[dict[str, Any]] | None = None,
     think: bool | str | None = None,
-    raw: bool | None = None,
-    template: str | None = None,
-    suffix: str | None = None,
-    context: list[int] | None = None,
-    logprobs: bool | None = None,
-    top_logprobs: int | None = None,
-    dimensions: int | None = None,
-    truncate: bool | None = None,
+    raw: bool | None = None, template: str | None = None, suffix: str | None = None, context: list[int] | None = None,
+    logprobs: bool | None = None, top_logprobs: int | None = None,
+    dimensions: int | None = None, truncate: bool | None = None,
     cache: bool | None = None,
+    deadline_s: float | None = None,
 ) -> Job:
     """Validate a job and enqueue it on ``mm.model.<model>``; return its :class:`Job` handle.
 
@@ -355,6 +355,8 @@ def submit(
         cache: answer a deterministic request (temperature 0 or a fixed seed, or an embedding) from
             the result cache when an identical one ran before, and store its result when it runs
             (None: ``MM_CACHE_DEFAULT``). A cached result's ``timings`` say ``cached: True``.
+        deadline_s: seconds after submission by which the job must have started; a job not started
+            by then ends ``expired`` and never runs (:meth:`Job.get` raises :class:`JobExpired`).
 
     Raises:
         ValidationError: nothing was enqueued; ``.field`` names the bad input.
@@ -365,6 +367,7 @@ def submit(
         metadata=metadata, format=format, system=system, stream=stream, facts=_model_facts(model),
         tools=tools, think=think, raw=raw, template=template, suffix=suffix, context=context,
         logprobs=logprobs, top_logprobs=top_logprobs, dimensions=dimensions, truncate=truncate, cache=cache,
+        deadline_s=deadline_s,
     )
     if request.cache:
         hit = _from_cache(request)

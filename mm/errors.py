@@ -41,6 +41,15 @@ class JobCancelled(JobFailed):
         super().__init__(message, status)
 
 
+class JobExpired(JobFailed):
+    """A job ended expired: it was not started within its ``deadline_s`` and never ran; the message,
+    ``expired: <why>``, says how long it waited. The gateway answers a request whose job expired
+    with ``status``, 504."""
+
+    def __init__(self, message: str = "expired", status: int | None = 504):
+        super().__init__(message, status)
+
+
 class UnknownJob(MMError, LookupError):
     """No job has this id (never submitted, or its record expired after ``MM_RESULT_EXPIRES_S``)."""
 

@@ -122,6 +122,11 @@ def cancel(job_id: str) -> str:
     return f"mm:cancel:{job_id}"
 
 
+# Sorted set of the ids of jobs submitted with a deadline, scored by the epoch second by which each
+# must start (mm.deadlines): the leader ends the queued ones past it ``expired``.
+DEADLINES = "mm:deadlines"
+
+
 def deliveries(job_id: str) -> str:
     return f"mm:deliveries:{job_id}"
 
@@ -164,6 +169,12 @@ def quality_series(name: str, version: str) -> str:
 # model -> epoch seconds before which the gateway's history view hides that model's records
 # (DELETE /api/models/<name>/history); the event stream and metrics are left untouched.
 GATEWAY_HISTORY_CLEARED = "mm:gateway:history:cleared"
+
+
+def gateway_queued(key_id: str) -> str:
+    """Sorted set of the jobs one gateway API key submitted that may still be queued, scored by
+    submission time; ``key_id`` is a short hash of the key, never the key (MM_MAX_QUEUED_PER_KEY)."""
+    return f"mm:gateway:queued:{key_id}"
 
 
 # --- the Batch API ----------------------------------------------------------------------------

@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 
     from mm.registry import ModelEntry
 
-# The request fields that change the answer. Every other field (priority, metadata, stream, cache,
+# The request fields that change the answer. Every other field (priority, metadata, stream, cache, deadline_s,
 # warnings, a batch's bookkeeping) is left out of the key; tests/unit/test_result_cache.py checks
 # that each JobRequest field is in one list or the other.
 KEY_FIELDS = ("model", "kind", "prompt", "messages", "images", "format", "system", "options", "tools", "think",
               "raw", "template", "suffix", "context", "logprobs", "top_logprobs", "dimensions", "truncate")
-IGNORED_FIELDS = ("priority", "metadata", "stream", "cache", "warnings")
+IGNORED_FIELDS = ("priority", "metadata", "stream", "cache", "warnings", "deadline_s")
 MAX_CHUNKS = 512  # a cached answer streams in at most this many chunks
 # Result fields that belong to one job, not to its answer.
 _PER_JOB = ("id", "node", "worker", "warnings")

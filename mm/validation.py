@@ -99,6 +99,7 @@ class JobRequest:
     truncate: bool | None = None
     warnings: tuple[str, ...] = ()
     cache: bool = False  # answer from the result cache when deterministic (mm.result_cache)
+    deadline_s: float | None = None  # not started this long after its submission, it expires (mm.deadlines)
 
     def payload(self) -> dict[str, Any]:
         """The task's JSON kwargs."""
@@ -321,6 +322,17 @@ def check_format(format: Any) -> str | dict[str, Any] | None:
     return format
 
 
+def check_deadline(deadline_s: Any, field: str = "deadline_s") -> float | None:
+    """Seconds after its submission by which a job must have started (None: no deadline)."""
+    if deadline_s is None:
+        return None
+    if isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or not math.isfinite(deadline_s):
+        raise ValidationError(field, f"must be a number of seconds, got {type(deadline_s).__name__} {deadline_s!r:.40}")
+    if deadline_s <= 0:
+        raise ValidationError(field, f"must be more than 0 seconds, got {deadline_s!r:.40}")
+    return float(deadline_s)
+
+
 def check_metadata(metadata: Any) -> dict[str, Any]:
     """Any JSON object up to MAX_METADATA_BYTES."""
     if metadata is None:
@@ -497,6 +509,7 @@ def validate(
     context: Any = None, logprobs: Any = None, top_logprobs: Any = None, dimensions: Any = None,
     truncate: Any = None,
     cache: Any = None,
+    deadline_s: Any = None,
 ) -> JobRequest:
     """Return a :class:`JobRequest`, or raise :class:`ValidationError` naming the bad field.
 
@@ -506,6 +519,7 @@ def validate(
         tools, think, raw, template, suffix, context, logprobs, top_logprobs, dimensions, truncate:
             Ollama's request fields, as its API defines them; each kind takes its own.
         cache: answer a deterministic request from the result cache (None: ``MM_CACHE_DEFAULT``).
+        deadline_s: seconds after submission by which the job must start, else it expires (None: never).
     """
     _check_names(model, kind, priority)
     prompt, messages = _check_input(kind, prompt, messages, system, settings)
@@ -530,7 +544,7 @@ def validate(
                          options=checked_options, images=check_images(images, settings),
                          metadata=check_metadata(metadata), format=format, system=system, stream=stream,
                          warnings=tuple(warnings), cache=settings.cache_default if cache is None else cache,
-                         **extras.__dict__)
+                         deadline_s=check_deadline(deadline_s), **extras.__dict__)
     # Last, so that malformed requests are reported as such even for unknown models.
     if model not in known_models:
         raise UnknownModel(model)

@@ -19,7 +19,7 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore
 
-from mm import client, keys, registry
+from mm import client, deadlines, keys, registry
 from mm.errors import JobFailed, ValidationError
 from mm.settings import Settings
 from mm.validation import JobRequest, validate
@@ -79,6 +79,7 @@ def admit(task: Task, raw: Any, r: redis.Redis, settings: Settings) -> tuple[dic
                          ("priority", request.priority), ("submitted_at", now), ("metadata", "{}"),
                          ("status", "queued")):
         pipe.hsetnx(record_key, field, value)
+    deadlines.note(pipe, job_id, now, request.deadline_s)
     pipe.expire(record_key, settings.result_expires_s)
     pipe.hget(record_key, "submitted_at")
     pipe.hget(record_key, "forwarded_at")

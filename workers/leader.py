@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 from celery.states import READY_STATES
 
-from mm import events, keys, redelivery, replies
+from mm import deadlines, events, keys, redelivery, replies
 from mm.app import LOAD_TASK, UNLOAD_TASK
 from mm.errors import JobFailed
 from mm.lease import Lease
@@ -38,6 +38,7 @@ BIND_SETTLE_S = 3.0  # how long a (un)bind is assumed done before the worker's o
 MIN_TICK_GAP_S = 0.05  # at most 20 ticks a second, however fast jobs arrive
 MAX_LOAD_FAILURES = 3  # consecutive failed loads of a model before its queued jobs fail
 STRANDED_CHECK_S = 1.0  # how often held messages are checked for a live worker
+DEADLINE_SWEEP_S = 0.5  # how often queued jobs past their deadline are looked for
 
 
 class Leader:
@@ -53,6 +54,7 @@ class Leader:
         self.load_failures: dict[str, tuple[int, float, str]] = {}  # model -> (failures, retry after, error)
         self.ticks = 0
         self.stranded_checked_at = 0.0
+        self.deadlines_swept_at = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -169,6 +171,14 @@ class Leader:
                         len(restored), self.settings.orphan_grace_s, restored)
             events.emit(self.r, "jobs_stranded", jobs=len(restored))
 
+    def _sweep_deadlines(self) -> None:
+        """End ``expired`` the queued jobs past their deadline (mm.deadlines), before the snapshot
+        counts them as demand; at most every DEADLINE_SWEEP_S."""
+        if time.monotonic() - self.deadlines_swept_at < DEADLINE_SWEEP_S:
+            return
+        self.deadlines_swept_at = time.monotonic()
+        deadlines.sweep(self.r)
+
     def _recover_lost_workers(self, gone: list[str]) -> None:
         """Requeue at once the jobs of workers whose heartbeat expired (SIGKILL, crash, lost host)."""
         for hostname in gone:
@@ -189,6 +199,7 @@ class Leader:
         self._forget_finished(records.nodes)
         self._recover_lost_workers(records.gone_workers)
         self._recover_stranded(list(records.workers))
+        self._sweep_deadlines()
         snapshot, _ = build_snapshot(
             self.r, self.settings, self.pending, {w: m for w, (m, _t) in self.binds.items()}, records=records
         )

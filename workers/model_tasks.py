@@ -16,10 +16,10 @@ from celery import Task, states
 from celery.exceptions import Ignore, Reject
 from celery.signals import task_postrun
 
-from mm import cancel, keys, metrics, registry, replies, result_cache, store, streams
+from mm import cancel, deadlines, keys, metrics, registry, replies, result_cache, store, streams
 from mm.app import INFER_TASK, app
 from mm.batches import outcomes as batch_outcomes
-from mm.errors import JobCancelled, JobFailed
+from mm.errors import JobCancelled, JobExpired, JobFailed
 from mm.settings import Settings
 from mm.settings import get as get_settings
 from mm.workers import cancel_watch, control, intake, worker_state  # noqa: F401  (control registers the bind commands)
@@ -157,6 +157,9 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
         _cancel(self, r, request, cancelled)
     job = _Job(cast(str, self.request.id), request["model"], me.node if me else settings.node,
                self.request.hostname or "", request, submitted_at)  # a running task has its id
+    expired = deadlines.overdue(request, submitted_at, time.time())
+    if expired:
+        _expire(r, job, expired)
     started = _through_outage(lambda: _start(r, me, job, settings))
     if started is None:
         _requeue_not_resident(r, me, job)
@@ -191,6 +194,18 @@ def _cancel(task: InferTask, r: redis.Redis, request: dict[str, Any], reason: st
             _write(freed)
     log.info("job %s: %s", job_id, reason)
     raise Ignore(reason)
+
+
+def _expire(r: redis.Redis, job: _Job, why: str) -> NoReturn:
+    """End a job taken past its deadline without running it: ``expired``, FAILURE in Celery
+    (:class:`JobExpired`, so nothing runs it again), a stream's reader told."""
+    pipe = r.pipeline(transaction=False)
+    deadlines.record_expired(pipe, job.id, job.model, job.submitted_at, why, node=job.node, request=job.request)
+    _write(pipe)
+    if job.request.get("stream"):
+        streams.publish_error(r, job.id, why)
+    log.info("job %s: %s", job.id, why)
+    raise JobExpired(why)
 
 
 def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, settings: Settings) -> _Started | None:

@@ -68,16 +68,16 @@ def _default_num_predict(r: redis.Redis, model: str) -> int:
 
 
 def _submit(r: redis.Redis, model: str, prompt: str | None, kind: str, priority: str, num_predict: int | None,
-            stream: bool) -> Job:
+            stream: bool, deadline_s: float | None = None) -> Job:
     import mm
 
     if kind == "embed":
-        return mm.submit(model, prompt, kind="embed", priority=priority)
+        return mm.submit(model, prompt, kind="embed", priority=priority, deadline_s=deadline_s)
     options = {"num_predict": _default_num_predict(r, model) if num_predict is None else num_predict}
     if kind == "chat":
         return mm.submit(model, kind="chat", messages=[{"role": "user", "content": prompt}], priority=priority,
-                         options=options, stream=stream)
-    return mm.submit(model, prompt, priority=priority, options=options, stream=stream)
+                         options=options, stream=stream, deadline_s=deadline_s)
+    return mm.submit(model, prompt, priority=priority, options=options, stream=stream, deadline_s=deadline_s)
 
 
 def _still_running(job_id: str, status: str, waited_s: float) -> str:
@@ -107,12 +107,14 @@ def _still_running(job_id: str, status: str, waited_s: float) -> str:
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help=f"Seconds to wait for results; jobs still running then go on (exit code {EXIT_STILL_RUNNING}).")
 @click.option("--seed", type=int, default=None, help="Random seed for --random/--spam.")
+@click.option("--deadline", "deadline_s", type=float, default=None, metavar="SECONDS",
+              help="Each job must start within SECONDS of its submission, else it ends expired without running.")
 def enqueue(model: str | None, prompt: str | None, priority: str, kind: str, num_predict: int | None, wait: bool,
             stream: bool, batch: bool, random_n: int, spam_n: int, delay: float, no_check: bool, timeout: float,
-            seed: int | None) -> None:
+            seed: int | None, deadline_s: float | None) -> None:
     """Submit PROMPT to MODEL (or a test load) and, with --wait or a test load, report the results.
 
-    Exit status: 0 when every job completed, 1 when one failed, 3 when one was still queued or
+    Exit status: 0 when every job completed, 1 when one failed (or expired), 3 when one was still queued or
     running when the CLI stopped waiting (--timeout), 130 on Ctrl-C; such jobs go on.
     """
     r = store.connect()
@@ -123,7 +125,7 @@ def enqueue(model: str | None, prompt: str | None, priority: str, kind: str, num
     check = not (no_check or spam_n) and (wait or not single)
     streaming = single and check and stream and kind != "embed"
     started = time.time()
-    jobs = _submit_all(r, planned, kind, num_predict, streaming, delay, single)
+    jobs = _submit_all(r, planned, kind, num_predict, streaming, delay, single, deadline_s)
     if not check:
         for job in jobs:
             click.echo(job.id)
@@ -145,13 +147,13 @@ def _check_usage(model: str | None, prompt: str | None, batch: bool, random_n: i
 
 
 def _submit_all(r: redis.Redis, planned: list[Planned], kind: str, num_predict: int | None, streaming: bool,
-                delay: float, single: bool) -> list[Job]:
+                delay: float, single: bool, deadline_s: float | None = None) -> list[Job]:
     """Submit the planned jobs, ``delay`` seconds apart; a refused one ends the command."""
     jobs = []
     try:
         with click.progressbar(planned, label="submitting", file=sys.stderr, hidden=single) as bar:
             for job_model, job_prompt, job_priority in bar:
-                jobs.append(_submit(r, job_model, job_prompt, kind, job_priority, num_predict, streaming))
+                jobs.append(_submit(r, job_model, job_prompt, kind, job_priority, num_predict, streaming, deadline_s))
                 if delay:
                     time.sleep(delay)
     except ValidationError as exc:

@@ -24,7 +24,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
-from mm.errors import JobCancelled, JobFailed, JobLost, RedisFull, UnknownModel, ValidationError
+from mm.errors import JobCancelled, JobExpired, JobFailed, JobLost, RedisFull, UnknownModel, ValidationError
 from mm.settings import Settings
 
 log = logging.getLogger("mm.gateway")
@@ -148,6 +148,8 @@ def status_for(exc: BaseException) -> tuple[int, str, str]:
         return 503, "job_id", str(exc)
     if isinstance(exc, JobCancelled):
         return 409, "job_id", str(exc)
+    if isinstance(exc, JobExpired):
+        return 504, "job_id", str(exc)
     if isinstance(exc, JobFailed):
         return 502, "job_id", str(exc)
     if isinstance(exc, redis.RedisError):

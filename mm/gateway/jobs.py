@@ -19,7 +19,7 @@ from mm.gateway.ollama_shape import CACHE_HEADER, cache_from
 from mm.rollup import RESOLUTIONS
 
 SUBMIT_FIELDS = ("model", "prompt", "messages", "kind", "priority", "options", "images", "metadata", "format",
-                 "system")
+                 "system", "deadline_s")
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 CANCEL_WAIT_S = 3.0  # how long DELETE /api/job/<id> waits for a running job to stop
 STATS_CACHE_S = 1.0  # /api/stats is polled by every open status page: one Redis pass per second
@@ -90,8 +90,8 @@ def job_view(job_id: str) -> dict[str, Any] | None:
             view["result"] = _result_text(output)
             view["timings"] = output.get("timings")
             view["output"] = output
-    elif state == "cancelled":
-        view["error"] = record.get("error") or "cancelled"
+    elif state in ("cancelled", "expired"):
+        view["error"] = record.get("error") or state
     elif state == "failed":
         view["error"] = record.get("error") or "failed"
         if record.get("error_status"):  # the runtime refused the job with this HTTP status

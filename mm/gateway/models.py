@@ -32,7 +32,7 @@ from mm.scheduling.reader import read_records
 from mm.settings import Settings
 
 INFER_FIELDS = ("prompt", "messages", "kind", "priority", "options", "images", "metadata", "format", "system",
-                "timeout")
+                "deadline_s", "timeout")
 MAX_WAIT_S = 600.0
 MAX_NUM_PREDICT = 1_000_000  # a per-model num_predict ceiling above this is a typo, not a model
 SHOW_TIMEOUT_S = 3.0

@@ -12,10 +12,12 @@ from typing import Any
 
 from mm.gateway.base import ApiError
 from mm.keys import PRIORITIES
+from mm.validation import check_deadline
 
 NS = 1_000_000_000
 PRIORITY_HEADER = "X-MM-Priority"
 CACHE_HEADER = "X-MM-Cache"
+DEADLINE_HEADER = "X-MM-Deadline"
 CACHE_VALUES = {"use": True, "on": True, "off": False, "bypass": False}
 # Ollama's request fields passed on to the job (and so to the runtime) as given; mm.submit's
 # validation checks them. Any other field is ignored, as Ollama ignores it.
@@ -47,6 +49,17 @@ def cache_from(header: str | None) -> bool | None:
     if value is None:
         raise ApiError(400, CACHE_HEADER, f"must be use or off, not {header!r:.40}")
     return value
+
+
+def deadline_from(header: str | None) -> float | None:
+    """The job's ``deadline_s`` named by the ``X-MM-Deadline`` header (seconds); None without it."""
+    if header is None or header.strip() == "":
+        return None
+    try:
+        value = float(header.strip())
+    except ValueError:
+        raise ApiError(400, DEADLINE_HEADER, f"must be a number of seconds, not {header!r:.40}") from None
+    return check_deadline(value, DEADLINE_HEADER)
 
 
 def ollama_fields(kind: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from mm.errors import JobCancelled, JobFailed, JobLost, RedisFull, UnknownModel, ValidationError
+from mm.errors import JobCancelled, JobExpired, JobFailed, JobLost, RedisFull, UnknownModel, ValidationError
 from mm.gateway.base import ApiError
 from mm.gateway.ollama_shape import durations
 from mm.keys import PRIORITIES
@@ -92,6 +92,8 @@ def _job_failure(exc: JobFailed) -> OpenAIError:
     message = str(exc)
     if isinstance(exc, JobCancelled):
         return OpenAIError(409, message, code="job_cancelled")
+    if isinstance(exc, JobExpired):
+        return OpenAIError(504, message, code="job_expired")
     if exc.status is not None:  # the runtime refused the job: its status (400 stays 400)
         return OpenAIError(exc.status, message, code="model_not_found" if exc.status == 404 else None)
     if any(marker in message for marker in NO_NODE_MARKERS):

@@ -62,7 +62,8 @@ def errors(*codes: int) -> dict[str, Any]:
             404: "Unknown model, job or path", 409: "Conflicts with the state of the model or job",
             413: "Body over MM_GATEWAY_MAX_BODY", 500: "The runtime failed the job (its own status and reason)",
             502: "The job failed (the reason is given)",
-            503: "Redis unavailable", 504: "The job did not finish in time"}
+            503: "Redis unavailable",
+            504: "The job did not finish in time, or expired: it was not started within its deadline_s"}
     return {str(c): reply(text[c], ref("Error")) for c in codes}
 
 
@@ -93,6 +94,10 @@ def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]
 
 PRIORITY_PARAM = {"name": "X-MM-Priority", "in": "header", "required": False,
                   "description": "Job priority (default normal)", "schema": {"type": "string", "enum": PRIORITY_NAMES}}
+DEADLINE_PARAM = {"name": "X-MM-Deadline", "in": "header", "required": False,
+                  "description": "Seconds within which the job must start, else it ends expired without running",
+                  "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}
+JOB_HEADERS = [PRIORITY_PARAM, DEADLINE_PARAM]  # the headers of the Ollama routes' jobs
 MODEL = path_param("name", "Model name, e.g. gemma3:270m")
 WAIT = query("wait", {"type": "number", "minimum": 0, "maximum": 600},
              "Seconds to wait for the model to reach the requested state")
@@ -128,6 +133,8 @@ def job_fields(settings: Settings) -> dict[str, Any]:
         "priority": {"type": "string", "enum": PRIORITY_NAMES}, "options": OPTIONS,
         "images": {"type": "array", "items": BASE64, "maxItems": settings.max_images},
         "metadata": ANY_OBJ, "format": FORMAT, "system": _text(limit),
+        "deadline_s": {"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                       "description": "Seconds within which the job must start, else it ends expired without running"},
     }
 
 
@@ -197,7 +204,8 @@ SCHEMAS: dict[str, Any] = {
                            "priority": STR}, ("job_id", "status")),
     "Job": obj({
         "job_id": STR, "status": {"type": "string",
-                                  "enum": ["pending", "queued", "running", "complete", "failed", "cancelled"]},
+                                  "enum": ["pending", "queued", "running", "complete", "failed", "cancelled",
+                                           "expired"]},
         "model": nullable(STR), "kind": nullable(STR), "priority": nullable(STR), "submitted_at": nullable(STR),
         "started_at": nullable(STR), "completed_at": nullable(STR), "node": nullable(STR), "worker": nullable(STR),
         "metadata": {}, "result": {"description": "Text (generate, chat) or embeddings (embed)"},
@@ -399,7 +407,7 @@ def _model_paths() -> dict[str, Any]:
             "Submit a job and wait for its result (model control)",
             {"200": reply("Done", ref("InferResult")), "202": reply("Still running", ref("InferResult"))},
             tags=models, params=[MODEL, PRIORITY_PARAM], request=body(ref("InferRequest")),
-            codes=(400, 404, 409, 413, 500, 502))},
+            codes=(400, 404, 409, 413, 500, 502, 504))},
         "/api/models/{name}/history": {
             "get": op("Loads, unloads, pins and failures, newest first (deployment history)",
                       {"200": reply("History", ref("History"))}, tags=models, codes=model_codes,
@@ -418,15 +426,15 @@ def _ollama_paths() -> dict[str, Any]:
         "/api/generate": {"post": op("Ollama generate, as an mm job",
                                      {"200": {"description": "Answer (NDJSON chunks when stream is true)", "content": {
                                          JSON: {"schema": ref("GenerateResponse")}, NDJSON: {"schema": STR}}}},
-                                     tags=ollama, params=[PRIORITY_PARAM], request=body(ref("GenerateRequest")),
+                                     tags=ollama, params=JOB_HEADERS, request=body(ref("GenerateRequest")),
                                      codes=OLLAMA_ERRORS)},
         "/api/chat": {"post": op("Ollama chat, as an mm job",
                                  {"200": {"description": "Answer (NDJSON chunks when stream is true)", "content": {
                                      JSON: {"schema": ref("ChatResponse")}, NDJSON: {"schema": STR}}}},
-                                 tags=ollama, params=[PRIORITY_PARAM], request=body(ref("ChatRequest")),
+                                 tags=ollama, params=JOB_HEADERS, request=body(ref("ChatRequest")),
                                  codes=OLLAMA_ERRORS)},
         "/api/embed": {"post": op("Ollama embed, as an mm job", {"200": reply("Embeddings", ref("EmbedResponse"))},
-                                  tags=ollama, params=[PRIORITY_PARAM], request=body(ref("EmbedRequest")),
+                                  tags=ollama, params=JOB_HEADERS, request=body(ref("EmbedRequest")),
                                   codes=OLLAMA_ERRORS)},
         "/api/tags": {"get": op("Ollama tags: every registered model", {"200": reply("Models", ref("Tags"))},
                                 tags=ollama)},

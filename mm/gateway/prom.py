@@ -26,7 +26,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from mm import alerts, keys, metrics, registry, replies, result_cache
+from mm import alerts, deadlines, keys, metrics, registry, replies, result_cache
 from mm.gateway import status
 from mm.gateway.base import BaseHandler, Gateway
 from mm.scheduling.reader import read_demand
@@ -72,6 +72,7 @@ class Totals:
         self.sample_id = "0-0"
         self.event_id = "0-0"
         self.finished: dict[tuple[str, str], int] = {}
+        self.expired: dict[str, int] = {}  # model -> jobs not started by their deadline (also in finished)
         self.tokens: dict[tuple[str, str], int] = {}
         self.latency: dict[str, _Histogram] = {}
         self.queue_wait: dict[str, _Histogram] = {}
@@ -99,6 +100,9 @@ class Totals:
                     self.tokens[tk] = self.tokens.get(tk, 0) + int(sample[f"{kind}_tokens"])
                 if sample["status"] == "ok":
                     self.latency.setdefault(model, _Histogram(LATENCY_BUCKETS)).observe(sample["latency_s"])
+                if sample["error"] == deadlines.ERROR:  # it never started: no submit-to-start time
+                    self.expired[model] = self.expired.get(model, 0) + 1
+                    continue
                 self.queue_wait.setdefault(model, _Histogram(LATENCY_BUCKETS)).observe(sample["queue_wait_s"])
             for entry_id, data in self._read(r, keys.EVENTS, self.event_id):
                 self.event_id = entry_id
@@ -181,6 +185,11 @@ class MMCollector:
             for (model, st), n in sorted(t.finished.items()):
                 finished.add_metric([model, st], n)
             yield finished
+            expired = CounterMetricFamily("mm_jobs_expired", "Jobs not started by their deadline_s (counted "
+                                          "among the finished with status error too)", labels=["model"])
+            for model, n in sorted(t.expired.items()):
+                expired.add_metric([model], n)
+            yield expired
             tokens = CounterMetricFamily("mm_tokens", "Tokens processed by finished jobs", labels=["model", "type"])
             for (model, kind), n in sorted(t.tokens.items()):
                 tokens.add_metric([model, kind], n)

@@ -33,11 +33,13 @@ from mm.gateway.base import ApiError, BaseHandler, Gateway, log
 from mm.gateway.models import warmup_kind
 from mm.gateway.ollama_shape import (
     CACHE_HEADER,
+    DEADLINE_HEADER,
     PRIORITY_HEADER,
     adjust_final_chunk,
     cache_from,
     chat_response,
     created_at,
+    deadline_from,
     embed_response,
     final_chunks,
     format_value,
@@ -107,9 +109,15 @@ class ProxyHandler(BaseHandler):
         """The request's ``X-MM-Cache`` header: ``use`` the result cache, ``off``, or None (the default)."""
         return cache_from(self.request.headers.get(CACHE_HEADER))
 
+    def deadline(self) -> dict[str, Any]:
+        """``deadline_s`` from the request's ``X-MM-Deadline`` header (seconds), if it has one."""
+        deadline_s = deadline_from(self.request.headers.get(DEADLINE_HEADER))
+        return {} if deadline_s is None else {"deadline_s": deadline_s}
+
     async def submit(self, model: str, kwargs: dict[str, Any], live: bool) -> client.Job:
         """Submit the request's job; its id and validation's warnings go in the answer's headers."""
-        job = await self.run(submit_job, model, kwargs | {"metadata": self.metadata()}, live, self.cache_choice())
+        job = await self.run(submit_job, model, kwargs | {"metadata": self.metadata()} | self.deadline(), live,
+                             self.cache_choice())
         self.set_header("X-MM-Job-Id", job.id)
         self.job_id = job.id
         for warning in job.warnings:

@@ -14,7 +14,7 @@ from celery.result import AsyncResult
 
 from mm import client, keys, replies, store
 from mm.app import app
-from mm.errors import JobCancelled, JobFailed, JobLost
+from mm.errors import JobCancelled, JobExpired, JobFailed, JobLost
 
 POLL_START_S = 0.02
 POLL_MAX_S = 0.25
@@ -30,10 +30,12 @@ def result_state(job_id: str) -> tuple[str, Any]:
     if state == states.SUCCESS:
         return "ok", result.result
     if state in states.EXCEPTION_STATES:
-        reason, status = store.connect().hmget(keys.job(job_id), "error", "error_status")
+        reason, status, ended = store.connect().hmget(keys.job(job_id), "error", "error_status", "status")
         message = replies.text(reason) if reason else f"{type(result.result).__name__}: {result.result}"
         if state == states.REVOKED:  # cancelled
             return "failed", JobCancelled(message)
+        if ended == b"expired":  # not started by its deadline
+            return "failed", JobExpired(message)
         return "failed", JobFailed(message, status=int(status) if status else None)
     if not store.connect().exists(keys.job(job_id)):
         return "lost", None
