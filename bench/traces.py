@@ -109,6 +109,38 @@ def bursts(n_bursts: int = 12, period_s: float = 40.0, burst: int = 30, seed: in
     return Trace("bursts", specs, jobs, memory=24 * GB)
 
 
+def _poisson(rng: random.Random, start: float, end: float, gap_s: float) -> list[float]:
+    """Arrival times of a Poisson stream with mean gap ``gap_s`` between ``start`` and ``end``."""
+    times, t = [], start + rng.expovariate(1 / gap_s)
+    while t < end:
+        times.append(t)
+        t += rng.expovariate(1 / gap_s)
+    return times
+
+
+def team_day(day_s: float = 3600.0, night_s: float = 3600.0, batch: int = 5000, seed: int = 5) -> Trace:
+    """A team's day, compressed: interactive chat on two models, a nightly batch on a third, embeddings throughout.
+
+    By day, chat (8 and 4 GB; 30% high, 70% normal) comes one job every 4 s per model; at night
+    one every 30 s. When night falls, a batch of ``batch`` short low-priority jobs lands on a 14 GB
+    model within 10 s. A 1 GB embedding model gets a job every 2 s all along. 27 GB of models on
+    24 GB: the batch model and both chat models cannot all stay resident.
+    """
+    rng = random.Random(seed)
+    chat = [model("chat-a:8b", 8), model("chat-b:4b", 4)]
+    nightly, embed = model("nightly:14b", 14), model("embed:1b", 1)
+    jobs = []
+    for spec in chat:
+        for start, end, gap in ((0.0, day_s, 4.0), (day_s, day_s + night_s, 30.0)):
+            jobs += [TraceJob(t, spec.name, "high" if rng.random() < 0.3 else "normal", *_tokens(rng, 300, 120))
+                     for t in _poisson(rng, start, end, gap)]
+    jobs += [TraceJob(day_s + rng.uniform(0, 10), nightly.name, "low", *_tokens(rng, 400, 40)) for _ in range(batch)]
+    jobs += [TraceJob(t, embed.name, "normal", max(8, int(rng.expovariate(1 / 200))), 1)
+             for t in _poisson(rng, 0.0, day_s + night_s, 2.0)]
+    specs = {sp.name: sp for sp in (*chat, nightly, embed)}
+    return Trace("team-day", specs, sorted(jobs, key=lambda j: j.t), memory=24 * GB)
+
+
 def fleet_models(n_models: int = 100, seed: int = 6) -> list[ModelSpec]:
     """``n_models`` models whose sizes cycle through :data:`ZIPF_SIZES_GB` (1-20 GB, 7.85 GB on
     average), shuffled: 100 of them make 785 GB. Listed in popularity order (most popular first)."""
@@ -182,8 +214,8 @@ def write_sample(seed: int = 4, hours: float = 0.5) -> None:
 
 
 def all_traces(smoke: bool = False) -> list[Trace]:
-    """The four benchmark traces (the first jobs of each when ``smoke``)."""
-    traces = [alternating(), zipf(), bursts(), replay()]
+    """The benchmark traces (the first jobs of each when ``smoke``)."""
+    traces = [alternating(), zipf(), bursts(), replay(), team_day()]
     return [truncated(t, 40) for t in traces] if smoke else traces
 
 

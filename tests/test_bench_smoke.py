@@ -60,11 +60,12 @@ def test_schedule_compares_mm_with_the_baselines_on_every_trace(smoke_runs):
     output = finished(smoke_runs, "schedule")
 
     line = headline(output, "schedule")
-    for trace in ("alt-ab", "zipf", "bursts", "replay"):
+    for trace in ("alt-ab", "zipf", "bursts", "replay", "team-day"):
         assert re.search(rf"{trace} {NUMBER}x", line), line
         assert re.search(rf"refused ollama-default/ollama-tuned/mm .*{trace} \d+/\d+/\d+", line), line
         for scheduler in ("mm", "ollama-default", "ollama-tuned", "naive-fifo", "lower-bound"):
             assert f"{trace}/{scheduler}" in output
+    assert re.search(rf"team-day interactive p99 ollama-tuned/mm {NUMBER}x", line), line
 
 
 def test_scale_times_plan_and_measures_redis_memory_per_job(smoke_runs):
