@@ -162,13 +162,29 @@ def _relay(chunks: Iterator[pydantic.BaseModel], publish: Publish | None, kind: 
     return final
 
 
+class NotLoaded(Exception):
+    """The runtime answers again but no longer holds the job's model (it restarted): a retry would make
+    it load the model behind the scheduler's back, where the scheduler may have placed others."""
+
+
+def holds(client: ollama.Client, model: str) -> bool:
+    """False only if the runtime answers ``/api/ps`` without ``model`` (unknown counts as held)."""
+    try:
+        response = client._client.get("/api/ps", timeout=5.0)
+        response.raise_for_status()
+        return any(model in (m.get("model"), m.get("name")) for m in response.json().get("models", []))
+    except Exception:  # still down: the retry meets that again
+        return True
+
+
 def call_with_retries(client: ollama.Client, request: dict[str, Any], load_options: dict[str, Any],
                       settings: Settings, publish: Publish | None = None,
                       stop: threading.Event | None = None) -> dict[str, Any]:
     """Retry transient runtime errors with exponential backoff; raise JobFailed for the rest, and
     :class:`JobCancelled` once ``stop`` is set.
 
-    A streaming call is not retried once a chunk went out: the reader would see it twice.
+    A streaming call is not retried once a chunk went out: the reader would see it twice. Nor is one
+    whose model the runtime no longer holds (:class:`NotLoaded`: put the job back instead).
     """
     streamed = False
 
@@ -192,6 +208,8 @@ def call_with_retries(client: ollama.Client, request: dict[str, Any], load_optio
                         request["model"], attempt + 1, exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
+            if not holds(client, request["model"]):
+                raise NotLoaded(f"{request['model']} is no longer loaded in the runtime") from exc
     raise AssertionError("unreachable")
 
 

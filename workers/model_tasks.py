@@ -23,7 +23,7 @@ from mm.errors import JobCancelled, JobExpired, JobFailed
 from mm.settings import Settings
 from mm.settings import get as get_settings
 from mm.workers import cancel_watch, control, intake, worker_state  # noqa: F401  (control registers the bind commands)
-from mm.workers.inference import build_result, call_with_retries
+from mm.workers.inference import NotLoaded, build_result, call_with_retries
 
 if TYPE_CHECKING:
     from billiard.einfo import ExceptionInfo
@@ -170,6 +170,8 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
         response = _run(r, done, job, started, settings)
     except JobCancelled as exc:
         _cancel(self, r, request, replies.text(r.get(keys.cancel(job.id)) or str(exc)), me)
+    except NotLoaded:  # the runtime restarted under the job: the scheduler loads the model again first
+        _requeue_not_resident(r, me, job)
     result = _account(done, job, started, response)
     # Written by after_return, once Celery has stored the result (an attribute of mm's on this delivery).
     self.request.mm_closing = done  # type: ignore[attr-defined]
