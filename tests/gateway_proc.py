@@ -48,10 +48,11 @@ class OllamaStack:
 
 
 @contextmanager
-def ollama_stack(tmp: Path, redis_url: str, models: list[dict[str, Any]], memory: int,
+def ollama_stack(tmp: Path, redis_url: str, models: list[dict[str, Any]], memory: int, slots: int = 2,
                  **gateway_settings: object) -> Iterator[OllamaStack]:
-    """:func:`tests.stack.sim_node` serving ``models`` plus a gateway in front; all stopped at the end."""
-    with sim_node(tmp, redis_url, models, memory, workers=("w1",), slots=2, runtime_retries=0) as stack:
+    """:func:`tests.stack.sim_node` serving ``models`` (one model-worker with ``slots``) plus a gateway
+    in front; all stopped at the end."""
+    with sim_node(tmp, redis_url, models, memory, workers=("w1",), slots=slots, runtime_retries=0) as stack:
         proc, url = start_gateway(tmp, stack.env, "gateway", **gateway_settings)
         try:
             yield OllamaStack(stack, url, proc)

@@ -38,6 +38,7 @@ DRAIN_FACTOR = 4
 MAX_HEADER_BYTES = 64 * 1024
 HARD_MAX_HEADER_BYTES = 1024 * 1024
 RETRY_FULL_S = 5  # Retry-After of a submission refused while Redis is near its maxmemory
+RETRY_QUEUED_S = 5  # Retry-After of a 429: a submission past MM_MAX_QUEUED_PER_KEY (or a runtime's)
 
 
 class ApiError(Exception):
@@ -73,14 +74,17 @@ class Gateway:
 
     def authorized(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries one of the keys (the scheme in any case)."""
-        if not self.api_keys:
-            return True
+        return not self.api_keys or self.key_of(header) is not None
+
+    def key_of(self, header: str | None) -> str | None:
+        """The key an ``Authorization: Bearer`` header carries, if it is one of the keys."""
         scheme, _, credentials = (header or "").strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        presented = credentials.strip().encode()
+        if not self.api_keys or scheme.lower() != "bearer":
+            return None
+        presented = credentials.strip()
         # Compare with every key (no early exit), so timing tells nothing about which one was close.
-        return sum(hmac.compare_digest(presented, k.encode()) for k in self.api_keys) > 0
+        matched = [hmac.compare_digest(presented.encode(), k.encode()) for k in self.api_keys]
+        return presented if any(matched) else None
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -328,7 +332,7 @@ class BaseHandler(tornado.web.RequestHandler):
         await self.flush()
 
     def error_headers(self, status_code: int, exc: BaseException | None) -> None:
-        """The headers of an error answer: JSON, and what a 401, a 405 or a full Redis calls for."""
+        """The headers of an error answer: JSON, and what a 401, a 405, a 429 or a full Redis calls for."""
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="mm"')
@@ -336,6 +340,8 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         if isinstance(exc, RedisFull):
             self.set_header("Retry-After", str(RETRY_FULL_S))
+        if status_code == 429:
+            self.set_header("Retry-After", str(RETRY_QUEUED_S))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

@@ -3,6 +3,7 @@ plus GET /api/jobs (recent jobs) and GET /api/rollups (charts) for the status pa
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -16,6 +17,7 @@ from mm.app import app
 from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler, Gateway
 from mm.gateway.ollama_shape import CACHE_HEADER, cache_from
+from mm.gateway.queued_limit import within_limit
 from mm.rollup import RESOLUTIONS
 
 SUBMIT_FIELDS = ("model", "prompt", "messages", "kind", "priority", "options", "images", "metadata", "format",
@@ -49,7 +51,9 @@ class SubmitHandler(BaseHandler):
     async def post(self) -> None:
         kwargs = submit_kwargs(self.json_body())
         cache = cache_from(self.request.headers.get(CACHE_HEADER))
-        job = await self.run(submit, kwargs if cache is None else kwargs | {"cache": cache})
+        if cache is not None:
+            kwargs["cache"] = cache
+        job = await within_limit(self, functools.partial(submit, kwargs))
         self.send_json({"job_id": job.id, "status": "submitted", "model": kwargs["model"],
                         "priority": kwargs.get("priority", "normal")})
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from mm.gateway import status
 from mm.gateway.base import ApiError, BaseHandler, Gateway
 from mm.gateway.jobs import _result_text, submit, submit_kwargs
 from mm.gateway.ollama_shape import PRIORITY_HEADER, priority_from
+from mm.gateway.queued_limit import within_limit
 from mm.gateway.waiting import wait_result
 from mm.scheduling.reader import read_records
 from mm.settings import Settings
@@ -245,7 +247,7 @@ class InferHandler(BaseHandler):
             kwargs["priority"] = priority_from(self.request.headers.get(PRIORITY_HEADER))
         if isinstance(kwargs.get("metadata", {}), dict):
             kwargs["metadata"] = {"via": "gateway", **kwargs.get("metadata", {})}
-        job = await self.run(submit, kwargs)
+        job = await within_limit(self, functools.partial(submit, kwargs))
         self.set_header("X-MM-Job-Id", job.id)
         try:
             result = await wait_result(self.run, job.id, float(timeout or self.gw.settings.gateway_wait_s),

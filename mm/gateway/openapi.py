@@ -60,7 +60,9 @@ def reply(description: str, schema: dict[str, Any] | None = None, media: str = J
 def errors(*codes: int) -> dict[str, Any]:
     text = {400: "Bad input; `field` names what is wrong", 401: "Missing or invalid API key",
             404: "Unknown model, job or path", 409: "Conflicts with the state of the model or job",
-            413: "Body over MM_GATEWAY_MAX_BODY", 500: "The runtime failed the job (its own status and reason)",
+            413: "Body over MM_GATEWAY_MAX_BODY",
+            429: "The API key has MM_MAX_QUEUED_PER_KEY jobs waiting to start (see Retry-After)",
+            500: "The runtime failed the job (its own status and reason)",
             502: "The job failed (the reason is given)",
             503: "Redis unavailable",
             504: "The job did not finish in time, or expired: it was not started within its deadline_s"}
@@ -193,7 +195,8 @@ ACTIVITY = obj({"model": STR, "last_used": nullable(NUM), "last_used_at": nullab
                 "pinned": BOOL, "warm": BOOL}, ("model", "active", "idle"))
 DURATIONS = {k: INT for k in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
                               "eval_count", "eval_duration")}
-OLLAMA_ERRORS = (400, 404, 409, 413, 500, 502, 504)  # 409: the job was cancelled (DELETE /api/job/<id>)
+# 409: the job was cancelled (DELETE /api/job/<id>); 429: MM_MAX_QUEUED_PER_KEY; 504: not finished, or expired
+OLLAMA_ERRORS = (400, 404, 409, 413, 429, 500, 502, 504)
 PULL_NAME = {"type": "string", "minLength": 1, "maxLength": 256}
 PULL_STATUS = obj({"status": STR, "digest": STR, "total": INT, "completed": INT}, ("status",))
 NDJSON = "application/x-ndjson"
@@ -317,7 +320,7 @@ def _job_paths() -> dict[str, Any]:
     jobs = ["jobs"]
     return {
         "/api/submit": {"post": op("Submit a job (job manager API)", {"200": reply("Enqueued", ref("SubmitResponse"))},
-                                   tags=jobs, request=body(ref("SubmitRequest")), codes=(400, 404, 413))},
+                                   tags=jobs, request=body(ref("SubmitRequest")), codes=(400, 404, 413, 429))},
         "/api/job/{job_id}": {
             "get": op("A job's status, and its result or error (job manager API)",
                       {"200": reply("The job", ref("Job"))}, tags=jobs, params=[JOB_ID], codes=(400, 404)),
@@ -407,7 +410,7 @@ def _model_paths() -> dict[str, Any]:
             "Submit a job and wait for its result (model control)",
             {"200": reply("Done", ref("InferResult")), "202": reply("Still running", ref("InferResult"))},
             tags=models, params=[MODEL, PRIORITY_PARAM], request=body(ref("InferRequest")),
-            codes=(400, 404, 409, 413, 500, 502, 504))},
+            codes=(400, 404, 409, 413, 429, 500, 502, 504))},
         "/api/models/{name}/history": {
             "get": op("Loads, unloads, pins and failures, newest first (deployment history)",
                       {"200": reply("History", ref("History"))}, tags=models, codes=model_codes,

@@ -3,7 +3,9 @@
 Point an unmodified Ollama client at the gateway: ``POST /api/generate``, ``/api/chat``,
 ``/api/embed`` (and the legacy ``/api/embeddings``), ``GET /api/tags``, ``/api/ps``,
 ``/api/version`` and ``POST /api/show`` answer as Ollama does. The job's priority comes from the
-``X-MM-Priority`` header (default ``normal``). Streaming relays the worker's tokens as they come.
+``X-MM-Priority`` header (default ``normal``), its deadline from ``X-MM-Deadline`` (seconds; none by
+default), and a key past ``MM_MAX_QUEUED_PER_KEY`` is answered 429 (:mod:`mm.gateway.queued_limit`).
+Streaming relays the worker's tokens as they come.
 
 What differs from talking to Ollama directly: ``keep_alive`` is ignored (mm decides residency),
 except that an empty prompt with ``keep_alive: 0`` asks the leader to unload the model, and an
@@ -18,6 +20,7 @@ cancels its job (the worker stops the runtime's generation); a job cancelled oth
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -49,6 +52,7 @@ from mm.gateway.ollama_shape import (
     priority_from,
     stream_flag,
 )
+from mm.gateway.queued_limit import within_limit
 from mm.gateway.waiting import relay, streaming_supported, wait_result
 from mm.runtime.handlers import OLLAMA_VERSION
 
@@ -116,8 +120,8 @@ class ProxyHandler(BaseHandler):
 
     async def submit(self, model: str, kwargs: dict[str, Any], live: bool) -> client.Job:
         """Submit the request's job; its id and validation's warnings go in the answer's headers."""
-        job = await self.run(submit_job, model, kwargs | {"metadata": self.metadata()} | self.deadline(), live,
-                             self.cache_choice())
+        job = await within_limit(self, functools.partial(
+            submit_job, model, kwargs | {"metadata": self.metadata()} | self.deadline(), live, self.cache_choice()))
         self.set_header("X-MM-Job-Id", job.id)
         self.job_id = job.id
         for warning in job.warnings:

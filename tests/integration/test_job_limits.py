@@ -1,9 +1,14 @@
-"""Job deadlines against real Redis, real Celery workers, the sim runtime and a live gateway: a job not
-started within its ``deadline_s`` ends ``expired`` and never runs, whether it sits queued (the
-leader takes it off its queue) or a worker takes it late (the worker ends it before the runtime call).
+"""Limits that keep one client from holding the cluster, against real Redis, real Celery workers, the
+sim runtime and live gateways:
+
+- job deadlines: a job not started within its ``deadline_s`` ends ``expired`` and never runs,
+  whether it sits queued (the leader takes it off its queue) or a worker takes it late (the worker
+  ends it before the runtime call);
+- ``MM_MAX_QUEUED_PER_KEY``: a gateway API key with that many jobs waiting to start is answered 429
+  until some start, while other keys are served.
 
 One model-worker with one slot and a model that generates 20 tokens a second: a job holding the slot
-keeps the next one queued for as long as a test needs.
+keeps the next ones queued for as long as a test needs.
 """
 
 from __future__ import annotations
@@ -26,9 +31,8 @@ from mm import client, keys
 from mm.app import app
 from mm.errors import JobExpired, ValidationError
 from mm.validation import JobRequest
-from tests.gateway_proc import start_gateway
+from tests.gateway_proc import ollama_stack, start_gateway
 from tests.procs import wait_for
-from tests.stack import sim_node
 from tests.support import GB, sim_model
 
 SLOW = "slow:1b"
@@ -36,20 +40,25 @@ MODELS = [sim_model(SLOW, load_bandwidth=4 * GB, prompt_rate=50_000, eval_rate=2
 LONG = {"num_predict": 400}  # 20 s, far longer than any test waits
 CLI = [sys.executable, "-c", "from mm.cli import main; main()"]
 EXPIRED = r"^expired: not started within deadline_s=1 \(waited \d+\.\d s\)"
+KEY_A, KEY_B = "key-a-7f3c9e", "key-b-51d2aa"
+LIMIT = 2
 
 
 @pytest.fixture(scope="module")
 def node(redis_server, tmp_path_factory):
+    """The node, an open gateway (``gateway_url``: no keys, so no per-key limit) and one with keys A and
+    B each allowed LIMIT queued jobs (``keyed_url``)."""
     redis.Redis.from_url(redis_server.url).flushall()
-    tmp = tmp_path_factory.mktemp("deadlines")
-    with sim_node(tmp, redis_server.url, MODELS, 2 * GB, slots=1, runtime_retries=0) as stack:
-        proc, url = start_gateway(tmp, stack.env, "gateway")
-        stack.gateway_url = url
+    tmp = tmp_path_factory.mktemp("limits")
+    with ollama_stack(tmp, redis_server.url, MODELS, 2 * GB, slots=1, max_queued_per_key=LIMIT) as s:
+        keyed, s.stack.keyed_url = start_gateway(tmp, s.stack.env, "gateway-keyed", max_queued_per_key=LIMIT,
+                                                 gateway_api_keys=f"{KEY_A},{KEY_B}")
+        s.stack.gateway_url = s.url
         try:
             mm.submit(SLOW, "warm up", options={"num_predict": 1}).get(timeout=60)
-            yield stack
+            yield s.stack
         finally:
-            proc.stop()
+            keyed.stop()
 
 
 @pytest.fixture
@@ -185,3 +194,69 @@ def test_mm_enqueue_deadline_expires_a_job_and_refuses_a_bad_one(node, blocker):
     job_id = re.search(r"failed (\S+): expired", expired.stderr).group(1)
     shown = subprocess.run([*CLI, "jobs", "status", job_id], capture_output=True, text=True, timeout=60)
     assert json.loads(shown.stdout)["status"] == "expired"
+
+
+def as_key(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def submit_as(node, key: str) -> httpx.Response:
+    """POST /api/submit of a short job through the keyed gateway with ``key``."""
+    return httpx.post(f"{node.keyed_url}/api/submit", json={"model": SLOW, "prompt": "queued",
+                                                             "options": {"num_predict": 2}},
+                      headers=as_key(key), timeout=30)
+
+
+def test_a_key_at_its_limit_is_answered_429_while_another_is_served_until_its_jobs_start(node, blocker):
+    url = node.keyed_url
+    first, second = submit_as(node, KEY_A), submit_as(node, KEY_A)
+    queued = queued_messages(node)
+
+    refused = submit_as(node, KEY_A)
+    ollama = httpx.post(f"{url}/api/generate", json={"model": SLOW, "prompt": "x", "stream": False},
+                        headers=as_key(KEY_A), timeout=30)
+    chat = httpx.post(f"{url}/v1/chat/completions", json={"model": SLOW, "messages": [
+        {"role": "user", "content": "x"}]}, headers=as_key(KEY_A), timeout=30)
+    embeddings = httpx.post(f"{url}/v1/embeddings", json={"model": SLOW, "input": "x"}, headers=as_key(KEY_A),
+                            timeout=30)
+    other = submit_as(node, KEY_B)
+
+    assert first.status_code == 200 and second.status_code == 200
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+    assert "MM_MAX_QUEUED_PER_KEY" in refused.json()["error"] and KEY_A not in refused.text
+    assert ollama.status_code == 429 and ollama.json()["error"].startswith("too many queued jobs")
+    for answer in (chat, embeddings):
+        assert answer.status_code == 429 and answer.headers["Retry-After"] == "5"
+        assert answer.json()["error"]["type"] == "rate_limit_error"
+        assert answer.json()["error"]["code"] == "rate_limit_exceeded"
+    assert other.status_code == 200
+    assert queued_messages(node) == queued + 1  # only key B's job was enqueued
+    stored = {k.decode(): [m.decode() for m in node.r.zrange(k, 0, -1)]
+              for k in node.r.scan_iter(match="mm:gateway:queued:*")}
+    assert KEY_A not in json.dumps(stored) and KEY_B not in json.dumps(stored)  # a short hash, never the key
+
+    blocker.cancel(wait=5)  # the slot frees: key A's first job starts
+    started = mm.Job(first.json()["job_id"])
+    wait_for(lambda: started.status() in ("running", "complete"), 10, what="key A's first job to start")
+
+    assert submit_as(node, KEY_A).status_code == 200
+
+
+def test_a_place_held_by_a_job_that_left_the_queue_is_given_back(node, blocker):
+    held = [submit_as(node, KEY_A) for _ in range(LIMIT)]
+    assert submit_as(node, KEY_A).status_code == 429
+
+    cancelled = httpx.delete(f"{node.keyed_url}/api/job/{held[0].json()['job_id']}", headers=as_key(KEY_A),
+                             timeout=30)
+
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert submit_as(node, KEY_A).status_code == 200  # the cancelled job's place was pruned
+    assert submit_as(node, KEY_A).status_code == 429
+
+
+def test_without_api_keys_no_key_is_limited(node, blocker):
+    answers = [httpx.post(f"{node.gateway_url}/api/submit", json={"model": SLOW, "prompt": "open",
+                                                                  "options": {"num_predict": 2}}, timeout=30)
+               for _ in range(LIMIT + 2)]
+
+    assert [a.status_code for a in answers] == [200] * (LIMIT + 2)
