@@ -119,7 +119,8 @@ class Job:
         """Yield the job's chunks as the worker produces them (submit with ``stream=True``).
 
         Each chunk is what one line of Ollama's NDJSON stream holds; the last has ``done: true``
-        and the durations. Raises :class:`JobFailed` (or ``TimeoutError``) like :meth:`get`.
+        and the durations. Raises :class:`JobFailed` (or ``TimeoutError``) like :meth:`get`, and
+        like it waits through a Redis restart or failover (until ``timeout``).
         """
         r = store.connect()
         result = self._celery_result()
@@ -129,26 +130,34 @@ class Job:
             while True:
                 block_ms = int(1000 * (LOST_CHECK_S if deadline is None else
                                        max(0.001, min(LOST_CHECK_S, deadline - time.monotonic()))))
-                got = False
-                for entry_id, entry in streams.read(r, self.id, after, block_ms):
+                try:
+                    entries = list(streams.read(r, self.id, after, block_ms))
+                    ended = not entries and self._ended_unstreamed(result)
+                except redis.ConnectionError:  # Redis restarting: keep waiting until the deadline
+                    entries, ended = [], False
+                    time.sleep(min(0.5, block_ms / 1000))
+                for entry_id, entry in entries:
                     after = entry_id  # the next read continues after it
-                    got = True
                     if "error" in entry:
                         raise self._failure(entry["error"])
                     yield entry["chunk"]
                     if entry["chunk"].get("done"):
                         return
-                if got:
-                    continue
-                if deadline is not None and timeout is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(self._not_ended(timeout))
-                if result.state in ("FAILURE", "REVOKED") or self.status() in ("failed", "cancelled", "expired"):
-                    raise self._failure("failed")
-                if result.state == "SUCCESS":
+                if ended:
                     return  # it ended without streaming (submitted with stream=False)
-                self._check_not_lost(result)
+                if not entries and deadline is not None and timeout is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(self._not_ended(timeout))
         finally:
             _unsubscribe(result)
+
+    def _ended_unstreamed(self, result: AsyncResult) -> bool:
+        """True if the job succeeded with no chunk left to read; raises its failure if it failed."""
+        if result.state in ("FAILURE", "REVOKED") or self.status() in ("failed", "cancelled", "expired"):
+            raise self._failure("failed")
+        if result.state == "SUCCESS":
+            return True
+        self._check_not_lost(result)
+        return False
 
     def cancel(self, reason: str = "cancelled by request", wait: float = 5.0) -> bool:
         """Cancel the job: a queued one is taken off its queue and never runs; a running one is

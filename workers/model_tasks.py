@@ -264,11 +264,16 @@ def _dead_letter(done: redis.client.Pipeline, job: _Job, deliveries: int) -> NoR
     raise JobFailed(reason)
 
 
+def _publish(r: redis.Redis, job_id: str, chunk: dict[str, Any]) -> None:
+    """Publish one chunk of a streamed job, through a Redis restart: its reader waits it out too."""
+    _through_outage(lambda: streams.publish(r, job_id, chunk))
+
+
 def _run(r: redis.Redis, done: redis.client.Pipeline, job: _Job, started: _Started,
          settings: Settings) -> dict[str, Any]:
     """Return the runtime's answer; if it fails, write the job's failure (and tell a stream) and raise."""
     entry = registry.decode(started.raw_entry) if started.raw_entry else None
-    publish = functools.partial(streams.publish, r, job.id) if job.request.get("stream") else None
+    publish = functools.partial(_publish, r, job.id) if job.request.get("stream") else None
     watch = cancel_watch.watcher()
     try:
         return call_with_retries(

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
+import redis
 from celery import states
 from celery.result import AsyncResult
 
@@ -44,7 +45,8 @@ def result_state(job_id: str) -> tuple[str, Any]:
 
 async def wait_result(run: Callable[..., Any], job_id: str, timeout: float,
                       gone: Callable[[], bool] = lambda: False) -> dict[str, Any] | None:
-    """The job's result, polling with backoff; None if ``timeout`` passed or the client is ``gone``.
+    """The job's result, polling with backoff (through a Redis restart); None if ``timeout`` passed or the
+    client is ``gone``.
 
     Raises:
         JobFailed: the job ended FAILED (the message is its reason, ``status`` the runtime's HTTP status).
@@ -53,7 +55,10 @@ async def wait_result(run: Callable[..., Any], job_id: str, timeout: float,
     deadline = time.monotonic() + timeout
     interval = POLL_START_S
     while True:
-        state, value = await run(result_state, job_id)
+        try:
+            state, value = await run(result_state, job_id)
+        except redis.ConnectionError:  # Redis restarting or failing over: the job goes on, keep waiting
+            state, value = "waiting", None
         if state == "ok":
             return value
         if state == "failed":
