@@ -39,30 +39,28 @@ def _submitted_at(message: bytes | None) -> float | None:
 
 
 def read_demand(r: redis.Redis, models: list[str], now: float) -> dict[str, Demand]:
-    """Queued jobs and the oldest wait per model and priority class."""
+    """Queued jobs and the oldest wait per model and priority class.
+
+    Two pipelined passes: every list's length, then the oldest message of the lists that hold any
+    (most are empty most of the time: workers take jobs as they come)."""
+    names = [(model, step, keys.priority_list(model, step)) for model in models for step in keys.PRIORITY_STEPS]
     pipe = r.pipeline(transaction=False)
-    for model in models:
-        for step in keys.PRIORITY_STEPS:
-            name = keys.priority_list(model, step)
-            pipe.llen(name)
-            pipe.lindex(name, -1)
-    replies = pipe.execute()
-    demand = {}
-    per_model = 2 * len(keys.PRIORITY_STEPS)
-    for i, model in enumerate(models):
-        chunk = replies[i * per_model:(i + 1) * per_model]
-        queued: dict[str, int] = {}
-        oldest: dict[str, float] = {}
-        for j, step in enumerate(keys.PRIORITY_STEPS):
-            count = int(chunk[2 * j])
-            if count:  # two steps (6 and 9) share the low class
-                cls = keys.PRIORITY_NAMES[step]
-                queued[cls] = queued.get(cls, 0) + count
-                submitted = _submitted_at(chunk[2 * j + 1])
-                oldest[cls] = max(oldest.get(cls, 0.0), now - submitted if submitted else 0.0)
-        if queued:
-            demand[model] = Demand(model, queued, oldest)
-    return demand
+    for _model, _step, name in names:
+        pipe.llen(name)
+    held = [(entry, int(count)) for entry, count in zip(names, pipe.execute(), strict=True) if int(count)]
+    for (_model, _step, name), _count in held:
+        pipe.lindex(name, -1)
+    oldest_messages = pipe.execute() if held else []
+    queued: dict[str, dict[str, int]] = {}
+    oldest: dict[str, dict[str, float]] = {}
+    for ((model, step, _name), count), message in zip(held, oldest_messages, strict=True):
+        cls = keys.PRIORITY_NAMES[step]  # two steps (6 and 9) share the low class
+        counts = queued.setdefault(model, {})
+        counts[cls] = counts.get(cls, 0) + count
+        submitted = _submitted_at(message)
+        waits = oldest.setdefault(model, {})
+        waits[cls] = max(waits.get(cls, 0.0), now - submitted if submitted else 0.0)
+    return {model: Demand(model, queued[model], oldest[model]) for model in queued}
 
 
 def _load_json_records(r: redis.Redis, index_keys: list[str],
