@@ -120,6 +120,15 @@ def _text(limit: int) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": limit, "pattern": r"\S"}
 
 
+def job_options(settings: Settings) -> dict[str, Any]:
+    """OPTIONS with ``num_predict`` up to MM_MAX_NUM_PREDICT, which validation checks before the model
+    (a model's own lower ceiling, from the registry, is not known here)."""
+    if settings.max_num_predict <= 0:
+        return OPTIONS
+    num_predict = OPTIONS["properties"]["num_predict"] | {"maximum": settings.max_num_predict}
+    return OPTIONS | {"properties": OPTIONS["properties"] | {"num_predict": num_predict}}
+
+
 def job_fields(settings: Settings) -> dict[str, Any]:
     """The job fields mm.submit validates, with its limits."""
     limit = settings.max_prompt_chars
@@ -132,7 +141,7 @@ def job_fields(settings: Settings) -> dict[str, Any]:
         "messages": {"type": "array", "minItems": 1, "items": message,
                      "description": "Chat messages; their contents together must not be empty"},
         "kind": {"type": "string", "enum": list(KINDS)},
-        "priority": {"type": "string", "enum": PRIORITY_NAMES}, "options": OPTIONS,
+        "priority": {"type": "string", "enum": PRIORITY_NAMES}, "options": job_options(settings),
         "images": {"type": "array", "items": BASE64, "maxItems": settings.max_images},
         "metadata": ANY_OBJ, "format": FORMAT, "system": _text(limit),
         "deadline_s": {"type": "number", "minimum": 0, "exclusiveMinimum": True,
