@@ -232,8 +232,7 @@ class Leader:
 
         Returns the unloads and the returned nodes, which the caller marks reconciled once it sent them.
         """
-        registered = {n.decode() for n in replies.members(self.r.zrange(keys.NODES, 0, -1))}
-        silent = registered - set(records.nodes)
+        silent = set(records.registered_nodes) - set(records.nodes)
         if silent and self.r.sadd(keys.LOST_NODES, *silent):
             log.warning("NODE lost: %s (state expired); its jobs are requeued as its workers expire", sorted(silent))
             events.emit(self.r, "node_lost", nodes=sorted(silent))

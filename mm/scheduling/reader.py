@@ -27,6 +27,7 @@ class ClusterRecords:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     gone_workers: list[str] = field(default_factory=list)  # registered, but their heartbeat expired
+    registered_nodes: list[str] = field(default_factory=list)  # every node that ever published, live or not
 
 
 def _submitted_at(message: bytes | None) -> float | None:
@@ -78,6 +79,7 @@ def read_records(r: redis.Redis) -> ClusterRecords:
     records = ClusterRecords(_load_json_records(r, node_names, keys.node_state),
                              _load_json_records(r, worker_names, keys.worker_state))
     records.gone_workers = [w for w in worker_names if w not in records.workers]
+    records.registered_nodes = node_names
     return records
 
 
