@@ -1,0 +1,267 @@
+"""What the chaos soak checks once the load stopped and the system drained.
+
+* every accepted job ended (complete, failed with a reason, or cancelled); the rest are *lost* (no
+  trace of it left in Redis) or *stuck* (still queued, held or running);
+* no runtime call of a job began after the job had completed (the runtime's own log: one line per
+  answered call, named by the digest of its body), and no client saw another result than the one
+  stored;
+* fencing: each node ran its load and unload commands with never-decreasing tokens, and no two
+  leaders' terms overlapped (the gpu-brokers' PLAN lines);
+* memory: no load failed for memory (the scheduler placed it where it believed it fit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.chaos_load import Entry, answer_text
+
+# "2026-12-01 21:00:00,123 INFO [runtime] ...: POST /api/chat 200 12.3ms model=m request=<digest> ..."
+SERVED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*POST /api/(?:generate|chat) 200 ([\d.]+)ms "
+                    r"model=\S+ request=([0-9a-f]{12})(?![^\n]*(?:client=gone|done_reason=load|done_reason=unload))",
+                    re.M)
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
+ACQUIRED = re.compile(r"LEASE acquired by (\S+) with token (\d+)")
+PLAN = re.compile(r"PLAN (\w+) .*?(?:\(token (\d+)\))?$")
+
+
+def log_time(line: str) -> float | None:
+    m = LOG_TIME.match(line)
+    if not m:
+        return None
+    return time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+
+
+# --- watching during the run ------------------------------------------------------------------
+@dataclass
+class Watch:
+    """Reads mm's event stream and the nodes' operations (with their tokens) while the soak runs."""
+
+    redis_url: str
+    nodes: list[str]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    ops: set[tuple[str, float, int, str, str]] = field(default_factory=set)  # (node, start, token, op, model)
+    _last_id: str = "0-0"
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        r = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        while not self._stop.wait(0.25):
+            try:
+                self.poll(r)
+            except redis.RedisError:
+                pass  # Redis restarting
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def poll(self, r: redis.Redis) -> None:
+        for _id, data in r.xrange("mm:events", min=f"({self._last_id}", count=2000):
+            self._last_id = _id.decode()
+            self.events.append(json.loads(data[b"event"]))
+        for node in self.nodes:
+            raw = r.get(f"mm:node:{node}")
+            for model, op in (json.loads(raw).get("ops", {}) if raw else {}).items():
+                if op.get("token") is None:
+                    continue
+                start = op["at"] - op["seconds"] if op.get("state") == "done" else op["at"]
+                if op.get("state") in ("running", "done"):
+                    self.ops.add((node, round(start, 1), int(op["token"]), op["op"], model))
+
+
+# --- the jobs -----------------------------------------------------------------------------------
+def _meta(r: redis.Redis, job_id: str) -> dict[str, Any]:
+    raw = r.get(f"celery-task-meta-{job_id}")
+    return json.loads(raw) if raw else {}
+
+
+def _record(r: redis.Redis, job_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in r.hgetall(f"mm:job:{job_id}").items()}
+
+
+def settle(r: redis.Redis, entries: Iterable[Entry]) -> None:
+    """Give each entry whose client saw no end the outcome stored in Redis, if there is one."""
+    for entry in entries:
+        if entry.outcome or not entry.job_id:
+            continue
+        meta = _meta(r, entry.job_id)
+        status = meta.get("status")
+        if status == "SUCCESS":
+            entry.outcome = "complete"
+        elif status in ("FAILURE", "REVOKED"):
+            entry.outcome = "failed" if status == "FAILURE" else "cancelled"
+            entry.reason = _record(r, entry.job_id).get("error") or str(meta.get("result"))
+
+
+def where(r: redis.Redis, entry: Entry) -> str:
+    """Where a job that did not end is: its record's status and whether its message is anywhere."""
+    from mm import keys
+
+    job_id = entry.job_id.encode()
+    places = []
+    for step in keys.PRIORITY_STEPS:
+        if any(job_id in m for m in r.lrange(keys.priority_list(entry.model, step), 0, -1)):
+            places.append("queued")
+    for queue in keys.INTAKE_QUEUES:
+        if any(job_id in m for m in r.lrange(queue, 0, -1)):
+            places.append("intake")
+    if any(job_id in v for v in r.hvals("unacked")):
+        places.append("held")
+    for key in r.scan_iter("mm:inflight:*"):
+        if r.sismember(key, entry.job_id):
+            places.append(f"in flight on {key.decode()[12:]}")
+    record = _record(r, entry.job_id)
+    return f"record {record.get('status', 'none')}; message " + (", ".join(places) or "nowhere")
+
+
+def classify_unended(r: redis.Redis, entries: Iterable[Entry]) -> dict[str, str]:
+    """Mark each entry without an outcome lost (nothing left of it) or stuck; job id -> where it is."""
+    found = {}
+    for entry in entries:
+        if entry.outcome and entry.outcome not in ("lost",):
+            continue
+        place = where(r, entry)
+        if entry.outcome != "lost":
+            entry.outcome = "lost" if place == "record none; message nowhere" else "stuck"
+        found[entry.job_id] = place
+    return found
+
+
+# --- runs counted in the runtime's log ------------------------------------------------------------
+def served(paths: Iterable[Path]) -> dict[str, list[tuple[float, float]]]:
+    """Request digest -> (start, end) of each call the runtimes answered in full."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for path in paths:
+        for m in SERVED.finditer(path.read_text(errors="replace")):
+            end = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            out.setdefault(m.group(4), []).append((end - float(m.group(3)) / 1000, end))
+    return out
+
+
+def digest(entry: Entry, num_ctx: int) -> str:
+    """The digest the runtime logs for this job's call: the body the worker sends (always streamed), as httpx
+    encodes it."""
+    from httpx._content import encode_json
+
+    from mm.workers.inference import request_body
+
+    request: dict[str, Any] = {"model": entry.model, "kind": entry.kind, "options": entry.options}
+    if entry.kind == "chat":
+        request["messages"] = [{"role": "user", "content": entry.text}]
+    else:
+        request["prompt"] = entry.text
+    body = b"".join(encode_json(request_body(request, {"num_ctx": num_ctx}, True))[1])
+    return hashlib.sha1(body).hexdigest()[:12]
+
+
+@dataclass
+class Runs:
+    mapped: int = 0  # completed jobs whose call was found in a runtime's log
+    extra: int = 0  # calls beyond one per job (a call interrupted by a fault, then run again)
+    after_complete: list[str] = field(default_factory=list)  # jobs called again after they had completed
+    other_results: list[str] = field(default_factory=list)  # jobs whose stored result differs from the client's
+
+
+def completed_at(r: redis.Redis, entry: Entry) -> float:
+    """The earliest sign the job had completed: its client saw it, its record or Celery's result says so."""
+    times = [entry.ended_at] if entry.ended_at else []
+    record = _record(r, entry.job_id)
+    if record.get("completed_at"):
+        times.append(float(record["completed_at"]))
+    meta = _meta(r, entry.job_id)
+    if meta.get("date_done"):
+        times.append(datetime.fromisoformat(meta["date_done"]).timestamp())
+    return min(times) if times else float("inf")
+
+
+def count_runs(r: redis.Redis, entries: list[Entry], logs: Iterable[Path]) -> Runs:
+    from mm import registry
+
+    calls = served(logs)
+    num_ctx = {}
+    for entry in entries:
+        if entry.model not in num_ctx:
+            found = registry.get(r, entry.model)
+            num_ctx[entry.model] = found.num_ctx if found else 4096
+    runs = Runs()
+    for entry in entries:
+        times = calls.get(digest(entry, num_ctx[entry.model]), [])
+        runs.extra += max(0, len(times) - 1)
+        if entry.outcome != "complete":
+            continue
+        runs.mapped += bool(times)
+        done = completed_at(r, entry)
+        if any(start > done for start, _end in times):
+            runs.after_complete.append(entry.job_id)
+        stored = _meta(r, entry.job_id).get("result")
+        if entry.seen is not None and isinstance(stored, dict) and answer_text(entry.kind, stored) != entry.seen:
+            runs.other_results.append(entry.job_id)
+    return runs
+
+
+# --- fencing and leaders ------------------------------------------------------------------------
+def fence_violations(ops: set[tuple[str, float, int, str, str]]) -> list[str]:
+    """Commands a node ran with a token older than one it had run before."""
+    bad = []
+    for node in sorted({o[0] for o in ops}):
+        newest = 0
+        for _node, start, token, op, model in sorted(o for o in ops if o[0] == node):
+            if token < newest:
+                bad.append(f"{node}: {op} {model} at {start:.1f} with token {token} after {newest}")
+            newest = max(newest, token)
+    return bad
+
+
+def leader_terms(logs: Iterable[Path]) -> dict[int, list[float]]:
+    """Token -> the times its leader sent a command (PLAN lines of every gpu-broker's log)."""
+    terms: dict[int, list[float]] = {}
+    for path in logs:
+        token = None
+        for line in path.read_text(errors="replace").splitlines():
+            if (m := ACQUIRED.search(line)) is not None:
+                token = int(m.group(2))
+            elif "standing down" in line:
+                token = None
+            elif " PLAN " in line and (at := log_time(line)) is not None:
+                m = PLAN.search(line)
+                term = int(m.group(2)) if m and m.group(2) else token
+                if term is not None:
+                    terms.setdefault(term, []).append(at)
+    return terms
+
+
+def overlapping_terms(terms: dict[int, list[float]]) -> tuple[int, int, float]:
+    """(commands sent by a leader after a newer one had sent one, seconds in which two leaders sent
+    commands, the shortest gap between two terms' commands)."""
+    late = 0
+    newest_first = float("inf")
+    for token in sorted(terms, reverse=True):
+        late += sum(1 for t in terms[token] if t > newest_first)
+        newest_first = min(newest_first, min(terms[token]))
+    by_second: dict[int, set[int]] = {}
+    for token, times in terms.items():
+        for t in times:
+            by_second.setdefault(int(t), set()).add(token)
+    spans = sorted((min(t), max(t)) for t in terms.values())
+    gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)]
+    return late, sum(1 for s in by_second.values() if len(s) > 1), min(gaps) if gaps else float("nan")
+
+
+def fence_refusals(logs: Iterable[Path]) -> int:
+    return sum(p.read_text(errors="replace").count("FENCE refused") for p in logs)
+
+
+def memory_failures(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Loads the runtime refused for memory: each one a load the scheduler believed would fit."""
+    return [e for e in events if e.get("kind") == "load_failed" and "memory" in str(e.get("error", "")).lower()]
