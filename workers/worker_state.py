@@ -52,13 +52,19 @@ class WorkerState:
             }
 
     def publish(self, pipe: redis.client.Pipeline | None = None) -> None:
-        """Write this worker's record (into ``pipe`` if given, which the caller then executes)."""
+        """Write this worker's record and register it (into ``pipe`` if given, which the caller then
+        executes)."""
         own = pipe is None
         pipe = self.r.pipeline() if pipe is None else pipe
-        pipe.set(keys.worker_state(self.hostname), json.dumps(self.as_dict()), px=self.ttl_ms)
+        self._write_record(pipe)
         pipe.sadd(keys.WORKERS, self.hostname)
         if own:
             pipe.execute()
+
+    def _write_record(self, pipe: redis.client.Pipeline) -> None:
+        """Queue this worker's record alone: what a job's start or end changes (the registration
+        stays, renewed every heartbeat)."""
+        pipe.set(keys.worker_state(self.hostname), json.dumps(self.as_dict()), px=self.ttl_ms)
 
     def drain(self) -> None:
         """Say that this worker is shutting down: the leader binds it no more; its jobs finish."""
@@ -77,7 +83,7 @@ class WorkerState:
         with self._lock:
             self.jobs[job_id] = model
         pipe.sadd(keys.worker_inflight(self.hostname), job_id)
-        self.publish(pipe)
+        self._write_record(pipe)
 
     def job_ended(self, job_id: str, pipe: redis.client.Pipeline) -> bool:
         """Uncount the job (once: later calls do nothing and return False) and queue the writes that
@@ -89,7 +95,7 @@ class WorkerState:
                 return False
             self.last_job_at = time.time()
         pipe.srem(keys.worker_inflight(self.hostname), job_id)
-        self.publish(pipe)
+        self._write_record(pipe)
         return True
 
     def start(self) -> None:
