@@ -164,6 +164,8 @@ def test_gateway_requests_whose_jobs_expire_are_answered_504(node, blocker):
     url = node.gateway_url
     ollama = httpx.post(f"{url}/api/generate", json={"model": SLOW, "prompt": "x", "stream": False},
                         headers={"X-MM-Deadline": "1"}, timeout=30)
+    streamed = httpx.post(f"{url}/api/chat", json={"model": SLOW, "messages": [{"role": "user", "content": "x"}]},
+                          headers={"X-MM-Deadline": "1"}, timeout=30)
     openai = httpx.post(f"{url}/v1/chat/completions", json={"model": SLOW, "messages": [
         {"role": "user", "content": "x"}]}, headers={"X-MM-Deadline": "1"}, timeout=30)
     submitted = httpx.post(f"{url}/api/submit", json={"model": SLOW, "prompt": "x", "deadline_s": 1}, timeout=30)
@@ -174,12 +176,13 @@ def test_gateway_requests_whose_jobs_expire_are_answered_504(node, blocker):
     stats = httpx.get(f"{url}/api/stats", timeout=30).json()
 
     assert ollama.status_code == 504 and ollama.json()["error"].startswith("expired: not started within")
+    assert streamed.status_code == 504 and "expired: not started within" in streamed.json()["error"]
     assert openai.status_code == 504 and openai.json()["error"]["code"] == "job_expired"
     assert submitted.status_code == 200
     assert view["status"] == "expired" and view["error"].startswith("expired: not started within deadline_s=1")
     expired = re.search(r'^mm_jobs_expired_total\{model="slow:1b"\} (\d+)', scraped, re.M)
-    assert expired and int(expired.group(1)) >= 3, scraped[-2000:]  # and among the failed jobs:
-    assert stats["queue"]["by_status"]["failed"] >= 3
+    assert expired and int(expired.group(1)) >= 4, scraped[-2000:]  # and among the failed jobs:
+    assert stats["queue"]["by_status"]["failed"] >= 4
     assert blocker.status() == "running"
 
 
