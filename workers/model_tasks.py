@@ -27,6 +27,7 @@ from mm.workers.inference import NotLoaded, build_result, call_with_retries
 
 if TYPE_CHECKING:
     from billiard.einfo import ExceptionInfo
+    from celery.backends.redis import RedisBackend
     from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger("mm.worker")
@@ -136,6 +137,7 @@ class _Started(NamedTuple):
     resident: dict[str, Any]  # the model's entry in this node's state
     deliveries: int
     raw_entry: bytes | None  # the model's registry entry
+    ended: str | None = None  # the record's status, if Celery holds the job's outcome already
 
 
 @app.task(name=INFER_TASK, bind=True, base=InferTask)
@@ -163,6 +165,8 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
     started = _through_outage(lambda: _start(r, me, job, settings))
     if started is None:
         _requeue_not_resident(r, me, job)
+    if started.ended is not None:
+        _ended_already(r, me, job, started.ended)
     done = r.pipeline(transaction=False)  # the job's outcome and bookkeeping, in one round trip
     if started.deliveries > settings.max_deliveries:
         _dead_letter(done, job, started.deliveries)
@@ -224,15 +228,32 @@ def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, setti
     pipe.incr(keys.deliveries(job.id))
     pipe.expire(keys.deliveries(job.id), settings.result_expires_s)
     pipe.hget(keys.MODELS, job.model)
+    pipe.get(cast("RedisBackend", app.backend).get_key_for_task(job.id))  # an earlier delivery's outcome
+    pipe.hget(keys.job(job.id), "status")
     started = time.time()
     pipe.hset(keys.job(job.id), mapping={"status": "running", "started_at": started, "node": job.node,
                                          "worker": job.worker})
     pipe.expire(keys.job(job.id), settings.result_expires_s)
-    raw_state, unloading, deliveries, _, raw_entry, _, _ = pipe.execute()[-7:]
+    raw_state, unloading, deliveries, _, raw_entry, meta, status, _, _ = pipe.execute()[-9:]
     resident = _resident_entry(raw_state, job.model)
+    if meta and json.loads(meta).get("status") in states.READY_STATES:
+        return _Started(started, resident or {}, deliveries, raw_entry, replies.text(status or b"complete"))
     if resident is None or unloading:
         return None
     return _Started(started, resident, deliveries, raw_entry)
+
+
+def _ended_already(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, status: str) -> NoReturn:
+    """Ack, without running it again, a delivery of a job whose outcome Celery holds: its message came
+    back (the leader requeued it as held by no live worker while its worker was cut off from Redis,
+    then that worker ran it). The outcome stays; the record gets back its status."""
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(keys.job(job.id), "status", status)
+    if me is not None:
+        me.job_ended(job.id, pipe)
+    _write(pipe)
+    log.warning("job %s ended already (%s): this delivery is acked without running it", job.id, status)
+    raise Ignore(f"job {job.id} ended already")
 
 
 def _requeue_not_resident(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job) -> NoReturn:
