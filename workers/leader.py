@@ -155,11 +155,14 @@ class Leader:
         kombu restores what a worker held when its broker connection drops, unless Redis is gone at
         that moment (a restart, a failover), and a worker killed between taking a job and starting it
         never counted it in flight: such messages stay in kombu's unacked hash until the visibility
-        timeout, an hour, unless mm puts them back.
+        timeout, an hour, unless mm puts them back. Not within ``orphan_grace_s`` of a Redis restart:
+        a worker that took a job just before it counts the job in flight only once Redis is back.
         """
         if time.monotonic() - self.stranded_checked_at < STRANDED_CHECK_S:
             return
         self.stranded_checked_at = time.monotonic()
+        if self._redis_up_s() < self.settings.orphan_grace_s:
+            return  # a worker cut off by the restart may not have counted the jobs it took yet
         pipe = self.r.pipeline(transaction=False)
         for hostname in live_workers:
             pipe.smembers(keys.worker_inflight(hostname))
@@ -178,6 +181,13 @@ class Leader:
             return
         self.deadlines_swept_at = time.monotonic()
         deadlines.sweep(self.r)
+
+    def _redis_up_s(self) -> float:
+        """Seconds since Redis (re)started (its INFO; endless if this user may not read it)."""
+        try:
+            return float(self.r.info("server").get("uptime_in_seconds", 0))
+        except redis.ResponseError:
+            return float("inf")
 
     def _recover_lost_workers(self, gone: list[str]) -> None:
         """Requeue at once the jobs of workers whose heartbeat expired (SIGKILL, crash, lost host)."""
