@@ -30,6 +30,7 @@ import mm
 from mm import client, keys
 from mm.app import app
 from mm.errors import JobExpired, ValidationError
+from mm.gateway.queued_limit import key_id
 from mm.validation import JobRequest
 from tests.gateway_proc import ollama_stack, start_gateway
 from tests.procs import wait_for
@@ -42,6 +43,7 @@ CLI = [sys.executable, "-c", "from mm.cli import main; main()"]
 EXPIRED = r"^expired: not started within deadline_s=1 \(waited \d+\.\d s\)"
 KEY_A, KEY_B = "key-a-7f3c9e", "key-b-51d2aa"
 LIMIT = 2
+CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,10 @@ def node(redis_server, tmp_path_factory):
     B each allowed LIMIT queued jobs (``keyed_url``)."""
     redis.Redis.from_url(redis_server.url).flushall()
     tmp = tmp_path_factory.mktemp("limits")
-    with ollama_stack(tmp, redis_server.url, MODELS, 2 * GB, slots=1, max_queued_per_key=LIMIT) as s:
+    batches = {"files_dir": tmp / "files", "batch_tick_s": 0.2}
+    with ollama_stack(tmp, redis_server.url, MODELS, 2 * GB, slots=1, max_queued_per_key=LIMIT, **batches) as s:
         keyed, s.stack.keyed_url = start_gateway(tmp, s.stack.env, "gateway-keyed", max_queued_per_key=LIMIT,
-                                                 gateway_api_keys=f"{KEY_A},{KEY_B}")
+                                                 gateway_api_keys=f"{KEY_A},{KEY_B}", **batches)
         s.stack.gateway_url = s.url
         try:
             mm.submit(SLOW, "warm up", options={"num_predict": 1}).get(timeout=60)
@@ -263,3 +266,21 @@ def test_without_api_keys_no_key_is_limited(node, blocker):
                for _ in range(LIMIT + 2)]
 
     assert [a.status_code for a in answers] == [200] * (LIMIT + 2)
+
+
+def test_a_batchs_requests_do_not_count_against_its_key(node, blocker):
+    url = node.keyed_url
+    assert [submit_as(node, KEY_A).status_code for _ in range(LIMIT)] == [200] * LIMIT
+    queued = queued_messages(node)
+    lines = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": CHAT, "body": {
+        "model": SLOW, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}}) + "\n" for i in range(3))
+
+    uploaded = httpx.post(f"{url}/v1/files", files={"file": ("requests.jsonl", lines.encode())},
+                          data={"purpose": "batch"}, headers=as_key(KEY_A), timeout=30)
+    batch = httpx.post(f"{url}/v1/batches", json={"input_file_id": uploaded.json()["id"], "endpoint": CHAT,
+                                                  "completion_window": "24h"}, headers=as_key(KEY_A), timeout=30)
+
+    assert batch.status_code == 200, batch.text
+    wait_for(lambda: queued_messages(node) == queued + 3, 15, what="the batch's requests to be enqueued")
+    assert node.r.zcard(keys.gateway_queued(key_id(KEY_A))) == LIMIT  # the batch's jobs are not the key's
+    assert submit_as(node, KEY_A).status_code == 429
