@@ -1,4 +1,5 @@
-"""kombu's Redis and Sentinel transports with one fix: a worker survives losing its broker.
+"""kombu's Redis and Sentinel transports with two fixes: a worker survives losing its broker, and a
+message it took as Redis died is not lost (:class:`QoS`).
 
 When the broker connection drops, Celery closes the consumer's connection, and kombu's channel
 close tries to put the worker's unacknowledged messages back in their queues. By then the
@@ -16,14 +17,36 @@ the next sentinel URL resolves the transport from the URL's scheme again.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kombu.transport
 import redis
 from kombu.transport import redis as kombu_redis
 
+HOLD_OUTAGE_S = 60.0  # a Redis restart with AOF, or a Sentinel failover, is over well within this
 ALIASES = {"redis": "mm.broker_transport:Transport", "rediss": "mm.broker_transport:Transport",
            "sentinel": "mm.broker_transport:SentinelTransport"}
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, except that recording a delivered message as unacked waits out a Redis restart.
+
+    kombu takes a message off its list (BRPOP) and records it as unacked in a second command. If
+    Redis dies between the two, the message is in neither place: only this worker has it, and kombu
+    drops it with the failed command, so its job waits forever. Retried until Redis is back (up to
+    HOLD_OUTAGE_S), the record is written and the job runs as any held one does.
+    """
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        deadline = time.monotonic() + HOLD_OUTAGE_S
+        while True:
+            try:
+                return super().append(message, delivery_tag)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.25)
 
 
 class _ClosedConnectionIsAConnectionError:
@@ -40,9 +63,13 @@ class _ClosedConnectionIsAConnectionError:
 class Channel(_ClosedConnectionIsAConnectionError, kombu_redis.Channel):
     """kombu's Redis channel; see the module docstring."""
 
+    QoS = QoS
+
 
 class SentinelChannel(_ClosedConnectionIsAConnectionError, kombu_redis.SentinelChannel):
     """kombu's Sentinel channel; see the module docstring."""
+
+    QoS = QoS
 
 
 class Transport(kombu_redis.Transport):
