@@ -44,7 +44,7 @@ class QoS(kombu_redis.QoS):
             try:
                 return super().append(message, delivery_tag)
             except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or self.channel.connection.client is None:  # or closed
                     raise
                 time.sleep(0.25)
 
