@@ -14,12 +14,21 @@ STREAM_TTL_S = 3600
 MAX_CHUNKS = 100_000
 
 
-def publish(r: redis.Redis, job_id: str, chunk: dict[str, Any]) -> None:
-    """Append one chunk (what one NDJSON line of Ollama's stream holds)."""
+def publish(r: redis.Redis, job_id: str, chunk: dict[str, Any], entry_id: str = "*") -> None:
+    """Append one chunk (what one NDJSON line of Ollama's stream holds).
+
+    With its own ``entry_id`` (rising, ``<delivery>-<n>``), a publish sent again because Redis went
+    away before it answered, though it had written the chunk, is refused as a duplicate instead of
+    showing the reader that chunk twice.
+    """
     pipe = r.pipeline(transaction=False)
-    pipe.xadd(keys.job_stream(job_id), {"c": json.dumps(chunk)}, maxlen=MAX_CHUNKS, approximate=True)
+    pipe.xadd(keys.job_stream(job_id), {"c": json.dumps(chunk)}, id=entry_id, maxlen=MAX_CHUNKS, approximate=True)
     pipe.expire(keys.job_stream(job_id), STREAM_TTL_S)
-    pipe.execute()
+    try:
+        pipe.execute()
+    except redis.ResponseError as exc:
+        if entry_id == "*" or "equal or smaller" not in str(exc):
+            raise
 
 
 def publish_all(r: redis.Redis, job_id: str, chunks: list[dict[str, Any]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import time
@@ -285,16 +286,23 @@ def _dead_letter(done: redis.client.Pipeline, job: _Job, deliveries: int) -> NoR
     raise JobFailed(reason)
 
 
-def _publish(r: redis.Redis, job_id: str, chunk: dict[str, Any]) -> None:
-    """Publish one chunk of a streamed job, through a Redis restart: its reader waits it out too."""
-    _through_outage(lambda: streams.publish(r, job_id, chunk))
+def _publisher(r: redis.Redis, job_id: str, delivery: int) -> Callable[[dict[str, Any]], None]:
+    """What publishes a streamed job's chunks, through a Redis restart (its reader waits it out too),
+    each under its own stream id so that one sent again after it went through is not doubled."""
+    sequence = itertools.count(1)
+
+    def publish(chunk: dict[str, Any]) -> None:
+        entry_id = f"{delivery}-{next(sequence)}"
+        _through_outage(lambda: streams.publish(r, job_id, chunk, entry_id))
+
+    return publish
 
 
 def _run(r: redis.Redis, done: redis.client.Pipeline, job: _Job, started: _Started,
          settings: Settings) -> dict[str, Any]:
     """Return the runtime's answer; if it fails, write the job's failure (and tell a stream) and raise."""
     entry = registry.decode(started.raw_entry) if started.raw_entry else None
-    publish = functools.partial(_publish, r, job.id) if job.request.get("stream") else None
+    publish = _publisher(r, job.id, started.deliveries) if job.request.get("stream") else None
     watch = cancel_watch.watcher()
     try:
         return call_with_retries(
