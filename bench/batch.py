@@ -118,7 +118,7 @@ def exactly_once(url: str, runtime, batch: dict, worker_kills: list[float]) -> t
 
     out = httpx.get(f"{url}/v1/files/{batch['output_file_id']}/content", timeout=120).text.splitlines()
     ids = [json.loads(x)["custom_id"] for x in out if x.strip()]
-    extra, interrupted = runs_twice(runtime.served_at(), worker_kills)
+    extra, interrupted = runs_twice(runtime.served_spans(), worker_kills)
     return len(set(ids)), len(ids) - len(set(ids)), extra - interrupted, interrupted
 
 

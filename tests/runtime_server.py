@@ -18,7 +18,8 @@ from tests.procs import Proc, free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 # A log line of a request answered in full: "POST /api/chat 200 12.3ms model=... request=<digest> ..."
-SERVED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*POST /api/(?:generate|chat|embed|embeddings) 200 \S+ "
+SERVED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*POST /api/(?:generate|chat|embed|embeddings) 200 "
+                    r"(\d+(?:\.\d+)?)ms "
                     r"model=\S+ request=([0-9a-f]{12})(?![^\n]*(?:client=gone|done_reason=load|done_reason=unload))",
                     re.M)
 
@@ -43,32 +44,36 @@ class RuntimeProc:
     def alive(self) -> bool:
         return self.proc.alive()
 
-    def served_at(self) -> dict[str, list[float]]:
-        """When the runtime answered each distinct generate/chat/embed request in full (by its body's
-        digest in the log; loads and unloads, which are empty requests, are not counted)."""
-        times: dict[str, list[float]] = {}
+    def served_spans(self) -> dict[str, list[tuple[float, float]]]:
+        """When the runtime took and answered in full each distinct generate/chat/embed request (by
+        its body's digest in the log; loads and unloads, which are empty requests, are not counted)."""
+        spans: dict[str, list[tuple[float, float]]] = {}
         for m in SERVED.finditer(self.output()):
-            at = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
-            times.setdefault(m.group(3), []).append(at)
-        return times
+            end = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            spans.setdefault(m.group(4), []).append((end - float(m.group(3)) / 1000, end))
+        return spans
+
+    def served_at(self) -> dict[str, list[float]]:
+        """When the runtime answered each distinct request in full (see :meth:`served_spans`)."""
+        return {digest: [end for _start, end in spans] for digest, spans in self.served_spans().items()}
 
     def served(self) -> Counter[str]:
-        """How often the runtime answered each distinct request in full (see :meth:`served_at`)."""
-        return Counter({digest: len(times) for digest, times in self.served_at().items()})
+        """How often the runtime answered each distinct request in full (see :meth:`served_spans`)."""
+        return Counter({digest: len(spans) for digest, spans in self.served_spans().items()})
 
 
-def runs_twice(served_at: dict[str, list[float]], kills: list[float], before_s: float = 1.0,
-               after_s: float = 5.0) -> tuple[int, int]:
-    """(runs beyond one per request, of which interrupted): a request answered again after its
-    worker was SIGKILLed is *interrupted* when each earlier answer came from ``before_s`` before to
-    ``after_s`` after a kill: the worker died before it could store the answer (or the runtime
-    finished writing it to a worker just gone), so mm never had it and ran the job again. Any
-    other extra answer is a job run twice."""
+def runs_twice(served_spans: dict[str, list[tuple[float, float]]], kills: list[float],
+               slack_s: float = 0.1) -> tuple[int, int]:
+    """(runs beyond one per request, of which interrupted): an earlier run of a request answered
+    again is *interrupted* when a worker was SIGKILLed while the runtime had it (from when the
+    runtime took it to when it answered, ``slack_s`` either side for the log's clock): the runtime
+    finished it for a worker already gone, or the worker died before storing its answer, so mm
+    never had it and ran the job again. Any other extra run is a job run twice."""
     extra = interrupted = 0
-    for times in served_at.values():
-        earlier = sorted(times)[:-1]
+    for spans in served_spans.values():
+        earlier = sorted(spans, key=lambda span: span[1])[:-1]
         extra += len(earlier)
-        interrupted += sum(1 for t in earlier if any(k - before_s <= t <= k + after_s for k in kills))
+        interrupted += sum(1 for start, end in earlier if any(start - slack_s <= k <= end + slack_s for k in kills))
     return extra, interrupted
 
 

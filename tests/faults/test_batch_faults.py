@@ -116,7 +116,7 @@ def test_a_batch_survives_gateway_worker_leader_and_redis_restarts_answering_eac
         out = httpx.get(f"{gw.url}/v1/files/{done['output_file_id']}/content", timeout=30).text.splitlines()
         ids = sorted(json.loads(line)["custom_id"] for line in out if line.strip())
         assert ids == sorted(f"c{i}" for i in range(LINES))
-        served = stack.runtime.served_at()
+        served = stack.runtime.served_spans()
         extra, interrupted = runs_twice(served, [worker_killed])
         twice = extra - interrupted  # a run the runtime finished as its worker died is rerun, not run twice
         assert len(served) == LINES and twice == 0, (worker_killed, {d: t for d, t in served.items() if len(t) > 1})
