@@ -2,7 +2,8 @@
 
 One broker leads at a time: it holds ``mm:lock:broker`` (``SET NX PX``) and acts with a token from
 ``INCR mm:fence``. Every command carries the token, and a node refuses any token older than the
-newest it has seen, so a leader paused past its lease cannot act when it wakes.
+newest it has seen or than the newest issued, so a leader paused past its lease cannot act when it
+wakes, nor can the commands it left queued.
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ end
 return token
 """
 
-# Accept a token only if it is at least the newest one seen; remember it.
+# Accept a token only if it is at least the newest one this node has seen and the newest one issued
+# (KEYS[2], the current term's): a command a former leader left queued is refused even on a node that
+# has not heard from the new leader yet. Remember it.
 _FENCE = """
 local seen = tonumber(redis.call('GET', KEYS[1]) or '0')
+local issued = tonumber(redis.call('GET', KEYS[2]) or '0')
 local token = tonumber(ARGV[1])
 if token < seen then
   return seen
+end
+if token < issued then
+  return issued
 end
 redis.call('SET', KEYS[1], token)
 return 0
@@ -123,5 +130,6 @@ class Lease:
 
 
 def check_fence(r: redis.Redis, node: str, token: int) -> int:
-    """Record ``token`` for ``node``; return 0 if accepted, else the newer token already seen."""
-    return int(r.eval(_FENCE, 1, keys.node_fence_seen(node), int(token)))
+    """Record ``token`` for ``node``; return 0 if accepted, else the newer token already seen by the
+    node or issued to a later leader."""
+    return int(r.eval(_FENCE, 2, keys.node_fence_seen(node), keys.FENCE, int(token)))

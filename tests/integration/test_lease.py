@@ -55,6 +55,18 @@ def test_a_node_refuses_a_token_older_than_the_newest_it_has_seen(redis_url):
     assert int(r.get(keys.node_fence_seen("n1"))) == 7
 
 
+def test_a_node_refuses_a_former_leaders_queued_command_before_it_hears_from_the_new_one(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    old = Lease(r, "old", 1000).acquire()
+    assert old is not None and check_fence(r, "n1", old) == 0
+    r.delete(keys.BROKER_LEASE)  # the old leader's lease lapsed
+    new = Lease(r, "new", 1000).acquire()
+    assert new is not None and new > old
+
+    assert check_fence(r, "n1", old) == new  # left in n1's queue; n1 has not seen the new token
+    assert check_fence(r, "n1", new) == 0
+
+
 def test_tokens_keep_rising_even_when_the_counter_was_lost(redis_url):
     r = redis.Redis.from_url(redis_url)
     first = Lease(r, "a", 1000).acquire()
