@@ -264,7 +264,7 @@ def _requeue_not_resident(r: redis.Redis, me: worker_state.WorkerState | None, j
     undo.hset(keys.job(job.id), "status", "queued")
     if me is not None:
         me.job_ended(job.id, undo)
-    undo.execute()
+    _write(undo)  # through a Redis restart: a failed undo would fail the job
     # Never let the runtime load a model behind the scheduler's back: put the job back.
     log.warning("job %s: %s is not resident on %s; requeued", job.id, job.model, job.node)
     if me is not None and me.consumer is not None:

@@ -75,7 +75,10 @@ class WorkerState:
     def set_bound(self, model: str | None) -> None:
         with self._lock:
             self.bound = model
-        self.publish()
+        try:
+            self.publish()
+        except redis.RedisError as exc:  # Redis restarting: the next heartbeat publishes it
+            log.warning("worker state publish failed (%s); the heartbeat publishes it", exc)
 
     def job_started(self, model: str, job_id: str, pipe: redis.client.Pipeline) -> None:
         """Count the job in flight and queue, into ``pipe``, this record and the job's id in the
