@@ -46,7 +46,7 @@ from bench.chaos_checks import (
     settle,
 )
 from bench.chaos_cluster import SETTINGS, Cluster, PrivateRedis, RedisControl
-from bench.chaos_faults import Chaos, Fault
+from bench.chaos_faults import KINDS, Chaos, Fault
 from bench.chaos_load import Entry, Ledger, Load
 from bench.common import percentile, table
 
@@ -61,7 +61,7 @@ def _thread(target: Any, name: str) -> threading.Thread:
 
 def soak(redis: RedisControl, workdir: Path, *, minutes: float, seed: int, rate: float = 3.0,
          every: tuple[float, float] = (5.0, 15.0), window: float = 5.0, drain_s: float = 180.0,
-         appendfsync: str = "always") -> dict[str, Any]:
+         appendfsync: str = "always", kinds: tuple[str, ...] = KINDS, drop: bool = True) -> dict[str, Any]:
     """Run the soak on ``redis`` (whose URL every mm process and this one's clients use); its figures.
 
     Every process it starts is stopped before it returns, however it ends.
@@ -76,8 +76,8 @@ def soak(redis: RedisControl, workdir: Path, *, minutes: float, seed: int, rate:
         load = Load(ledger, cluster.gateway_url, redis.url, random.Random(rng.random()), rate, seed)
         duration = minutes * 60
         began = time.monotonic()
-        chaos = Chaos(cluster, random.Random(rng.random()), every, SETTINGS["lease_ttl_ms"] / 1000,
-                      drop_at=began + duration * rng.uniform(0.25, 0.75))
+        drop_at = began + duration * rng.uniform(0.25, 0.75) if drop else float("inf")
+        chaos = Chaos(cluster, random.Random(rng.random()), every, SETTINGS["lease_ttl_ms"] / 1000, drop_at, kinds)
         threads = [_thread(watch.run, "chaos-watch"), _thread(load.run, "chaos-load"), _thread(chaos.run, "chaos")]
         time.sleep(duration)
         chaos.stop()
@@ -151,6 +151,8 @@ def report(cluster: Cluster, ledger: Ledger, faults: list[Fault], watch: Watch, 
         "failure_reasons": dict(Counter(e.reason[:100] for e in entries if e.outcome == "failed").most_common(10)),
         "duplicated": len(set(runs.after_complete) | set(runs.other_results)),
         "run_after_complete": runs.after_complete, "other_result": runs.other_results,
+        "other_result_details": runs.details,
+        "lost_details": {e.job_id: f"{e.via}: {e.reason[:160]}" for e in entries if e.outcome == "lost"},
         "runs_mapped": runs.mapped, "completed": outcomes.get("complete", 0), "extra_runs": runs.extra,
         "faults": dict(Counter(f.kind for f in faults)), "faults_skipped": skipped,
         "fault_log": [(round(f.at, 2), f.kind, f.target) for f in faults],
@@ -224,8 +226,9 @@ def print_report(rep: dict[str, Any]) -> None:
           f"{sum(k['lost'] for k in kills)}")
     if rep["failure_reasons"]:
         print("failure reasons: " + json.dumps(rep["failure_reasons"], indent=1))
-    if rep["unended"]:
-        print("not ended: " + json.dumps(rep["unended"], indent=1))
+    for name in ("unended", "lost_details", "other_result_details"):
+        if rep[name]:
+            print(f"{name}: " + json.dumps(rep[name], indent=1))
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
@@ -241,9 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", default="5-15", help="seconds between faults, low-high")
     parser.add_argument("--window", type=float, default=5.0, help="seconds after a fault its window lasts")
     parser.add_argument("--drain", type=float, default=180.0, help="most seconds to wait for the jobs to end")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="the faults drawn, comma-separated")
+    parser.add_argument("--no-drop", action="store_true", help="never drop a node")
     parser.add_argument("--json", type=Path, default=None, help="write the figures there")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
+    unknown = set(args.kinds.split(",")) - {*KINDS, ""}
+    if unknown:
+        parser.error(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
     for sig in (signal.SIGTERM, signal.SIGINT):  # stop every process it started, however it is stopped
         signal.signal(sig, _interrupt)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
@@ -255,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rep = soak(redis_server, workdir, minutes=args.minutes, seed=seed, rate=args.rate,
                    every=(float(low), float(high or low)), window=args.window, drain_s=args.drain,
-                   appendfsync=args.appendfsync)
+                   appendfsync=args.appendfsync, kinds=tuple(k for k in args.kinds.split(",") if k),
+                   drop=not args.no_drop)
     finally:
         redis_server.stop()
     print_report(rep)

@@ -126,14 +126,15 @@ def where(r: redis.Redis, entry: Entry) -> str:
 
 
 def classify_unended(r: redis.Redis, entries: Iterable[Entry]) -> dict[str, str]:
-    """Mark each entry without an outcome lost (nothing left of it) or stuck; job id -> where it is."""
+    """Mark each entry without an outcome *lost* (its message is nowhere: it can never run, whatever its
+    record says) or *stuck* (queued, held or in flight, yet not ended); job id -> where it is."""
     found = {}
     for entry in entries:
-        if entry.outcome and entry.outcome not in ("lost",):
+        if entry.outcome and entry.outcome != "lost":
             continue
         place = where(r, entry)
         if entry.outcome != "lost":
-            entry.outcome = "lost" if place == "record none; message nowhere" else "stuck"
+            entry.outcome = "lost" if place.endswith("message nowhere") else "stuck"
         found[entry.job_id] = place
     return found
 
@@ -171,6 +172,7 @@ class Runs:
     extra: int = 0  # calls beyond one per job (a call interrupted by a fault, then run again)
     after_complete: list[str] = field(default_factory=list)  # jobs called again after they had completed
     other_results: list[str] = field(default_factory=list)  # jobs whose stored result differs from the client's
+    details: dict[str, str] = field(default_factory=dict)  # job id -> what differs
 
 
 def completed_at(r: redis.Redis, entry: Entry) -> float:
@@ -207,6 +209,8 @@ def count_runs(r: redis.Redis, entries: list[Entry], logs: Iterable[Path]) -> Ru
         stored = _meta(r, entry.job_id).get("result")
         if entry.seen is not None and isinstance(stored, dict) and answer_text(entry.kind, stored) != entry.seen:
             runs.other_results.append(entry.job_id)
+            runs.details[entry.job_id] = (f"{entry.via}: saw {entry.seen[:80]!r}, stored "
+                                          f"{answer_text(entry.kind, stored)[:80]!r}, {len(times)} runs")
     return runs
 
 

@@ -39,6 +39,7 @@ class Chaos:
     every: tuple[float, float]
     lease_ttl_s: float
     drop_at: float  # monotonic time after which the one node drop happens
+    kinds: tuple[str, ...] = KINDS  # the kinds drawn (drop_node comes once regardless, if it is among them)
     faults: list[Fault] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     _bag: list[str] = field(default_factory=list)
@@ -68,7 +69,7 @@ class Chaos:
         if not self._dropped and time.monotonic() >= self.drop_at:
             return "drop_node"
         if not self._bag:
-            self._bag = list(KINDS)
+            self._bag = list(self.kinds)
             self.rng.shuffle(self._bag)
         return self._bag.pop()
 

@@ -160,7 +160,7 @@ class Load:
         try:
             result = self._patiently(job.get)
         except JobLost as exc:
-            entry.outcome, entry.reason = "lost", str(exc)
+            entry.outcome, entry.reason = "lost", f"{exc} (then: {self._trace(entry.job_id)})"
         except JobCancelled as exc:
             entry.outcome, entry.reason = "cancelled", str(exc)
         except JobFailed as exc:
@@ -171,6 +171,16 @@ class Load:
         else:
             entry.outcome, entry.seen = "complete", answer_text(entry.kind, result)
         entry.ended_at = time.time()
+
+    def _trace(self, job_id: str) -> str:
+        """What Redis holds of a job its client was told is lost, read at once."""
+        from mm import keys, store
+
+        try:
+            r = store.connect()
+            return f"record {r.hgetall(keys.job(job_id))}, result {r.get('celery-task-meta-' + job_id)!r:.80}"
+        except Exception as exc:  # noqa: BLE001 - Redis away again
+            return repr(exc)
 
     # --- a stock Celery client ---------------------------------------------------------------
     def _send_task(self, entry: Entry) -> None:
