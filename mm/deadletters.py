@@ -37,7 +37,7 @@ def retry(job_id: str) -> Job:
             images=request.get("images", []), metadata=request.get("metadata", {}), **fields,
         )
         AsyncResult(job_id, app=app).forget()
-        r.delete(keys.deliveries(job_id))
+        r.hdel(keys.job(job_id), keys.DELIVERIES_FIELD)
         r.lrem(keys.DEAD_LETTERS, 1, raw)  # type: ignore[arg-type]  # redis-py types the value as str; it is bytes
         return _enqueue(job_request, job_id=job_id)
     raise KeyError(f"no dead-lettered job {job_id}")

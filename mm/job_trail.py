@@ -92,5 +92,5 @@ def read(r: redis.Redis, job_id: str, now: float) -> list[Step] | None:
     end = float(record.get("completed_at") or now) + MARGIN_S
     raw = replies.entries(r.xrange(keys.EVENTS, f"{int(start * 1000)}", f"{int(end * 1000)}"))
     events = [json.loads(data[b"event"]) for _id, data in raw]
-    deliveries = int(r.get(keys.deliveries(job_id)) or 1)
+    deliveries = int(record.get(keys.DELIVERIES_FIELD) or 1)
     return trail(record, events, deliveries)

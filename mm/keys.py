@@ -127,8 +127,8 @@ def cancel(job_id: str) -> str:
 DEADLINES = "mm:deadlines"
 
 
-def deliveries(job_id: str) -> str:
-    return f"mm:deliveries:{job_id}"
+# The field of a job's record (mm:job:<id>) that counts the times a worker started it.
+DELIVERIES_FIELD = "deliveries"
 
 
 # --- beat: periodic jobs, activity, metrics, quality metrics and alerts -----------------------

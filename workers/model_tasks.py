@@ -226,8 +226,7 @@ def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, setti
         me.job_started(job.model, job.id, pipe)
     pipe.get(keys.node_state(job.node))
     pipe.exists(keys.unloading(job.node, job.model))
-    pipe.incr(keys.deliveries(job.id))
-    pipe.expire(keys.deliveries(job.id), settings.result_expires_s)
+    pipe.hincrby(keys.job(job.id), keys.DELIVERIES_FIELD, 1)
     pipe.hget(keys.MODELS, job.model)
     pipe.get(cast("RedisBackend", app.backend).get_key_for_task(job.id))  # an earlier delivery's outcome
     pipe.hget(keys.job(job.id), "status")
@@ -235,7 +234,7 @@ def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, setti
     pipe.hset(keys.job(job.id), mapping={"status": "running", "started_at": started, "node": job.node,
                                          "worker": job.worker})
     pipe.expire(keys.job(job.id), settings.result_expires_s)
-    raw_state, unloading, deliveries, _, raw_entry, meta, status, _, _ = pipe.execute()[-9:]
+    raw_state, unloading, deliveries, raw_entry, meta, status, _, _ = pipe.execute()[-8:]
     resident = _resident_entry(raw_state, job.model)
     if meta and json.loads(meta).get("status") in states.READY_STATES:
         return _Started(started, resident or {}, deliveries, raw_entry, replies.text(status or b"complete"))
@@ -260,7 +259,7 @@ def _ended_already(r: redis.Redis, me: worker_state.WorkerState | None, job: _Jo
 def _requeue_not_resident(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job) -> NoReturn:
     """Undo the job's start and put it back on its queue: it never started, so it is no delivery."""
     undo = r.pipeline()
-    undo.decr(keys.deliveries(job.id))
+    undo.hincrby(keys.job(job.id), keys.DELIVERIES_FIELD, -1)
     undo.hset(keys.job(job.id), "status", "queued")
     if me is not None:
         me.job_ended(job.id, undo)

@@ -53,7 +53,7 @@ def test_a_rolling_restart_of_every_process_interrupts_no_job(tmp_path, redis_ur
             stop.set()
             submitter.join(10)
         results = [job.get(timeout=120) for job in jobs]
-        deliveries = [int(stack.r.get(keys.deliveries(job.id)) or 0) for job in jobs]
+        deliveries = [int(stack.r.hget(keys.job(job.id), keys.DELIVERIES_FIELD) or 0) for job in jobs]
         served = stack.runtime.served()
 
     assert [r["id"] for r in results] == [j.id for j in jobs]

@@ -70,7 +70,7 @@ def test_a_job_whose_worker_is_killed_mid_run_is_redelivered_and_completes(stack
     ledger("1. model-worker SIGKILLed mid-job", "redelivered at once, completes on another worker",
            submitted=1, completed=1, failed=0, duplicated=ran_twice(stack.r, 1), recover_s=time.monotonic() - killed_at)
     assert result["worker"] == stack.hostname("w2")
-    assert int(stack.r.get(keys.deliveries(job.id))) == 2
+    assert int(stack.r.hget(keys.job(job.id), keys.DELIVERIES_FIELD)) == 2
     events = [json.loads(e[b"event"]) for _id, e in stack.r.xrange(keys.EVENTS)]
     assert any(e["kind"] == "worker_lost" and e["requeued"] == 1 for e in events)
 
@@ -160,5 +160,5 @@ def test_a_finished_job_whose_ack_was_lost_is_acked_by_the_leader_and_never_runs
         "headers": {"id": job.id}, "body": ""}
     _strand(stack.r, SLOW["name"], delivered_ago_s=60, payload=json.dumps(sent).encode())
     wait_for(lambda: not stack.r.hexists("unacked", "lost-ack"), 30, what="the leader to ack the finished job")
-    assert int(stack.r.get(keys.deliveries(job.id))) == 1
+    assert int(stack.r.hget(keys.job(job.id), keys.DELIVERIES_FIELD)) == 1
     assert not any(stack.r.llen(keys.priority_list(SLOW["name"], p)) for p in keys.PRIORITY_STEPS)

@@ -123,7 +123,7 @@ def test_a_job_a_worker_takes_after_its_deadline_ends_expired_without_running(no
     with pytest.raises(JobExpired, match=r"deadline_s=1 \(waited 6\d\.\d s\)"):
         list(job.stream(timeout=5))
     assert "started_at" not in job.record() and runtime_calls(node) == calls
-    assert node.r.get(keys.deliveries(job_id)) is None  # never counted as a delivery: never started
+    assert node.r.hget(keys.job(job_id), keys.DELIVERIES_FIELD) is None  # never counted as a delivery: never started
     assert mm.submit(SLOW, "next", options={"num_predict": 2}).get(timeout=10)  # the slot is free
 
 
