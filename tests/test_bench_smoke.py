@@ -80,7 +80,9 @@ def test_overhead_measures_direct_celery_and_mm_round_trips(smoke_runs):
     output = finished(smoke_runs, "overhead")
 
     line = headline(output, "overhead")
-    assert re.search(rf"\(mm-direct\)/celery p50 -?{NUMBER}x", line), line
+    assert re.search(rf"mm's own part \(c-d\)/b p50 -?{NUMBER} \(target <= 0.2\)", line), line
+    assert re.search(rf"throughput @64 clients {NUMBER}x", line), line
+    assert re.search(rf"Redis commands per job {NUMBER} \(target <= 24\)", line), line
     assert re.search(rf"floor \(celery\+runtime-direct\)/celery -?{NUMBER}x", line), line
     for path in ("(a) direct runtime", "(b) bare celery", "(c) mm job", "(d) celery + runtime"):
         assert path in output
