@@ -297,6 +297,16 @@ def _publisher(r: redis.Redis, job_id: str, delivery: int) -> Callable[[dict[str
     return publish
 
 
+def _not_restarted(r: redis.Redis, job_id: str) -> None:
+    """Raise JobFailed if an earlier delivery of this streamed job sent chunks: its reader has them, and
+    would read the answer twice over if it started again (as a runtime call is not retried once a
+    chunk went out)."""
+    sent = int(_through_outage(lambda: r.xlen(keys.job_stream(job_id))))
+    if sent:
+        raise JobFailed(f"stream interrupted: an earlier run sent {sent} chunks before its worker or runtime "
+                        "was lost; a streamed answer is not started again, its reader would read it twice")
+
+
 def _run(r: redis.Redis, done: redis.client.Pipeline, job: _Job, started: _Started,
          settings: Settings) -> dict[str, Any]:
     """Return the runtime's answer; if it fails, write the job's failure (and tell a stream) and raise."""
@@ -304,6 +314,8 @@ def _run(r: redis.Redis, done: redis.client.Pipeline, job: _Job, started: _Start
     publish = _publisher(r, job.id, started.deliveries) if job.request.get("stream") else None
     watch = cancel_watch.watcher()
     try:
+        if publish is not None and started.deliveries > 1:
+            _not_restarted(r, job.id)
         return call_with_retries(
             _runtime(settings.runtime_url, settings.runtime_timeout_s), job.request,
             entry.load_options if entry else {}, settings, publish, watch.watch(job.id),
