@@ -38,8 +38,9 @@ from bench.chaos_checks import (
     Watch,
     classify_unended,
     count_runs,
-    fence_refusals,
+    fence_refusals_by_token,
     fence_violations,
+    late_unrefused,
     leader_terms,
     memory_failures,
     overlapping_terms,
@@ -137,6 +138,7 @@ def report(cluster: Cluster, ledger: Ledger, faults: list[Fault], watch: Watch, 
     runs = count_runs(r, entries, runtime_logs)
     broker_logs = [n.dir / "broker.log" for n in cluster.nodes]
     late, two_leader_seconds, min_gap = overlapping_terms(leader_terms(broker_logs))
+    refused = fence_refusals_by_token([p for n in cluster.nodes for p in n.dir.glob("*.log")])
     outcomes = Counter(e.outcome for e in entries)
     done = [e for e in entries if e.outcome == "complete" and e.ended_at]
     during = [e.ended_at - e.accepted_at for e in done if in_window(e, faults, window)]
@@ -158,8 +160,9 @@ def report(cluster: Cluster, ledger: Ledger, faults: list[Fault], watch: Watch, 
         "fault_log": [(round(f.at, 2), f.kind, f.target) for f in faults],
         "restarts": dict(cluster.restarts),
         "fence_violations": fence_violations(watch.ops), "fenced_ops_seen": len(watch.ops),
-        "fence_refusals": fence_refusals([p for n in cluster.nodes for p in n.dir.glob("*.log")]),
-        "late_leader_commands": late, "two_leader_seconds": two_leader_seconds, "min_term_gap_s": min_gap,
+        "fence_refusals": sum(refused.values()),
+        "late_leader_commands": sum(late.values()), "late_commands_unrefused": late_unrefused(late, refused),
+        "two_leader_seconds": two_leader_seconds, "min_term_gap_s": min_gap,
         "memory_load_failures": memory_failures(watch.events),
         "memory_job_failures": sum(1 for e in entries if e.outcome == "failed" and "memory" in e.reason.lower()),
         "events": dict(Counter(e.get("kind") for e in watch.events)),
@@ -172,7 +175,7 @@ def report(cluster: Cluster, ledger: Ledger, faults: list[Fault], watch: Watch, 
 def passed(rep: dict[str, Any]) -> list[str]:
     """What the soak requires that this run did not meet (empty: it passed)."""
     problems = []
-    for name in ("lost", "stuck", "duplicated", "late_leader_commands", "two_leader_seconds"):
+    for name in ("lost", "stuck", "duplicated", "late_commands_unrefused"):
         if rep[name]:
             problems.append(f"{name} {rep[name]}")
     if rep["fence_violations"]:
@@ -212,8 +215,9 @@ def print_report(rep: dict[str, Any]) -> None:
         ["load/unload commands seen with tokens", rep["fenced_ops_seen"]],
         ["commands run with an older token", len(rep["fence_violations"])],
         ["stale commands refused (FENCE refused)", rep["fence_refusals"]],
-        ["commands sent by a leader after a newer one's", rep["late_leader_commands"]],
-        ["seconds with two leaders sending", rep["two_leader_seconds"]],
+        ["commands sent by a former leader after a newer one's", rep["late_leader_commands"]],
+        ["  of them not refused by fencing", rep["late_commands_unrefused"]],
+        ["seconds in which two leaders sent commands", rep["two_leader_seconds"]],
         ["shortest gap between two leaders' terms s", rep["min_term_gap_s"]],
         ["loads refused for memory", len(rep["memory_load_failures"])],
         ["jobs failed for memory", rep["memory_job_failures"]],

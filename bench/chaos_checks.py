@@ -245,13 +245,18 @@ def leader_terms(logs: Iterable[Path]) -> dict[int, list[float]]:
     return terms
 
 
-def overlapping_terms(terms: dict[int, list[float]]) -> tuple[int, int, float]:
-    """(commands sent by a leader after a newer one had sent one, seconds in which two leaders sent
-    commands, the shortest gap between two terms' commands)."""
-    late = 0
+def overlapping_terms(terms: dict[int, list[float]]) -> tuple[dict[int, int], int, float]:
+    """(token -> commands its leader sent after a newer leader had sent one, seconds in which two
+    leaders sent commands, the shortest gap between two terms' commands).
+
+    A leader paused between its lease check and its send (SIGSTOP) sends that one command when it
+    resumes: fencing is what must refuse it (:func:`fence_refusals_by_token`)."""
+    late: dict[int, int] = {}
     newest_first = float("inf")
     for token in sorted(terms, reverse=True):
-        late += sum(1 for t in terms[token] if t > newest_first)
+        after = sum(1 for t in terms[token] if t > newest_first)
+        if after:
+            late[token] = after
         newest_first = min(newest_first, min(terms[token]))
     by_second: dict[int, set[int]] = {}
     for token, times in terms.items():
@@ -262,8 +267,21 @@ def overlapping_terms(terms: dict[int, list[float]]) -> tuple[int, int, float]:
     return late, sum(1 for s in by_second.values() if len(s) > 1), min(gaps) if gaps else float("nan")
 
 
-def fence_refusals(logs: Iterable[Path]) -> int:
-    return sum(p.read_text(errors="replace").count("FENCE refused") for p in logs)
+REFUSED = re.compile(r"FENCE refused .* with token (\d+)")
+
+
+def fence_refusals_by_token(logs: Iterable[Path]) -> dict[int, int]:
+    """Token -> commands carrying it that a node agent or model-worker refused (FENCE refused)."""
+    refused: dict[int, int] = {}
+    for path in logs:
+        for m in REFUSED.finditer(path.read_text(errors="replace")):
+            refused[int(m.group(1))] = refused.get(int(m.group(1)), 0) + 1
+    return refused
+
+
+def late_unrefused(late: dict[int, int], refused: dict[int, int]) -> int:
+    """Commands a former leader sent after a newer one's that no node or worker refused."""
+    return sum(max(0, n - refused.get(token, 0)) for token, n in late.items())
 
 
 def memory_failures(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
