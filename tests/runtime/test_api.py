@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,6 +146,29 @@ def test_a_client_hanging_up_frees_its_slot(rt: RuntimeProc) -> None:
     assert reply.eval_count == 2
     assert time.monotonic() - started < 1.5
     wait_for(lambda: "client=gone" in rt.output(), timeout=5, what="the hang-up in the log")
+
+
+def test_a_request_whose_client_left_while_it_waited_for_a_slot_is_never_run(rt: RuntimeProc) -> None:
+    # Given the one-slot model busy for a second, and a request waiting behind it whose client leaves
+    client(rt).generate("sim-slow:1b", "")
+    busy = threading.Thread(target=client(rt).generate, args=("sim-slow:1b", "busy"),
+                            kwargs={"options": {"num_predict": 10}})
+    busy.start()
+    wait_for(lambda: httpx.get(f"{rt.url}/mm/queue", timeout=5).json()["models"]["sim-slow:1b"]["running"] == 1,
+             timeout=10, what="the first request to hold the slot")
+    body = json.dumps({"model": "sim-slow:1b", "prompt": "left while waiting", "options": {"num_predict": 5}}).encode()
+    with socket.create_connection(("127.0.0.1", rt.port)) as sock:
+        sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_for(lambda: httpx.get(f"{rt.url}/mm/queue", timeout=5).json()["models"]["sim-slow:1b"]["waiting"] == 1,
+                 timeout=10, what="the second request to wait for the slot")
+
+    # When the slot frees, the request of the client that left is dropped, as Ollama drops it
+    busy.join(timeout=30)
+    digest = hashlib.sha1(body).hexdigest()[:12]
+    wait_for(lambda: f"request={digest}" in rt.output(), timeout=10, what="the dropped request's log line")
+    line = next(x for x in rt.output().splitlines() if f"request={digest}" in x)
+    assert "client=gone" in line and "eval_count" not in line, line
+    assert rt.served()[digest] == 0
 
 
 # -- process ------------------------------------------------------------------------------------
