@@ -37,8 +37,10 @@ def test_a_taken_message_is_recorded_as_held_once_redis_is_back(redis_url, redis
         back = threading.Timer(1.5, redis_server.start)
         back.start()
         began = time.monotonic()
-        channel.qos.append(message, message.delivery_tag)  # kombu's own would raise here, and drop it
-        back.join()
+        try:
+            channel.qos.append(message, message.delivery_tag)  # kombu's own would raise here, and drop it
+        finally:
+            back.join()  # Redis is up again whatever happened, before the fixture restarts it
 
         assert time.monotonic() - began >= 1.0
         held = json.loads(restarted.hget("unacked", message.delivery_tag))
