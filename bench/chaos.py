@@ -45,6 +45,7 @@ from bench.chaos_checks import (
     memory_failures,
     overlapping_terms,
     settle,
+    unexplained,
 )
 from bench.chaos_cluster import SETTINGS, Cluster, PrivateRedis, RedisControl
 from bench.chaos_faults import KINDS, Chaos, Fault
@@ -156,6 +157,8 @@ def report(cluster: Cluster, ledger: Ledger, faults: list[Fault], watch: Watch, 
         "other_result_details": runs.details,
         "lost_details": {e.job_id: f"{e.via}: {e.reason[:160]}" for e in entries if e.outcome == "lost"},
         "runs_mapped": runs.mapped, "completed": outcomes.get("complete", 0), "extra_runs": runs.extra,
+        "runs_unmapped_unexplained": unexplained(runs.unmapped, [f.at for f in faults
+                                                                  if f.kind in ("kill_runtime", "drop_node")]),
         "faults": dict(Counter(f.kind for f in faults)), "faults_skipped": skipped,
         "fault_log": [(round(f.at, 2), f.kind, f.target) for f in faults],
         "restarts": dict(cluster.restarts),
@@ -212,6 +215,7 @@ def print_report(rep: dict[str, Any]) -> None:
     print()
     print(table(["check", "value"], [
         ["completed jobs found in the runtime logs", f"{rep['runs_mapped']}/{rep['completed']}"],
+        ["  others, not explained by a runtime killed as it answered", len(rep["runs_unmapped_unexplained"])],
         ["load/unload commands seen with tokens", rep["fenced_ops_seen"]],
         ["commands run with an older token", len(rep["fence_violations"])],
         ["stale commands refused (FENCE refused)", rep["fence_refusals"]],

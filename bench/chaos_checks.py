@@ -169,10 +169,19 @@ def digest(entry: Entry, num_ctx: int) -> str:
 @dataclass
 class Runs:
     mapped: int = 0  # completed jobs whose call was found in a runtime's log
+    unmapped: list[Entry] = field(default_factory=list)  # the others
     extra: int = 0  # calls beyond one per job (a call interrupted by a fault, then run again)
     after_complete: list[str] = field(default_factory=list)  # jobs called again after they had completed
     other_results: list[str] = field(default_factory=list)  # jobs whose stored result differs from the client's
     details: dict[str, str] = field(default_factory=dict)  # job id -> what differs
+
+
+def unexplained(unmapped: list[Entry], runtime_kills: list[float], before_s: float = 1.0,
+                after_s: float = 10.0) -> list[str]:
+    """The completed jobs whose runtime call is not in a runtime's log, except those a runtime killed
+    just as it answered explains (it sends its answer before it logs it)."""
+    return [e.job_id for e in unmapped
+            if not any(k - before_s <= (e.ended_at or e.accepted_at) <= k + after_s for k in runtime_kills)]
 
 
 def completed_at(r: redis.Redis, entry: Entry) -> float:
@@ -203,6 +212,8 @@ def count_runs(r: redis.Redis, entries: list[Entry], logs: Iterable[Path]) -> Ru
         if entry.outcome != "complete":
             continue
         runs.mapped += bool(times)
+        if not times:
+            runs.unmapped.append(entry)
         done = completed_at(r, entry)
         if any(start > done for start, _end in times):
             runs.after_complete.append(entry.job_id)

@@ -35,7 +35,8 @@ def test_a_chaos_soak_loses_nothing_runs_nothing_twice_and_keeps_fencing(tmp_pat
     assert rep["lost"] == 0 and rep["stuck"] == 0 and rep["duplicated"] == 0
     assert rep["outcomes"].get("complete", 0) + rep["outcomes"].get("failed", 0) \
         + rep["outcomes"].get("cancelled", 0) == rep["accepted"]
-    assert rep["runs_mapped"] == rep["completed"]  # each completed job's runtime call was found and counted
+    # Each completed job's runtime call was found and counted (a runtime killed as it answered logs none).
+    assert not rep["runs_unmapped_unexplained"]
     assert not rep["fence_violations"] and not rep["memory_load_failures"] and not rep["memory_job_failures"]
     assert rep["late_commands_unrefused"] == 0  # a former leader's late command is refused by fencing
     if MINUTES >= 3:
