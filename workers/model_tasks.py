@@ -151,7 +151,7 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
     settings = get_settings()
     r = store.connect()
     if intake.is_plain(self):
-        request, submitted_at = intake.admit(self, request, r, settings)
+        request, submitted_at = _through_outage(lambda: intake.admit(self, request, r, settings))
     elif submitted_at is None:  # mm's header without its kwarg: the header holds the same submit time
         submitted_at = float(self.request.get("mm_submitted"))
     cancelled = _through_outage(lambda: cancel.requested(r, cast(str, self.request.id), request))
