@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-drop", action="store_true", help="never drop a node")
     parser.add_argument("--json", type=Path, default=None, help="write the figures there")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the logs and Redis's data go (default: a new /tmp/mm-chaos-* directory)")
     args = parser.parse_args(argv)
     unknown = set(args.kinds.split(",")) - {*KINDS, ""}
     if unknown:
@@ -264,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     low, _, high = args.every.partition("-")
-    workdir = Path(tempfile.mkdtemp(prefix="mm-chaos-"))
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=False)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mm-chaos-"))
     redis_server = PrivateRedis(workdir / "redis", args.appendfsync)
     os.environ["MM_REDIS_URL"] = redis_server.url  # before anything imports mm
     os.environ["MM_USE_NVML"] = "0"
