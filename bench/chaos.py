@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{rep['lost']}, stuck {rep['stuck']}, duplicated {rep['duplicated']}: "
           + ("PASS" if not problems else "FAIL (" + "; ".join(problems) + ")"))
     print(f"logs in {workdir}" if args.keep_logs or problems else "", file=sys.stderr)
-    if not args.keep_logs and not problems:
+    if not args.keep_logs and not problems and args.workdir is None:  # a directory it was given stays
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
