@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 from celery.states import READY_STATES
 
-from mm import deadlines, events, keys, redelivery, replies
+from mm import deadlines, events, keys, lost_jobs, redelivery, replies
 from mm.app import LOAD_TASK, UNLOAD_TASK
 from mm.errors import JobFailed
 from mm.lease import Lease
@@ -38,6 +38,8 @@ BIND_SETTLE_S = 3.0  # how long a (un)bind is assumed done before the worker's o
 MIN_TICK_GAP_S = 0.05  # at most 20 ticks a second, however fast jobs arrive
 MAX_LOAD_FAILURES = 3  # consecutive failed loads of a model before its queued jobs fail
 STRANDED_CHECK_S = 1.0  # how often held messages are checked for a live worker
+LOST_CHECK_SLACK_S = 5.0  # Redis start times computed from its uptime agree within this
+LOST_LOOK_S = 60.0  # how long after a Redis restart (and its grace) a leader still looks for lost jobs
 DEADLINE_SWEEP_S = 0.5  # how often queued jobs past their deadline are looked for
 
 
@@ -54,6 +56,7 @@ class Leader:
         self.load_failures: dict[str, tuple[int, float, str]] = {}  # model -> (failures, retry after, error)
         self.ticks = 0
         self.stranded_checked_at = 0.0
+        self.lost_checked_for = 0.0  # the Redis start whose lost jobs were looked for (mm.lost_jobs)
         self.deadlines_swept_at = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -161,8 +164,11 @@ class Leader:
         if time.monotonic() - self.stranded_checked_at < STRANDED_CHECK_S:
             return
         self.stranded_checked_at = time.monotonic()
-        if self._redis_up_s() < self.settings.orphan_grace_s:
+        up_s = self._redis_up_s()
+        if up_s < self.settings.orphan_grace_s:
             return  # a worker cut off by the restart may not have counted the jobs it took yet
+        if up_s < self.settings.orphan_grace_s + LOST_LOOK_S:  # only just after a Redis restart
+            self._fail_lost(time.time() - up_s)
         pipe = self.r.pipeline(transaction=False)
         for hostname in live_workers:
             pipe.smembers(keys.worker_inflight(hostname))
@@ -173,6 +179,16 @@ class Leader:
             log.warning("requeued %d jobs delivered over %.0fs ago that no live worker runs: %s",
                         len(restored), self.settings.orphan_grace_s, restored)
             events.emit(self.r, "jobs_stranded", jobs=len(restored))
+
+    def _fail_lost(self, redis_started_at: float) -> None:
+        """Once per Redis start: end failed the jobs whose messages the broker lost in it (mm.lost_jobs).
+
+        Looked for only in the minute after the restart's grace, so a leader elected at any other
+        time reads no job records."""
+        if abs(redis_started_at - self.lost_checked_for) < LOST_CHECK_SLACK_S:
+            return
+        self.lost_checked_for = redis_started_at
+        lost_jobs.fail_lost(self.r, redis_started_at)
 
     def _sweep_deadlines(self) -> None:
         """End ``expired`` the queued jobs past their deadline (mm.deadlines), before the snapshot

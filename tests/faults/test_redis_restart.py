@@ -7,8 +7,8 @@ import time
 import pytest
 
 import mm
-from mm import keys
-from mm.errors import JobLost
+from mm import cancel, keys
+from mm.errors import JobFailed, JobLost
 from tests.faults.conftest import ran_twice
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
@@ -65,3 +65,25 @@ def test_without_persistence_lost_jobs_are_reported_not_left_pending(stack, redi
     assert mm.generate(MODEL["name"], "after the loss", options=OPTS, timeout=60)["response"]
     ledger("5. Redis restarted without persistence", "each lost job raises JobLost (none left pending); "
            "new jobs run", submitted=6, completed=1, failed=5, recover_s=time.monotonic() - restarted_at)
+
+
+def test_a_job_whose_message_the_broker_lost_in_a_restart_ends_failed_saying_so(stack, redis_server, ledger):
+    # Given two queued jobs, one whose message kombu's BRPOP took as Redis died (the pop saved, its
+    # answer lost with the connection): it is in no queue and no worker holds it
+    lost, kept = (mm.submit(MODEL["name"], f"{name} in the restart", options=OPTS) for name in ("lost", "kept"))
+    assert cancel.take_off(stack.r, cancel.model_lists([MODEL["name"]]), lambda job_id: job_id == lost.id) == [lost.id]
+
+    # When Redis restarts (AOF) and the leader looks once it has been up for MM_ORPHAN_GRACE_S
+    redis_server.restart(appendonly=True)
+    restarted_at = time.monotonic()
+
+    # Then the lost job ends failed with the reason instead of waiting forever, and the other runs
+    with pytest.raises(JobFailed, match="lost by the broker: Redis restarted as a worker took"):
+        lost.get(timeout=60)
+    recover_s = time.monotonic() - restarted_at
+    stack.start_worker("w1")
+    assert kept.get(timeout=90)["id"] == kept.id
+    assert lost.status() == "failed" and "jobs lost by the broker" in stack.procs["broker"].output()
+    ledger("4c. a job's message lost by kombu's BRPOP as Redis died (AOF)", "the job ends failed with the reason "
+           "once Redis has been up MM_ORPHAN_GRACE_S; the others run", submitted=2, completed=1, failed=1,
+           recover_s=recover_s)
