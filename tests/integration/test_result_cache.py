@@ -147,7 +147,6 @@ def test_a_streaming_request_streams_the_cached_answer_through_job_stream(r):
     first = mm.submit(MODEL, "stream me a story", options=OPTS, cache=True, stream=True)
     streamed = list(first.stream(timeout=60))
     wait_stored(r, 1)
-    calls = runtime_calls(r)
 
     again = mm.submit(MODEL, "stream me a story", options=OPTS, cache=True, stream=True)
     chunks = list(again.stream(timeout=10))
@@ -155,7 +154,10 @@ def test_a_streaming_request_streams_the_cached_answer_through_job_stream(r):
     text = "".join(c["response"] for c in chunks)
     assert text == "".join(c["response"] for c in streamed) == again.get(timeout=5)["response"]
     assert len(chunks) > 2 and chunks[-1]["done"] and chunks[-1]["eval_count"] == OPTS["num_predict"]
-    assert runtime_calls(r) == calls
+    # Answered at submit from the cache: never started by a worker (the module's runtime-call count
+    # can move meanwhile with an earlier test's closing writes).
+    record = again.record()
+    assert record.get("cached") == "1" and "worker" not in record, record
 
 
 def ollama_stream(url: str, body: dict, headers: dict) -> tuple[str, str]:
