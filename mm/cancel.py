@@ -59,6 +59,19 @@ def model_lists(models: Iterable[str]) -> list[str]:
     return [keys.priority_list(model, step) for model in models for step in keys.PRIORITY_STEPS]
 
 
+def waiting(r: redis.Redis, models: Iterable[str]) -> set[str]:
+    """Ids of the jobs whose messages wait on a queue of ``models`` or are held by a worker (kombu's
+    unacked hash), read a page at a time."""
+    found: set[str] = set()
+    for queue in model_lists(sorted(set(models))):
+        start = 0
+        while page := r.lrange(queue, start, start + PAGE - 1):
+            found |= {job_id for raw in page if (job_id := message_id(raw))}
+            start += PAGE
+    found |= {job_id for raw in r.hvals("unacked") if (job_id := message_id(raw, unacked=True))}
+    return found
+
+
 def job_lists(model: str, priority: str | None) -> list[str]:
     """The lists a job of ``model`` may be queued on, its own ``priority``'s first."""
     own = keys.priority_list(model, keys.PRIORITIES.get(priority or "", 0))

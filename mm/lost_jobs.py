@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
 
 import redis
 
@@ -50,26 +49,16 @@ def _queued_before(r: redis.Redis, restarted_at: float) -> dict[str, tuple[str, 
     return found
 
 
-def _present(r: redis.Redis, models: Iterable[str]) -> set[str]:
-    """Ids of the jobs whose messages wait in a queue of ``models`` or are held (kombu's unacked hash)."""
-    present: set[str] = set()
-    for name in cancel.model_lists(sorted(set(models))):
-        for start in range(0, r.llen(name), cancel.PAGE):
-            present |= {j for raw in r.lrange(name, start, start + cancel.PAGE - 1) if (j := cancel.message_id(raw))}
-    present |= {j for raw in r.hvals("unacked") if (j := cancel.message_id(raw, unacked=True))}
-    return present
-
-
 def lost(r: redis.Redis, restarted_at: float) -> dict[str, tuple[str, float]]:
     """job id -> (model, submit time) of the queued jobs submitted before ``restarted_at`` whose
     messages are gone."""
     queued = _queued_before(r, restarted_at)
     if not queued:
         return {}
-    gone = set(queued) - _present(r, (m for m, _p in queued.values()))
+    gone = set(queued) - cancel.waiting(r, (m for m, _p in queued.values()))
     if gone:  # a second look: messages between a worker's BRPOP and its unacked write, or being put back
         time.sleep(LOOK_AGAIN_S)
-        gone -= _present(r, (queued[j][0] for j in gone))
+        gone -= cancel.waiting(r, (queued[j][0] for j in gone))
         statuses = r.pipeline(transaction=False)
         for job_id in sorted(gone):
             statuses.hget(keys.job(job_id), "status")

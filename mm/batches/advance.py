@@ -20,7 +20,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -198,20 +197,7 @@ class Advancer:
 
     def _queued_ids(self, models: set[str], batch_id: str) -> set[str]:
         """Ids of the batch's jobs whose messages wait in a model queue or in kombu's unacked hash."""
-        found: set[str] = set()
-        for raw in self._messages(models):
-            job_id = cancel.message_id(raw)
-            if job_id and job_id.startswith(batch_id + "-"):
-                found.add(job_id)
-        for raw in self.r.hvals("unacked"):
-            job_id = cancel.message_id(raw, unacked=True)
-            if job_id and job_id.startswith(batch_id + "-"):
-                found.add(job_id)
-        return found
-
-    def _messages(self, models: set[str]) -> Iterator[bytes | str]:
-        for queue in cancel.model_lists(models):
-            yield from self.r.lrange(queue, 0, -1)
+        return {job_id for job_id in cancel.waiting(self.r, models) if job_id.startswith(batch_id + "-")}
 
     def all_ended(self, record: dict[str, str]) -> bool:
         """Whether every enqueued job of the batch has ended (looking job by job when counts stall)."""
