@@ -168,7 +168,8 @@ class Leader:
         if up_s < self.settings.orphan_grace_s:
             return  # a worker cut off by the restart may not have counted the jobs it took yet
         if up_s < self.settings.orphan_grace_s + LOST_LOOK_S:  # only just after a Redis restart
-            self._fail_lost(time.time() - up_s)
+            # Redis counts its uptime in whole seconds: it started up to one second after now - up_s.
+            self._fail_lost(time.time() - up_s + 1.0)
         pipe = self.r.pipeline(transaction=False)
         for hostname in live_workers:
             pipe.smembers(keys.worker_inflight(hostname))
