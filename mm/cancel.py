@@ -61,15 +61,19 @@ def model_lists(models: Iterable[str]) -> list[str]:
 
 def waiting(r: redis.Redis, models: Iterable[str]) -> set[str]:
     """Ids of the jobs whose messages wait on a queue of ``models`` or are held by a worker (kombu's
-    unacked hash), read a page at a time."""
-    found: set[str] = set()
+    unacked hash), read a page at a time. The held ones are read before the queues as well as after:
+    a message put back from held onto its queue while the queues are read is seen either way."""
+    found = _held(r)
     for queue in model_lists(sorted(set(models))):
         start = 0
         while page := r.lrange(queue, start, start + PAGE - 1):
             found |= {job_id for raw in page if (job_id := message_id(raw))}
             start += PAGE
-    found |= {job_id for raw in r.hvals("unacked") if (job_id := message_id(raw, unacked=True))}
-    return found
+    return found | _held(r)
+
+
+def _held(r: redis.Redis) -> set[str]:
+    return {job_id for raw in r.hvals("unacked") if (job_id := message_id(raw, unacked=True))}
 
 
 def job_lists(model: str, priority: str | None) -> list[str]:

@@ -32,6 +32,23 @@ REASON = ("lost by the broker: Redis restarted as a worker took the job's messag
           "so no worker has it; submit the job again")
 
 
+def redis_started_by(r: redis.Redis) -> float:
+    """The latest time Redis can have (re)started: it counts its uptime in whole seconds, so up to
+    one second after now - uptime; endless if this user may not read INFO (any job may predate it)."""
+    try:
+        return time.time() - float(r.info("server").get("uptime_in_seconds", 0)) + 1.0
+    except redis.ResponseError:
+        return float("inf")
+
+
+def submitted_before(r: redis.Redis, job_ids: list[str], at: float) -> list[str]:
+    """Those of ``job_ids`` whose records say they were submitted before ``at``."""
+    pipe = r.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(keys.job(job_id), "submitted_at")
+    return [j for j, t in zip(job_ids, pipe.execute() if job_ids else [], strict=True) if t and float(t) < at]
+
+
 def _queued_before(r: redis.Redis, restarted_at: float) -> dict[str, tuple[str, float]]:
     """job id -> (model, submit time) of the records that say ``queued``, submitted before
     ``restarted_at``, not a batch's."""

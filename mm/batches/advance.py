@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from mm import cancel, client, keys, registry, replies
+from mm import cancel, client, keys, lost_jobs, registry, replies
 from mm.app import app
 from mm.batches import records
 from mm.batches.files import FileStore
@@ -242,8 +242,12 @@ class Advancer:
 
         kombu's Redis transport takes a message off its list (BRPOP) and then, in a second command,
         records it as unacked: if Redis dies between the two, the message is gone and its job would
-        wait forever. Such a job never started, so sending it again runs it once."""
+        wait forever. Such a job never started, so sending it again runs it once. Only a job
+        submitted before Redis last started can have been lost so: any other one missing from both
+        looks is in a worker's hands between those two commands, and sending it again would run it
+        twice."""
         record = records.get(self.r, batch_id)
+        waiting = lost_jobs.submitted_before(self.r, waiting, lost_jobs.redis_started_by(self.r))
         if not waiting or record is None:
             return
         lines, errors = self.lines(record)
@@ -251,11 +255,12 @@ class Advancer:
             return
         by_id = {records.job_id(batch_id, line.index): line for line in lines}
         models = {by_id[j].request.model for j in waiting if j in by_id}
-        lost = [j for j in waiting if j in by_id and j not in self._queued_ids(models, batch_id)]
+        queued = self._queued_ids(models, batch_id)
+        lost = [j for j in waiting if j in by_id and j not in queued]
         if lost:  # a second look: a message between a worker's BRPOP and its unacked write shows up by then
             time.sleep(LOST_RECHECK_S)
-            lost = [j for j in lost if j not in self._queued_ids(models, batch_id)
-                    and self.r.hget(keys.job(j), "status") == b"queued"]
+            queued = self._queued_ids(models, batch_id)
+            lost = [j for j in lost if j not in queued and self.r.hget(keys.job(j), "status") == b"queued"]
         for job_id in lost:
             client.enqueue(by_id[job_id].request, job_id)
         if lost:

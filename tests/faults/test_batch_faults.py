@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from mm import cancel, keys
 from tests.gateway_proc import start_gateway
 from tests.procs import wait_for
 from tests.runtime_server import runs_twice, start_runtime
@@ -62,6 +63,17 @@ class Gateway:
     def batch(self, batch_id: str) -> dict:
         return httpx.get(f"{self.url}/v1/batches/{batch_id}", timeout=10).raise_for_status().json()
 
+    def create_batch(self) -> str:
+        file_id = httpx.post(f"{self.url}/v1/files", files={"file": ("f.jsonl", requests())},
+                             data={"purpose": "batch"}, timeout=30).raise_for_status().json()["id"]
+        return httpx.post(f"{self.url}/v1/batches", json={"input_file_id": file_id, "completion_window": "24h",
+                                                           "endpoint": "/v1/chat/completions"},
+                          timeout=30).raise_for_status().json()["id"]
+
+    def wait_ended(self, batch_id: str, timeout: float) -> dict:
+        return wait_for(lambda: (b := self.batch(batch_id))["status"] in ("completed", "failed") and b, timeout,
+                        what="the batch to end")
+
 
 def not_ended(r, batch_id: str) -> dict[str, object]:
     """The batch's jobs no worker counted as ended: each one's record and Celery state."""
@@ -85,11 +97,7 @@ def test_a_batch_survives_gateway_worker_leader_and_redis_restarts_answering_eac
         stack, redis_server, tmp_path, ledger):
     gw = Gateway(tmp_path, stack)
     try:
-        file_id = httpx.post(f"{gw.url}/v1/files", files={"file": ("f.jsonl", requests())},
-                             data={"purpose": "batch"}, timeout=30).raise_for_status().json()["id"]
-        batch_id = httpx.post(f"{gw.url}/v1/batches", json={"input_file_id": file_id, "completion_window": "24h",
-                                                            "endpoint": "/v1/chat/completions"},
-                              timeout=30).raise_for_status().json()["id"]
+        batch_id = gw.create_batch()
         began = time.monotonic()
         gw.kill_and_restart()  # while it validates or enqueues
 
@@ -104,8 +112,7 @@ def test_a_batch_survives_gateway_worker_leader_and_redis_restarts_answering_eac
         wait_for(lambda: ended(3 * LINES // 5), 120, what="three fifths of the batch")
         redis_server.restart(appendonly=True)
         try:
-            done = wait_for(lambda: (b := gw.batch(batch_id))["status"] in ("completed", "failed") and b, 180,
-                            what="the batch to complete")
+            done = gw.wait_ended(batch_id, 180)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; {gw.batch(batch_id)}; not ended: {not_ended(stack.r, batch_id)}") from None
 
@@ -123,5 +130,34 @@ def test_a_batch_survives_gateway_worker_leader_and_redis_restarts_answering_eac
         ledger("15. a batch under gateway, model-worker, gpu-broker and Redis (AOF) restarts",
                "every request answered once, none run twice", submitted=LINES, completed=len(ids),
                failed=done["request_counts"]["failed"], duplicated=twice, recover_s=time.monotonic() - began)
+    finally:
+        gw.proc.stop()
+
+
+def test_a_batch_job_whose_message_the_broker_lost_in_a_restart_is_sent_again_and_runs_once(
+        stack, redis_server, tmp_path):
+    # Given a batch enqueued whole while no model-worker runs, one of whose messages kombu's BRPOP
+    # took as Redis died (the pop saved, its answer lost with the connection)
+    for name in ("w1", "w2"):
+        stack.procs[name].stop()
+    gw = Gateway(tmp_path, stack)
+    try:
+        batch_id = gw.create_batch()
+        wait_for(lambda: int(stack.r.hget(keys.batch(batch_id), "enqueued") or 0) == LINES, 60,
+                 what="the whole batch to be enqueued")
+        lost = f"{batch_id}-7"
+        assert cancel.take_off(stack.r, cancel.model_lists([m["name"] for m in MODELS]), lost.__eq__) == [lost]
+
+        # When Redis restarts (AOF) and the workers come back
+        redis_server.restart(appendonly=True)
+        for name in ("w1", "w2"):
+            stack.start_worker(name, slots=2)
+
+        # Then the batch sends the lost job again once the others have ended, and every request runs once
+        done = gw.wait_ended(batch_id, 180)
+        assert done["request_counts"] == {"total": LINES, "completed": LINES, "failed": 0}, done
+        served = stack.runtime.served_spans()
+        assert len(served) == LINES and all(len(spans) == 1 for spans in served.values())
+        assert "jobs lost by the broker were sent again" in gw.proc.output()
     finally:
         gw.proc.stop()
