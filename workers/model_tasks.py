@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mm.worker")
 T = TypeVar("T")
 REDIS_OUTAGE_S = 60.0  # a Redis restart with AOF, or a Sentinel failover, is over well within this
+DUPLICATE_WAIT_S = 1.0  # a second delivery of a running job goes back to its queue after this
 
 
 @functools.lru_cache(maxsize=4)
@@ -109,6 +110,8 @@ def _release_unstored(sender: Task[Any, Any] | None = None, task_id: str | None 
     """
     if getattr(sender, "name", None) != INFER_TASK or worker_state.current is None or task_id is None:
         return  # task_id: Celery always sends it
+    if getattr(cast(Task, sender).request, "mm_duplicate", False):
+        return  # a second delivery, put back: the job counted in flight is another delivery's
     release = store.connect().pipeline(transaction=False)
     if not worker_state.current.job_ended(task_id, release):
         return  # after_return closed it: the usual case
@@ -132,13 +135,15 @@ class _Job:
 
 
 class _Started(NamedTuple):
-    """What the round trip that starts a job read, when its model is resident here."""
+    """What the round trip that starts a job read."""
 
     at: float
     resident: dict[str, Any]  # the model's entry in this node's state
+    runnable: bool  # the model is resident here and not being unloaded
     deliveries: int
     raw_entry: bytes | None  # the model's registry entry
-    ended: str | None = None  # the record's status, if Celery holds the job's outcome already
+    ended: str | None  # the record's status, if Celery holds the job's outcome already
+    before: dict[str, str]  # the record's status, worker, node and started_at before this start
 
 
 @app.task(name=INFER_TASK, bind=True, base=InferTask)
@@ -163,11 +168,16 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
     expired = deadlines.overdue(request, submitted_at, time.time())
     if expired:
         _expire(r, job, expired)
+    if me is not None and not me.claim(job.model, job.id):
+        _requeue_duplicate(self, job, me.hostname)
     started = _through_outage(lambda: _start(r, me, job, settings))
-    if started is None:
-        _requeue_not_resident(r, me, job)
     if started.ended is not None:
         _ended_already(r, me, job, started.ended)
+    if (runner := _running_elsewhere(r, job, started.before)) is not None:
+        _undo_start(r, me, job, started.before)
+        _requeue_duplicate(self, job, runner)
+    if not started.runnable:
+        _requeue_not_resident(r, me, job)
     done = r.pipeline(transaction=False)  # the job's outcome and bookkeeping, in one round trip
     if started.deliveries > settings.max_deliveries:
         _dead_letter(done, job, started.deliveries)
@@ -215,13 +225,13 @@ def _expire(r: redis.Redis, job: _Job, why: str) -> NoReturn:
     raise JobExpired(why)
 
 
-def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, settings: Settings) -> _Started | None:
-    """Count the job in flight, mark it running and read what running it needs; None if its model
-    is not resident here or is being unloaded."""
+def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, settings: Settings) -> _Started:
+    """Count the job in flight, mark it running and read what running it needs."""
     # One round trip counts the job in flight, then reads all it needs. An unload sets its marker,
     # then reads what runs: in that order on both sides, either this read sees the marker or the
-    # unload sees this job in flight and waits for it. (Order suffices; no MULTI needed.)
-    pipe = r.pipeline(transaction=False)
+    # unload sees this job in flight and waits for it. In one MULTI, so that of two deliveries of
+    # one job starting at once, the second reads the first's start (see _running_elsewhere).
+    pipe = r.pipeline(transaction=True)
     if me is not None:
         me.job_started(job.model, job.id, pipe)
     pipe.get(keys.node_state(job.node))
@@ -229,18 +239,53 @@ def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, setti
     pipe.hincrby(keys.job(job.id), keys.DELIVERIES_FIELD, 1)
     pipe.hget(keys.MODELS, job.model)
     pipe.get(cast("RedisBackend", app.backend).get_key_for_task(job.id))  # an earlier delivery's outcome
-    pipe.hget(keys.job(job.id), "status")
+    pipe.hmget(keys.job(job.id), *BEFORE_FIELDS)
     started = time.time()
     pipe.hset(keys.job(job.id), mapping={"status": "running", "started_at": started, "node": job.node,
                                          "worker": job.worker})
     pipe.expire(keys.job(job.id), settings.result_expires_s)
-    raw_state, unloading, deliveries, raw_entry, meta, status, _, _ = pipe.execute()[-8:]
+    raw_state, unloading, deliveries, raw_entry, meta, before, _, _ = pipe.execute()[-8:]
+    before = {f: replies.text(v) for f, v in zip(BEFORE_FIELDS, before, strict=True) if v is not None}
     resident = _resident_entry(raw_state, job.model)
+    ended = None
     if meta and json.loads(meta).get("status") in states.READY_STATES:
-        return _Started(started, resident or {}, deliveries, raw_entry, replies.text(status or b"complete"))
-    if resident is None or unloading:
+        ended = before.get("status", "complete")
+    return _Started(started, resident or {}, resident is not None and not unloading, deliveries, raw_entry, ended,
+                    before)
+
+
+BEFORE_FIELDS = ("status", "worker", "node", "started_at")
+
+
+def _running_elsewhere(r: redis.Redis, job: _Job, before: dict[str, str]) -> str | None:
+    """The worker that runs this job now, if another one does: its record said so before this start
+    and the job is in that worker's in-flight set (where it stays until its outcome is stored, or
+    the leader requeues it after the worker died). A second delivery comes from a client that sent
+    the same task id twice, or from a requeue that raced with the job's start."""
+    runner = before.get("worker")
+    if before.get("status") != "running" or not runner or runner == job.worker:
         return None
-    return _Started(started, resident, deliveries, raw_entry)
+    return runner if r.sismember(keys.worker_inflight(runner), job.id) else None
+
+
+def _undo_start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, before: dict[str, str]) -> None:
+    """Give the job's record back to the worker that runs it, and uncount this delivery."""
+    undo = r.pipeline(transaction=False)
+    undo.hincrby(keys.job(job.id), keys.DELIVERIES_FIELD, -1)
+    fields: dict[FieldT, EncodableT] = dict(before.items())
+    undo.hset(keys.job(job.id), mapping=fields)
+    if me is not None:
+        me.job_ended(job.id, undo)
+    _write(undo)
+
+
+def _requeue_duplicate(task: InferTask, job: _Job, runner: str) -> NoReturn:
+    """Put back, after a pause, a delivery of a job that ``runner`` runs now: it is acked once the
+    job's outcome is stored (_ended_already), or runs if the runner dies before that."""
+    task.request.mm_duplicate = True  # type: ignore[attr-defined]  # the job in flight here is not this delivery's
+    log.warning("job %s is running on %s; this second delivery goes back to the queue", job.id, runner)
+    time.sleep(DUPLICATE_WAIT_S)
+    raise Reject(f"job {job.id} is running on {runner}", requeue=True)
 
 
 def _ended_already(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, status: str) -> NoReturn:

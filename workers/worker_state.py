@@ -80,6 +80,14 @@ class WorkerState:
         except redis.RedisError as exc:  # Redis restarting: the next heartbeat publishes it
             log.warning("worker state publish failed (%s); the heartbeat publishes it", exc)
 
+    def claim(self, model: str, job_id: str) -> bool:
+        """Count the job in flight here, unless a delivery of it runs in this process already (False)."""
+        with self._lock:
+            if job_id in self.jobs:
+                return False
+            self.jobs[job_id] = model
+            return True
+
     def job_started(self, model: str, job_id: str, pipe: redis.client.Pipeline) -> None:
         """Count the job in flight and queue, into ``pipe``, this record and the job's id in the
         in-flight set (so it can be put back if this process dies); the caller executes ``pipe``."""
