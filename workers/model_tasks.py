@@ -269,14 +269,23 @@ def _running_elsewhere(r: redis.Redis, job: _Job, before: dict[str, str]) -> str
 
 
 def _undo_start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, before: dict[str, str]) -> None:
-    """Give the job's record back to the worker that runs it, and uncount this delivery."""
-    undo = r.pipeline(transaction=False)
-    undo.hincrby(keys.job(job.id), keys.DELIVERIES_FIELD, -1)
+    """Give the job's record back to the worker that runs it (unless that one has written it since,
+    e.g. its outcome), and uncount this delivery."""
+    key = keys.job(job.id)
     fields: dict[FieldT, EncodableT] = dict(before.items())
-    undo.hset(keys.job(job.id), mapping=fields)
+
+    def transaction(pipe: redis.client.Pipeline) -> None:
+        status, worker = pipe.hmget(key, "status", "worker")
+        pipe.multi()
+        pipe.hincrby(key, keys.DELIVERIES_FIELD, -1)
+        if status == b"running" and replies.text(worker or b"") == job.worker:
+            pipe.hset(key, mapping=fields)
+
+    _through_outage(lambda: replies.transacted(r, transaction, key))
     if me is not None:
-        me.job_ended(job.id, undo)
-    _write(undo)
+        release = r.pipeline(transaction=False)
+        me.job_ended(job.id, release)
+        _write(release)
 
 
 def _requeue_duplicate(task: InferTask, job: _Job, runner: str) -> NoReturn:
