@@ -172,7 +172,7 @@ def infer(self: InferTask, request: dict[str, Any], submitted_at: float | None =
         _requeue_duplicate(self, job, me.hostname)
     started = _through_outage(lambda: _start(r, me, job, settings))
     if started.ended is not None:
-        _ended_already(r, me, job, started.ended)
+        _ended_already(r, me, job, started.before | {"status": started.ended})
     if (runner := _running_elsewhere(r, job, started.before)) is not None:
         _undo_start(r, me, job, started.before)
         _requeue_duplicate(self, job, runner)
@@ -268,16 +268,19 @@ def _running_elsewhere(r: redis.Redis, job: _Job, before: dict[str, str]) -> str
     return runner if r.sismember(keys.worker_inflight(runner), job.id) else None
 
 
-def _undo_start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, before: dict[str, str]) -> None:
-    """Give the job's record back to the worker that runs it (unless that one has written it since,
-    e.g. its outcome), and uncount this delivery."""
+def _undo_start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, before: dict[str, str],
+                uncount: bool = True) -> None:
+    """Give the job's record back as it was ``before`` this start, unless someone wrote it since (the
+    worker that runs it, storing its outcome); release the job here and, if ``uncount``, uncount
+    this delivery."""
     key = keys.job(job.id)
     fields: dict[FieldT, EncodableT] = dict(before.items())
 
     def transaction(pipe: redis.client.Pipeline) -> None:
         status, worker = pipe.hmget(key, "status", "worker")
         pipe.multi()
-        pipe.hincrby(key, keys.DELIVERIES_FIELD, -1)
+        if uncount:
+            pipe.hincrby(key, keys.DELIVERIES_FIELD, -1)
         if status == b"running" and replies.text(worker or b"") == job.worker:
             pipe.hset(key, mapping=fields)
 
@@ -297,16 +300,12 @@ def _requeue_duplicate(task: InferTask, job: _Job, runner: str) -> NoReturn:
     raise Reject(f"job {job.id} is running on {runner}", requeue=True)
 
 
-def _ended_already(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, status: str) -> NoReturn:
+def _ended_already(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, before: dict[str, str]) -> NoReturn:
     """Ack, without running it again, a delivery of a job whose outcome Celery holds: its message came
-    back (the leader requeued it as held by no live worker while its worker was cut off from Redis,
-    then that worker ran it). The outcome stays; the record gets back its status."""
-    pipe = r.pipeline(transaction=False)
-    pipe.hset(keys.job(job.id), "status", status)
-    if me is not None:
-        me.job_ended(job.id, pipe)
-    _write(pipe)
-    log.warning("job %s ended already (%s): this delivery is acked without running it", job.id, status)
+    back (requeued while its worker was cut off from Redis, or a second delivery that waited for the
+    first). The outcome stays; the record gets back what it said before this start."""
+    _undo_start(r, me, job, before, uncount=False)
+    log.warning("job %s ended already (%s): this delivery is acked without running it", job.id, before["status"])
     raise Ignore(f"job {job.id} ended already")
 
 

@@ -65,5 +65,5 @@ def test_a_job_delivered_twice_at_once_runs_once_and_both_deliveries_end(tmp_pat
         wait_for(lambda: "this second delivery goes back to the queue" in logs(), 30, what="the second delivery met")
         wait_for(lambda: "ended already" in logs(), 30, what="the second delivery acked")
         wait_for(lambda: not stack.r.hlen("unacked"), 10, what="no message held")
-        assert stack.r.hget(keys.job("sent-twice"), "status") == b"complete"
+        wait_for(lambda: stack.r.hget(keys.job("sent-twice"), "status") == b"complete", 10, what="the record")
         assert out["response"] and list(stack.runtime.served().values()).count(1) == 2  # the warm-up and the job

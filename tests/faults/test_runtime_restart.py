@@ -38,7 +38,8 @@ def test_a_job_whose_runtime_restarted_waits_for_mm_to_load_its_model_again(tmp_
         # The fresh runtime loaded the model for mm's load command, never for the job's own call.
         assert "done_reason=load" in after, after
         assert [float(s) for s in CALL.findall(after)] == [0.0], after
-        assert stack.r.hget(keys.job(job.id), "status") == b"complete"
+        # The record's closing write follows the stored result.
+        wait_for(lambda: stack.r.hget(keys.job(job.id), "status") == b"complete", 10, what="the record")
     finally:
         stack.stop()
         runtime.stop()
