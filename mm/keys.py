@@ -31,6 +31,7 @@ MODELS = "mm:models"
 NODES = "mm:nodes"
 # Nodes whose state expired; when one publishes again the leader reconciles it.
 LOST_NODES = "mm:nodes:lost"
+WORKER_LOST_AT = "mm:workers:lost_at"  # when the leader last found a model-worker gone (epoch seconds)
 WORKERS = "mm:workers"
 ACTIVITY = "mm:activity"
 EVENTS = "mm:events"

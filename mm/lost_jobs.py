@@ -1,13 +1,14 @@
-"""Jobs whose message the broker lost in a Redis restart end failed, saying so, instead of waiting forever.
+"""Jobs whose message the broker lost end failed, saying so, instead of waiting forever.
 
 kombu's Redis transport takes a message off its list (BRPOP) and records it as held in a second
 command. If Redis is killed after it carried out and saved the BRPOP but before its answer reached
-the worker, the message is in no list and no worker has it: its job's record says ``queued`` for
-ever (RELIABILITY.md, the chaos soak). So after each Redis restart the leader looks once, when Redis
-has been up for ``MM_ORPHAN_GRACE_S`` (every worker cut off by the restart has counted what it took
-by then): a job whose record says ``queued``, submitted before the restart, whose message is in no
-queue of its model and not held, on two looks ``LOOK_AGAIN_S`` apart, ends ``failed`` with the
-reason, so that its client learns it and can submit it again. A batch's jobs are left to their
+the worker, or the worker is killed before it wrote the record, the message is in no list and no
+worker has it: its job's record says ``queued`` for ever (RELIABILITY.md, the chaos soak). So the
+leader looks once after each Redis restart, when Redis has been up for ``MM_ORPHAN_GRACE_S`` (every
+worker cut off by the restart has counted what it took by then), and once each time it finds a
+model-worker gone: a job whose record says ``queued``, submitted before the restart or the loss,
+whose message is in no queue of its model and not held, on two looks ``LOOK_AGAIN_S`` apart, ends
+``failed`` with the reason, so that its client learns it and can submit it again. A batch's jobs are left to their
 batch, which sends them again; a stock Celery client's job has no record until a worker takes it,
 so it cannot be told from one never sent.
 """
@@ -28,8 +29,8 @@ log = logging.getLogger("mm.leader")
 
 LOOK_AGAIN_S = 1.0  # a message between a worker's BRPOP and its unacked write shows up by then
 SCAN_COUNT = 1000
-REASON = ("lost by the broker: Redis restarted as a worker took the job's message off its queue, "
-          "so no worker has it; submit the job again")
+REASON = ("lost by the broker: a worker took the job's message off its queue as Redis or the worker "
+          "died, so no worker has it; submit the job again")
 
 
 def redis_started_by(r: redis.Redis) -> float:
@@ -39,6 +40,12 @@ def redis_started_by(r: redis.Redis) -> float:
         return time.time() - float(r.info("server").get("uptime_in_seconds", 0)) + 1.0
     except redis.ResponseError:
         return float("inf")
+
+
+def vanished_by(r: redis.Redis) -> float:
+    """The latest time a message can have vanished from the broker: when Redis last started or the
+    leader last found a model-worker gone (see the module docstring)."""
+    return max(redis_started_by(r), float(r.get(keys.WORKER_LOST_AT) or 0))
 
 
 def submitted_before(r: redis.Redis, job_ids: list[str], at: float) -> list[str]:
@@ -84,7 +91,8 @@ def lost(r: redis.Redis, restarted_at: float) -> dict[str, tuple[str, float]]:
 
 
 def fail_lost(r: redis.Redis, restarted_at: float) -> list[str]:
-    """End ``failed`` (with the reason) every job the broker lost in the restart at ``restarted_at``."""
+    """End ``failed`` (with the reason) every job the broker lost in the Redis restart, or with the
+    worker lost, at ``restarted_at``."""
     found = lost(r, restarted_at)
     for job_id, (model, submitted_at) in sorted(found.items()):
         now = time.time()
@@ -94,6 +102,6 @@ def fail_lost(r: redis.Redis, restarted_at: float) -> list[str]:
         pipe.execute()
         app.backend.mark_as_failure(job_id, JobFailed(REASON))  # after the record: a reader finds the reason
     if found:
-        log.error("%d jobs lost by the broker in a Redis restart ended failed: %s", len(found), sorted(found))
+        log.error("%d jobs lost by the broker ended failed: %s", len(found), sorted(found))
         events.emit(r, "jobs_lost", jobs=len(found))
     return sorted(found)

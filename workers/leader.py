@@ -216,6 +216,10 @@ class Leader:
                 events.emit(self.r, "worker_lost", worker=hostname, jobs=len(job_ids), requeued=len(restored))
             self.r.delete(keys.worker_inflight(hostname))
             self.r.srem(keys.WORKERS, hostname)
+        if gone:  # a message it took off its queue but had not recorded as held is gone with it
+            lost_at = time.time()
+            self.r.set(keys.WORKER_LOST_AT, lost_at)
+            lost_jobs.fail_lost(self.r, lost_at)
 
     def tick(self) -> list[Any]:
         """Read a snapshot, plan, and send the actions; return them (none unless leading)."""

@@ -242,12 +242,12 @@ class Advancer:
 
         kombu's Redis transport takes a message off its list (BRPOP) and then, in a second command,
         records it as unacked: if Redis dies between the two, the message is gone and its job would
-        wait forever. Such a job never started, so sending it again runs it once. Only a job
-        submitted before Redis last started can have been lost so: any other one missing from both
-        looks is in a worker's hands between those two commands, and sending it again would run it
-        twice."""
+        wait forever; so, if a worker dies between the two. Such a job never started, so sending it
+        again runs it once. Only a job submitted before Redis last started or a worker was last
+        lost can have been lost so: any other one missing from both looks is in a live worker's
+        hands between those two commands, and sending it again would run it twice."""
         record = records.get(self.r, batch_id)
-        waiting = lost_jobs.submitted_before(self.r, waiting, lost_jobs.redis_started_by(self.r))
+        waiting = lost_jobs.submitted_before(self.r, waiting, lost_jobs.vanished_by(self.r))
         if not waiting or record is None:
             return
         lines, errors = self.lines(record)

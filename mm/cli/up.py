@@ -37,9 +37,13 @@ DEMO_PROMPTS = [
 ]
 
 
-def _free_port() -> int:
+def _free_port(wanted: int = 0) -> int:
+    """``wanted`` if nothing here listens on it, else (or if 0) a port the system picks."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
@@ -162,6 +166,7 @@ def up(workers: int, slots: int | None, memory: int, flower: bool, flower_port: 
         env.update(MM_REDIS_URL=redis_url, MM_RUNTIME_URL=runtime_url, MM_NODE=settings.node,
                    MM_MEMORY_BUDGET=str(memory_budget), MM_WORKER_SLOTS=str(slots))
         node = settings.node
+        flower_port = _free_port(flower_port)  # another Flower (or mm up) may hold the default
         _start_celery(sup, node, workers, slots, flower, flower_port)
         r = store.connect(redis_url)
         _wait(lambda: registry.names(r), 60, "the gpu-broker to register models", sup)

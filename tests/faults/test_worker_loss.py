@@ -11,7 +11,7 @@ import time
 import pytest
 
 import mm
-from mm import keys
+from mm import cancel, keys
 from mm.errors import JobFailed
 from tests.faults.conftest import ran_twice
 from tests.procs import wait_for
@@ -162,3 +162,29 @@ def test_a_finished_job_whose_ack_was_lost_is_acked_by_the_leader_and_never_runs
     wait_for(lambda: not stack.r.hexists("unacked", "lost-ack"), 30, what="the leader to ack the finished job")
     assert int(stack.r.hget(keys.job(job.id), keys.DELIVERIES_FIELD)) == 1
     assert not any(stack.r.llen(keys.priority_list(SLOW["name"], p)) for p in keys.PRIORITY_STEPS)
+
+
+def test_a_job_whose_message_a_dying_worker_took_ends_failed_saying_so(stack, ledger):
+    # Given two queued jobs, one whose message a model-worker's BRPOP took just as the worker was
+    # SIGKILLed (before kombu recorded it as held): it is in no queue and no worker holds it
+    stack.wait_ready([SLOW["name"]], [])
+    lost, kept = (mm.submit(SLOW["name"], f"{name} with the worker", options=LONG_JOB) for name in ("lost", "kept"))
+    assert cancel.take_off(stack.r, cancel.model_lists([SLOW["name"]]), lost.id.__eq__) == [lost.id]
+
+    # When the model-worker running the other one is killed and the leader finds it gone
+    stack.start_worker("w1", slots=1)
+    wait_for(lambda: kept.status() == "running", 60, what="the kept job to start")
+    stack.procs["w1"].signal(signal.SIGKILL)
+    stack.procs["w1"].stop()
+    killed_at = time.monotonic()
+
+    # Then the lost job ends failed with the reason instead of waiting forever, and the other runs
+    with pytest.raises(JobFailed, match="lost by the broker: a worker took the job's message off its queue"):
+        lost.get(timeout=90)
+    recover_s = time.monotonic() - killed_at
+    assert "jobs lost by the broker ended failed" in stack.procs["broker"].output()
+    stack.start_worker("w2", slots=1)
+    assert kept.get(timeout=90)["id"] == kept.id
+    ledger("1d. a job's message taken by a worker's BRPOP as the worker was SIGKILLed", "the job ends failed "
+           "with the reason once the leader finds the worker gone; the others run", submitted=2, completed=1,
+           failed=1, recover_s=recover_s)

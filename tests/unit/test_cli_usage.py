@@ -1,11 +1,14 @@
-"""mm enqueue refuses arguments that name no job before it submits anything."""
+"""mm enqueue refuses arguments that name no job before it submits anything; mm up finds Flower a port."""
 
 from __future__ import annotations
+
+import socket
 
 import click
 import pytest
 
 from mm.cli.enqueue import _check_usage
+from mm.cli.up import _free_port
 
 KNOWN = ["sim-a:1b"]
 
@@ -23,3 +26,12 @@ def test_arguments_naming_no_job_are_a_usage_error(model, prompt, batch, random_
 
 def test_random_jobs_need_no_model_when_models_are_registered():
     _check_usage(None, None, False, 3, 0, KNOWN)
+
+
+def test_mm_up_starts_flower_on_its_port_or_on_a_free_one_when_that_is_taken():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        assert _free_port(taken) != taken  # another Flower or mm up holds it
+    assert _free_port(taken) == taken
