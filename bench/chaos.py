@@ -97,18 +97,20 @@ def soak(redis: RedisControl, workdir: Path, *, minutes: float, seed: int, rate:
 
 
 def drain(redis_url: str, load: Load, entries: list[Entry], deadline_s: float) -> float:
-    """Wait (up to ``deadline_s``) until every accepted job has an outcome; the seconds it took."""
+    """Wait (up to ``deadline_s``) until every client has finished and every accepted job has an
+    outcome; the seconds it took. (A client still waiting for the gateway's answer adds its job
+    once answered.)"""
     import redis
 
     began = time.monotonic()
     r = redis.Redis.from_url(redis_url, socket_timeout=10)
     while time.monotonic() - began < deadline_s:
-        load.wait(2.0)
+        clients_done = load.wait(2.0)
         try:
             settle(r, entries)
         except redis.RedisError:
             continue
-        if all(e.outcome for e in entries):
+        if clients_done and all(e.outcome for e in entries):
             break
     load.close()
     return time.monotonic() - began
