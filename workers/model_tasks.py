@@ -244,8 +244,8 @@ def _start(r: redis.Redis, me: worker_state.WorkerState | None, job: _Job, setti
     pipe.hset(keys.job(job.id), mapping={"status": "running", "started_at": started, "node": job.node,
                                          "worker": job.worker})
     pipe.expire(keys.job(job.id), settings.result_expires_s)
-    raw_state, unloading, deliveries, raw_entry, meta, before, _, _ = pipe.execute()[-8:]
-    before = {f: replies.text(v) for f, v in zip(BEFORE_FIELDS, before, strict=True) if v is not None}
+    raw_state, unloading, deliveries, raw_entry, meta, raw_before, _, _ = pipe.execute()[-8:]
+    before = {f: replies.text(v) for f, v in zip(BEFORE_FIELDS, raw_before, strict=True) if v is not None}
     resident = _resident_entry(raw_state, job.model)
     ended = None
     if meta and json.loads(meta).get("status") in states.READY_STATES:
