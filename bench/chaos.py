@@ -38,9 +38,10 @@ from bench.chaos_checks import (
     Watch,
     classify_unended,
     count_runs,
+    fence_accepts_by_token,
     fence_refusals_by_token,
     fence_violations,
-    late_unrefused,
+    late_obeyed,
     leader_terms,
     memory_failures,
     overlapping_terms,
@@ -140,8 +141,11 @@ def report(cluster: Cluster, ledger: Ledger, faults: list[Fault], watch: Watch, 
     runtime_logs = [p for n in cluster.nodes for p in n.runtime_logs()]
     runs = count_runs(r, entries, runtime_logs)
     broker_logs = [n.dir / "broker.log" for n in cluster.nodes]
-    late, two_leader_seconds, min_gap = overlapping_terms(leader_terms(broker_logs))
-    refused = fence_refusals_by_token([p for n in cluster.nodes for p in n.dir.glob("*.log")])
+    terms = leader_terms(broker_logs)
+    late, two_leader_seconds, min_gap = overlapping_terms(terms)
+    node_logs = [p for n in cluster.nodes for p in n.dir.glob("*.log")]
+    refused = fence_refusals_by_token(node_logs)
+    obeyed = late_obeyed(terms, fence_accepts_by_token(node_logs))
     outcomes = Counter(e.outcome for e in entries)
     done = [e for e in entries if e.outcome == "complete" and e.ended_at]
     during = [e.ended_at - e.accepted_at for e in done if in_window(e, faults, window)]
@@ -166,7 +170,9 @@ def report(cluster: Cluster, ledger: Ledger, faults: list[Fault], watch: Watch, 
         "restarts": dict(cluster.restarts),
         "fence_violations": fence_violations(watch.ops), "fenced_ops_seen": len(watch.ops),
         "fence_refusals": sum(refused.values()),
-        "late_leader_commands": sum(late.values()), "late_commands_unrefused": late_unrefused(late, refused),
+        "late_leader_commands": sum(late.values()), "late_commands_obeyed": sum(obeyed.values()),
+        "late_commands_never_arrived": max(0, sum(late.values()) - sum(refused.get(t, 0) for t in late)
+                                           - sum(obeyed.values())),
         "two_leader_seconds": two_leader_seconds, "min_term_gap_s": min_gap,
         "memory_load_failures": memory_failures(watch.events),
         "memory_job_failures": sum(1 for e in entries if e.outcome == "failed" and "memory" in e.reason.lower()),
@@ -180,7 +186,7 @@ def report(cluster: Cluster, ledger: Ledger, faults: list[Fault], watch: Watch, 
 def passed(rep: dict[str, Any]) -> list[str]:
     """What the soak requires that this run did not meet (empty: it passed)."""
     problems = []
-    for name in ("lost", "stuck", "duplicated", "late_commands_unrefused"):
+    for name in ("lost", "stuck", "duplicated", "late_commands_obeyed"):
         if rep[name]:
             problems.append(f"{name} {rep[name]}")
     if rep["fence_violations"]:
@@ -222,7 +228,8 @@ def print_report(rep: dict[str, Any]) -> None:
         ["commands run with an older token", len(rep["fence_violations"])],
         ["stale commands refused (FENCE refused)", rep["fence_refusals"]],
         ["commands sent by a former leader after a newer one's", rep["late_leader_commands"]],
-        ["  of them not refused by fencing", rep["late_commands_unrefused"]],
+        ["  of them accepted after the newer leader's first (fencing broken)", rep["late_commands_obeyed"]],
+        ["  of them neither refused nor accepted (never arrived)", rep["late_commands_never_arrived"]],
         ["seconds in which two leaders sent commands", rep["two_leader_seconds"]],
         ["shortest gap between two leaders' terms s", rep["min_term_gap_s"]],
         ["loads refused for memory", len(rep["memory_load_failures"])],

@@ -279,6 +279,7 @@ def overlapping_terms(terms: dict[int, list[float]]) -> tuple[dict[int, int], in
 
 
 REFUSED = re.compile(r"FENCE refused .* with token (\d+)")
+ACCEPTED = re.compile(r"FENCE accepted .* with token (\d+)")
 
 
 def fence_refusals_by_token(logs: Iterable[Path]) -> dict[int, int]:
@@ -290,9 +291,29 @@ def fence_refusals_by_token(logs: Iterable[Path]) -> dict[int, int]:
     return refused
 
 
-def late_unrefused(late: dict[int, int], refused: dict[int, int]) -> int:
-    """Commands a former leader sent after a newer one's that no node or worker refused."""
-    return sum(max(0, n - refused.get(token, 0)) for token, n in late.items())
+def fence_accepts_by_token(logs: Iterable[Path]) -> dict[int, list[float]]:
+    """Token -> when a node agent or model-worker accepted a command carrying it (FENCE accepted)."""
+    accepted: dict[int, list[float]] = {}
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if (m := ACCEPTED.search(line)) is not None and (at := log_time(line)) is not None:
+                accepted.setdefault(int(m.group(1)), []).append(at)
+    return accepted
+
+
+def late_obeyed(terms: dict[int, list[float]], accepted: dict[int, list[float]]) -> dict[int, int]:
+    """Token -> commands carrying it that a node or worker accepted after a newer leader had sent one.
+
+    A newer leader's token was issued before it sent anything, and from then on every node refuses an
+    older one: an accept after that is fencing broken. A late command neither refused nor accepted
+    never arrived (a broadcast sent as Redis restarted)."""
+    obeyed = {}
+    for token in terms:
+        newer_first = min((min(times) for t, times in terms.items() if t > token), default=float("inf"))
+        n = sum(1 for at in accepted.get(token, []) if at > newer_first)
+        if n:
+            obeyed[token] = n
+    return obeyed
 
 
 def memory_failures(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -73,6 +73,12 @@ def idle_queue(hostname: str) -> str:
     return f"mm.idle.{hostname}"
 
 
+def bell(queue: str) -> str:
+    """A queue's bell list: mm's publishers push to it after each message, and an idle consumer waits
+    on it (mm.broker_transport), since the script that takes a message cannot block."""
+    return f"mm:bell:{queue}"
+
+
 def node_state(node: str) -> str:
     return f"mm:node:{node}"
 

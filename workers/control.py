@@ -30,6 +30,7 @@ def _check(token: int, what: str) -> tuple[worker_state.WorkerState | None, dict
     if newer:
         log.warning("FENCE refused %s on %s with token %s: token %s already seen", what, me.hostname, token, newer)
         return None, {"error": f"stale token {token} < {newer}"}
+    log.info("FENCE accepted %s on %s with token %s", what, me.hostname, token)
     return me, None
 
 

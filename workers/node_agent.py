@@ -162,6 +162,7 @@ class NodeAgent:
         if newer:
             log.warning("FENCE refused %s %s with token %s: token %s already seen", op, model, token, newer)
             raise StaleToken(f"{op} {model}: token {token} is older than {newer}")
+        log.info("FENCE accepted %s %s with token %s", op, model, token)
         started = time.time()
         self._set_op(model, {"op": op, "state": "running", "token": token, "at": started, "waited_s": waited_s})
         try:

@@ -38,7 +38,7 @@ def test_a_chaos_soak_loses_nothing_runs_nothing_twice_and_keeps_fencing(tmp_pat
     # Each completed job's runtime call was found and counted (a runtime killed as it answered logs none).
     assert not rep["runs_unmapped_unexplained"]
     assert not rep["fence_violations"] and not rep["memory_load_failures"] and not rep["memory_job_failures"]
-    assert rep["late_commands_unrefused"] == 0  # a former leader's late command is refused by fencing
+    assert rep["late_commands_obeyed"] == 0  # a former leader's late command is refused by fencing
     if MINUTES >= 3:
         assert set(rep["faults"]) == {*KINDS, "drop_node"}, rep["faults"]
     ledger(f"17. chaos soak, {MINUTES:g} min: {sum(rep['faults'].values())} faults of 8 kinds under a mixed load",

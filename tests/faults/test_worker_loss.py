@@ -9,11 +9,14 @@ import sys
 import time
 
 import pytest
+from celery import Celery
 
 import mm
 from mm import cancel, keys
+from mm.app import INFER_TASK
 from mm.errors import JobFailed
 from tests.faults.conftest import ran_twice
+from tests.faults.test_take_is_atomic import TAKE_AND_DIE
 from tests.procs import wait_for
 from tests.runtime_server import start_runtime
 from tests.stack import Stack
@@ -188,3 +191,29 @@ def test_a_job_whose_message_a_dying_worker_took_ends_failed_saying_so(stack, le
     ledger("1d. a job's message taken by a worker's BRPOP as the worker was SIGKILLed", "the job ends failed "
            "with the reason once the leader finds the worker gone; the others run", submitted=2, completed=1,
            failed=1, recover_s=recover_s)
+
+
+def test_a_stock_client_job_whose_taker_was_killed_as_it_took_the_message_runs(make_stack, redis_url, ledger):
+    # Given a stock Celery client's job (mm keeps no record of it until a worker starts it), taken off
+    # its queue by a consumer SIGKILLed before it read the message
+    stack = make_stack(orphan_grace_s=2)
+    stock = Celery("plain", broker=redis_url, backend=redis_url)
+    try:
+        job = stock.send_task(INFER_TASK, kwargs={"request": {"model": SLOW["name"], "prompt": "taken"}},
+                              queue=keys.model_queue(SLOW["name"]))
+        died = subprocess.run([sys.executable, "-c", TAKE_AND_DIE, redis_url, keys.model_queue(SLOW["name"])],
+                              capture_output=True, text=True, timeout=60)
+        assert died.returncode == -signal.SIGKILL, died.stderr
+        taken_at = time.monotonic()
+
+        # When a model-worker is up
+        stack.start_worker("w1", slots=1)
+
+        # Then the job runs: its message was held, not lost, and the leader put it back
+        assert job.get(timeout=90)["response"]
+        ledger("1e. a stock client's job taken off its queue by a worker SIGKILLed before it read it",
+               "the job runs once the leader puts the held message back", submitted=1, completed=1, failed=0,
+               recover_s=time.monotonic() - taken_at)
+        assert stack.r.hget(keys.job(job.id), keys.DELIVERIES_FIELD) == b"1"
+    finally:
+        stock.close()

@@ -5,7 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 
-from bench.chaos_checks import digest, fence_violations, late_unrefused, leader_terms, overlapping_terms, served
+from bench.chaos_checks import (
+    digest,
+    fence_accepts_by_token,
+    fence_violations,
+    late_obeyed,
+    leader_terms,
+    overlapping_terms,
+    served,
+)
 from bench.chaos_load import Entry
 
 
@@ -16,11 +24,25 @@ def test_a_node_running_a_command_with_an_older_token_than_before_is_a_fence_vio
     assert fence_violations({("n1", 1.0, 5, "load", "a"), ("n1", 2.0, 5, "load", "b")}) == []
 
 
-def test_a_former_leaders_command_after_a_newer_ones_counts_unless_fencing_refused_it():
-    late, two_seconds, gap = overlapping_terms({1: [10.0, 14.5], 2: [14.2, 20.0]})
+def test_a_former_leaders_command_after_a_newer_ones_is_late_and_broken_fencing_if_accepted():
+    terms = {1: [10.0, 14.5], 2: [14.2, 20.0]}
+    late, two_seconds, gap = overlapping_terms(terms)
     assert late == {1: 1} and two_seconds == 1 and round(gap, 1) == -0.3
-    assert late_unrefused(late, {}) == 1 and late_unrefused(late, {1: 1}) == 0
     assert overlapping_terms({1: [10.0, 11.0], 2: [13.5]})[:2] == ({}, 0)
+    # Accepted before the newer leader's first command: fine; after it: fencing broken.
+    assert late_obeyed(terms, {1: [10.1, 14.1], 2: [14.3]}) == {}
+    assert late_obeyed(terms, {1: [10.1, 14.6], 2: [14.3]}) == {1: 1}
+
+
+def test_fenced_accepts_are_read_from_node_and_worker_logs_by_token(tmp_path):
+    (tmp_path / "w1.log").write_text(
+        "2026-12-01 10:00:01,500 INFO [worker] mm.worker: FENCE accepted bind to a on w1@n1 with token 7\n"
+        "2026-12-01 10:00:02,000 WARNING [worker] mm.worker: FENCE refused bind to b on w1@n1 with token 6: "
+        "token 7 already seen\n")
+    (tmp_path / "broker.log").write_text(
+        "2026-12-01 10:00:02,250 INFO [node] mm.node: FENCE accepted load a with token 7 (node=n1)\n")
+    accepted = fence_accepts_by_token(sorted(tmp_path.glob("*.log")))
+    assert list(accepted) == [7] and [round(t - min(accepted[7]), 2) for t in sorted(accepted[7])] == [0.0, 0.75]
 
 
 def test_leader_terms_read_plan_lines_by_their_token_or_the_lease_they_follow(tmp_path):
