@@ -65,12 +65,13 @@ ALIASES = {"redis": "mm.broker_transport:Transport", "rediss": "mm.broker_transp
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's Redis QoS, except that recording a delivered message as unacked waits out a Redis restart.
+    """kombu's Redis QoS: a message :class:`_AtomicConsume` recorded as it took it is not written
+    again, and recording one taken by kombu's own two steps waits out a Redis restart.
 
-    kombu takes a message off its list (BRPOP) and records it as unacked in a second command. If
-    Redis dies between the two, the message is in neither place: only this worker has it, and kombu
-    drops it with the failed command, so its job waits forever. Retried until Redis is back (up to
-    HOLD_OUTAGE_S), the record is written and the job runs as any held one does.
+    kombu's own consume (``basic_get``, or with a ``global_keyprefix``) takes a message off its list
+    and records it as unacked in a second command. If Redis dies between the two, only this worker
+    has it, and kombu drops it with the failed command, so its job waits forever. Retried until
+    Redis is back (up to HOLD_OUTAGE_S), the record is written and the job runs as any held one does.
     """
 
     def append(self, message: Any, delivery_tag: str) -> None:
