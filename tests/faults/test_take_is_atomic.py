@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from queue import Empty
+from typing import Any
 
 import pytest
 import redis
@@ -45,6 +46,13 @@ def _publish(conn: Connection, job_id: str, count: int = 1) -> None:
                          declare=[Queue(QUEUE, exchange, QUEUE)])
 
 
+def _consume(conn: Connection, no_ack: bool, tag: str) -> tuple[Any, list[Any]]:
+    """A channel of ``conn`` consuming QUEUE, and the list its messages are delivered to."""
+    channel, got = conn.channel(), []
+    channel.basic_consume(QUEUE, no_ack=no_ack, callback=got.append, consumer_tag=tag)
+    return channel, got
+
+
 @pytest.fixture
 def r(redis_url):
     client = redis.Redis.from_url(redis_url)
@@ -72,9 +80,7 @@ def test_a_consumer_killed_once_its_take_was_done_leaves_the_message_held(redis_
 def test_a_delivered_message_is_held_until_acked_and_a_no_ack_one_is_not(redis_url, r):
     with Connection(redis_url, transport=Transport) as conn:
         _publish(conn, "acked")
-        channel = conn.channel()
-        got = []
-        channel.basic_consume(QUEUE, no_ack=False, callback=got.append, consumer_tag="acks")
+        channel, got = _consume(conn, no_ack=False, tag="acks")
         conn.drain_events(timeout=10)
         (message,) = got
         assert r.hexists("unacked", message.delivery_tag)
@@ -91,9 +97,7 @@ def test_a_delivered_message_is_held_until_acked_and_a_no_ack_one_is_not(redis_u
 def test_a_take_redis_refuses_for_memory_leaves_the_message_in_its_queue(redis_url, r):
     with Connection(redis_url, transport=Transport) as conn:
         _publish(conn, "kept")
-        channel = conn.channel()
-        got = []
-        channel.basic_consume(QUEUE, no_ack=False, callback=got.append, consumer_tag="full")
+        channel, got = _consume(conn, no_ack=False, tag="full")
         r.config_set("maxmemory", 1)  # every write that needs memory is refused (noeviction)
         channel.client.connection = channel.client.connection_pool.get_connection()  # as kombu's poller does
         channel._brpop_start()
@@ -114,9 +118,7 @@ def test_publishing_rings_the_queue_bell_which_keeps_a_bounded_number_of_rings(r
         assert r.llen(keys.bell(QUEUE)) == BELLS_KEPT and r.llen(QUEUE) == BELLS_KEPT + 11
 
         # An idle consumer, waiting on the bell, takes each message.
-        channel = conn.channel()
-        got = []
-        channel.basic_consume(QUEUE, no_ack=True, callback=got.append, consumer_tag="idle")
+        _channel, got = _consume(conn, no_ack=True, tag="idle")
         while len(got) < BELLS_KEPT + 11:
             conn.drain_events(timeout=10)
         assert r.llen(QUEUE) == 0
