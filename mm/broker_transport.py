@@ -37,9 +37,11 @@ BELLS_KEPT = 64  # rings beyond the number of idle consumers of a queue wake nob
 
 # KEYS: kombu's unacked hash and index, then the lists to take from, in the order to serve them.
 # ARGV: now (epoch seconds), then per list "1" if its consumer acks (record the message as held).
-# The message is read (LINDEX), recorded, then popped, so that a write Redis refuses (out of memory)
-# leaves it in its list. The stored value is what kombu's QoS.append writes: [payload, exchange, key].
+# One EXISTS answers an idle consumer's poll (Redis deletes an emptied list). The message is read
+# (LINDEX), recorded, then popped, so that a write Redis refuses (out of memory) leaves it in its
+# list. The stored value is what kombu's QoS.append writes: [payload, exchange, routing key].
 TAKE_SCRIPT = """
+if redis.call('EXISTS', unpack(KEYS, 3)) == 0 then return false end
 for i = 3, #KEYS do
   local item = redis.call('LINDEX', KEYS[i], -1)
   if item then
