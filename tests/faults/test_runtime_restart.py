@@ -37,7 +37,8 @@ def test_a_job_whose_runtime_restarted_waits_for_mm_to_load_its_model_again(tmp_
         after = runtime.output()[before:]
         # The fresh runtime loaded the model for mm's load command, never for the job's own call.
         assert "done_reason=load" in after, after
-        assert [float(s) for s in CALL.findall(after)] == [0.0], after
+        # One call for the job, and one load, mm's: its load= is time to a runner, 0.001 s on a busy machine.
+        assert len(CALL.findall(after)) == 1 and after.count("mm.runtime: load model=") == 1, after
         # The record's closing write follows the stored result.
         wait_for(lambda: stack.r.hget(keys.job(job.id), "status") == b"complete", 10, what="the record")
     finally:
