@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from mm import keys, registry, replies
+from mm.request_fields import LOAD_OPTIONS, RUNTIME_OPTIONS
 from mm.settings import Settings
-from mm.validation import LOAD_OPTIONS, RUNTIME_OPTIONS
 
 if TYPE_CHECKING:
     import redis

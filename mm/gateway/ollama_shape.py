@@ -12,7 +12,7 @@ from typing import Any
 
 from mm.gateway.base import ApiError
 from mm.keys import PRIORITIES
-from mm.validation import check_deadline
+from mm.request_fields import check_deadline
 
 NS = 1_000_000_000
 PRIORITY_HEADER = "X-MM-Priority"

@@ -14,8 +14,9 @@ from mm import quality
 from mm.gateway.base import BaseHandler, Gateway
 from mm.gateway.jobs import JOB_ID_RE
 from mm.keys import PRIORITIES
+from mm.request_fields import LOAD_OPTIONS, ROLES, RUNTIME_OPTIONS
 from mm.settings import Settings
-from mm.validation import KINDS, LOAD_OPTIONS, ROLES, RUNTIME_OPTIONS
+from mm.validation import KINDS
 
 JSON = "application/json"
 PRIORITY_NAMES = list(PRIORITIES)

@@ -8,8 +8,9 @@ from mm import deadlines
 from mm.errors import ValidationError
 from mm.gateway.base import ApiError
 from mm.gateway.ollama_shape import deadline_from
+from mm.request_fields import check_deadline
 from mm.settings import Settings
-from mm.validation import check_deadline, validate
+from mm.validation import validate
 
 KNOWN = frozenset({"m:1b"})
 
