@@ -165,6 +165,9 @@ class NodeAgent:
         log.info("FENCE accepted %s %s with token %s", op, model, token)
         started = time.time()
         self._set_op(model, {"op": op, "state": "running", "token": token, "at": started, "waited_s": waited_s})
+        # Published before the runtime is asked: if this process dies mid-load, the runtime finishes
+        # the load, and the next leader must see the node busy until a fresh agent reports it.
+        self.publish()
         try:
             result = body()
         except Exception as exc:
