@@ -84,13 +84,17 @@ def submit_job(model: str, kwargs: dict[str, Any], stream: bool, cache: bool | N
 
 
 def mm_waits(r: redis.Redis, job_id: str) -> tuple[float, float]:
-    """(queue wait, scheduler load waited for) of a started job, from its record and its node."""
-    record = {replies.text(k): replies.text(v) for k, v in r.hgetall(keys.job(job_id)).items()}
+    """(queue wait, scheduler load waited for) of a started job, from its record and its node; (0, 0)
+    while Redis is unreachable: the answer is whole, and its final line is not held back for them."""
+    try:
+        record = {replies.text(k): replies.text(v) for k, v in r.hgetall(keys.job(job_id)).items()}
+        raw = r.get(keys.node_state(record.get("node", ""))) if record.get("node") else None
+    except redis.ConnectionError:  # Redis restarting (the 60-minute chaos soak ended a stream so)
+        return 0.0, 0.0
     submitted = float(record.get("submitted_at") or 0)
     started = float(record.get("started_at") or 0)
     queue_wait = max(0.0, started - submitted) if submitted and started else 0.0
     load_s = 0.0
-    raw = r.get(keys.node_state(record.get("node", ""))) if record.get("node") else None
     if raw:
         resident: dict[str, Any] = next(
             (m for m in json.loads(raw).get("resident", []) if m.get("model") == record.get("model")), {})
