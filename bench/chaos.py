@@ -43,6 +43,7 @@ from bench.chaos_checks import (
     fence_violations,
     late_obeyed,
     leader_terms,
+    lease_starts,
     memory_failures,
     overlapping_terms,
     settle,
@@ -142,7 +143,8 @@ def report(cluster: Cluster, ledger: Ledger, faults: list[Fault], watch: Watch, 
     runs = count_runs(r, entries, runtime_logs)
     broker_logs = [n.dir / "broker.log" for n in cluster.nodes]
     terms = leader_terms(broker_logs)
-    late, two_leader_seconds, min_gap = overlapping_terms(terms)
+    starts = lease_starts(broker_logs)
+    late, two_leader_seconds, min_gap = overlapping_terms(terms, starts)
     node_logs = [p for n in cluster.nodes for p in n.dir.glob("*.log")]
     refused = fence_refusals_by_token(node_logs)
     obeyed = late_obeyed(terms, fence_accepts_by_token(node_logs))
@@ -227,7 +229,7 @@ def print_report(rep: dict[str, Any]) -> None:
         ["load/unload commands seen with tokens", rep["fenced_ops_seen"]],
         ["commands run with an older token", len(rep["fence_violations"])],
         ["stale commands refused (FENCE refused)", rep["fence_refusals"]],
-        ["commands sent by a former leader after a newer one's", rep["late_leader_commands"]],
+        ["commands sent by a former leader once a newer one held the lease", rep["late_leader_commands"]],
         ["  of them accepted after the newer leader's first (fencing broken)", rep["late_commands_obeyed"]],
         ["  of them neither refused nor accepted (never arrived)", rep["late_commands_never_arrived"]],
         ["seconds in which two leaders sent commands", rep["two_leader_seconds"]],

@@ -33,7 +33,7 @@ SERVED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*POST /api/(?:g
                     re.M)
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 ACQUIRED = re.compile(r"LEASE acquired by (\S+) with token (\d+)")
-PLAN = re.compile(r"PLAN (\w+) .*?(?:\(token (\d+)\))?$")
+PLAN_TOKEN = re.compile(r" PLAN .*?\(token (\d+)\)")
 
 
 def log_time(line: str) -> float | None:
@@ -239,36 +239,57 @@ def fence_violations(ops: set[tuple[str, float, int, str, str]]) -> list[str]:
 
 
 def leader_terms(logs: Iterable[Path]) -> dict[int, list[float]]:
-    """Token -> the times its leader sent a command (PLAN lines of every gpu-broker's log)."""
+    """Token -> the times its leader sent a command (PLAN lines of every gpu-broker's log): the
+    token the line carries, else the one its process last acquired (a PLAN after "standing down",
+    the rest of the tick in which its renewal failed, is still that term's: a late command)."""
     terms: dict[int, list[float]] = {}
     for path in logs:
         token = None
         for line in path.read_text(errors="replace").splitlines():
             if (m := ACQUIRED.search(line)) is not None:
                 token = int(m.group(2))
-            elif "standing down" in line:
-                token = None
             elif " PLAN " in line and (at := log_time(line)) is not None:
-                m = PLAN.search(line)
-                term = int(m.group(2)) if m and m.group(2) else token
+                m = PLAN_TOKEN.search(line)
+                term = int(m.group(1)) if m else token
                 if term is not None:
                     terms.setdefault(term, []).append(at)
     return terms
 
 
-def overlapping_terms(terms: dict[int, list[float]]) -> tuple[dict[int, int], int, float]:
-    """(token -> commands its leader sent after a newer leader had sent one, seconds in which two
+def lease_starts(logs: Iterable[Path]) -> dict[int, float]:
+    """Token -> when its leader acquired the lease (LEASE acquired lines of every gpu-broker's log)."""
+    starts: dict[int, float] = {}
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if (m := ACQUIRED.search(line)) is not None and (at := log_time(line)) is not None:
+                starts[int(m.group(2))] = min(at, starts.get(int(m.group(2)), at))
+    return starts
+
+
+def term_starts(terms: dict[int, list[float]], starts: dict[int, float]) -> dict[int, float]:
+    """Token -> when its term began: its lease acquired, or its first command if that came first."""
+    return {token: min(min(terms.get(token, [float("inf")])), starts.get(token, float("inf")))
+            for token in set(terms) | set(starts)}
+
+
+def _newer_start(began: dict[int, float], token: int) -> float:
+    return min((at for t, at in began.items() if t > token), default=float("inf"))
+
+
+def overlapping_terms(terms: dict[int, list[float]], starts: dict[int, float] | None = None,
+                      ) -> tuple[dict[int, int], int, float]:
+    """(token -> commands its leader sent once a newer leader held the lease, seconds in which two
     leaders sent commands, the shortest gap between two terms' commands).
 
-    A leader paused between its lease check and its send (SIGSTOP) sends that one command when it
-    resumes: fencing is what must refuse it (:func:`fence_refusals_by_token`)."""
+    A leader paused between its lease check and its send (SIGSTOP), or still finishing the tick in
+    which its renewal failed, sends those commands late: fencing is what must refuse them
+    (:func:`fence_refusals_by_token`). ``starts``: when each token's lease was acquired."""
+    began = term_starts(terms, starts or {})
     late: dict[int, int] = {}
-    newest_first = float("inf")
-    for token in sorted(terms, reverse=True):
-        after = sum(1 for t in terms[token] if t > newest_first)
+    for token, times in terms.items():
+        after = sum(1 for t in times if t > _newer_start(began, token))
         if after:
             late[token] = after
-        newest_first = min(newest_first, min(terms[token]))
     by_second: dict[int, set[int]] = {}
     for token, times in terms.items():
         for t in times:
@@ -301,16 +322,19 @@ def fence_accepts_by_token(logs: Iterable[Path]) -> dict[int, list[float]]:
     return accepted
 
 
-def late_obeyed(terms: dict[int, list[float]], accepted: dict[int, list[float]]) -> dict[int, int]:
-    """Token -> commands carrying it that a node or worker accepted after a newer leader had sent one.
+def late_obeyed(terms: dict[int, list[float]], accepted: dict[int, list[float]],
+                starts: dict[int, float] | None = None) -> dict[int, int]:
+    """Token -> commands carrying it that a node or worker accepted after a newer term began: its first
+    command, or its lease if ``starts`` is given.
 
-    A newer leader's token was issued before it sent anything, and from then on every node refuses an
-    older one: an accept after that is fencing broken. A late command neither refused nor accepted
-    never arrived (a broadcast sent as Redis restarted)."""
+    A newer leader's token is issued as it takes the lease, and from then on every node refuses an
+    older one: an accept after that is fencing broken. The soak measures from the newer leader's
+    first command, well after its lease: an accept logged a moment after the check that passed it
+    is not mistaken for one. A late command neither refused nor accepted never arrived."""
+    began = term_starts(terms, starts or {})
     obeyed = {}
     for token in terms:
-        newer_first = min((min(times) for t, times in terms.items() if t > token), default=float("inf"))
-        n = sum(1 for at in accepted.get(token, []) if at > newer_first)
+        n = sum(1 for at in accepted.get(token, []) if at > _newer_start(began, token))
         if n:
             obeyed[token] = n
     return obeyed

@@ -11,6 +11,7 @@ from bench.chaos_checks import (
     fence_violations,
     late_obeyed,
     leader_terms,
+    lease_starts,
     overlapping_terms,
     served,
 )
@@ -32,6 +33,10 @@ def test_a_former_leaders_command_after_a_newer_ones_is_late_and_broken_fencing_
     # Accepted before the newer leader's first command: fine; after it: fencing broken.
     assert late_obeyed(terms, {1: [10.1, 14.1], 2: [14.3]}) == {}
     assert late_obeyed(terms, {1: [10.1, 14.6], 2: [14.3]}) == {1: 1}
+    # A newer term begins when its lease is acquired, before its first command.
+    assert overlapping_terms({1: [10.0, 13.9], 2: [14.2]}, {2: 13.8})[0] == {1: 1}
+    assert late_obeyed({1: [10.0, 13.9], 2: [14.2]}, {1: [13.95]}, {2: 13.8}) == {1: 1}
+    assert late_obeyed({1: [10.0, 13.9], 2: [14.2]}, {1: [13.75]}, {2: 13.8}) == {}
 
 
 def test_fenced_accepts_are_read_from_node_and_worker_logs_by_token(tmp_path):
@@ -54,7 +59,9 @@ def test_leader_terms_read_plan_lines_by_their_token_or_the_lease_they_follow(tm
                    "standing down\n"
                    "2026-12-01 10:00:04,000 INFO [scheduler] mm.leader: PLAN bind w2@n1 to a (node=n1)\n")
     terms = leader_terms([log])
-    assert list(terms) == [7] and len(terms[7]) == 2 and terms[7][1] - terms[7][0] == 0.5
+    # The bind after standing down is the former term's, a late command for fencing to refuse.
+    assert list(terms) == [7] and [t - terms[7][0] for t in terms[7]] == [0.0, 0.5, 2.5]
+    assert list(lease_starts([log])) == [7] and terms[7][0] - lease_starts([log])[7] == 1.5
 
 
 def test_a_jobs_runtime_calls_are_found_by_the_digest_of_the_body_its_worker_sends(tmp_path):
