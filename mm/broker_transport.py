@@ -62,6 +62,7 @@ for i = 3, #KEYS do
 end
 return false
 """
+TAKE_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
 ALIASES = {"redis": "mm.broker_transport:Transport", "rediss": "mm.broker_transport:Transport",
            "sentinel": "mm.broker_transport:SentinelTransport"}
 
@@ -134,7 +135,7 @@ class _AtomicConsume:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.recorded_tags: set[str] = set()  # taken by the script, read by QoS.append
         self._no_ack_queues: set[str] = set()
-        self._take_sha: str | None = None  # the script's SHA once Redis has it
+        self._script_loaded = False  # Redis has the script: EVALSHA will do
         self._idle = False  # the last take found nothing: wait for a bell next
         self._sent = ""
         super().__init__(*args, **kwargs)
@@ -167,7 +168,7 @@ class _AtomicConsume:
             acks = ["0" if q in self._no_ack_queues else "1" for _key, q in lists]
             args = [2 + len(lists), self.unacked_key, self.unacked_index_key, *(k for k, _q in lists),
                     time.time(), *acks]
-            command = ["EVALSHA", self._take_sha, *args] if self._take_sha else ["EVAL", TAKE_SCRIPT, *args]
+            command = ["EVALSHA", TAKE_SHA, *args] if self._script_loaded else ["EVAL", TAKE_SCRIPT, *args]
         self._sent = command[0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
@@ -191,7 +192,7 @@ class _AtomicConsume:
             raise
         except redis.ResponseError as exc:
             if isinstance(exc, redis.exceptions.NoScriptError):  # Redis restarted: send the script again
-                self._take_sha = None
+                self._script_loaded = False
             elif isinstance(exc, redis.exceptions.OutOfMemoryError):  # nothing taken: wait a poll interval
                 self._idle = True
             else:
@@ -200,8 +201,7 @@ class _AtomicConsume:
         if sent == "BRPOP":  # rung, or the poll interval passed
             self._idle = False
             raise Empty()
-        if sent == "EVAL":
-            self._take_sha = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
+        self._script_loaded = True  # EVAL loads it, EVALSHA found it
         if not reply:
             self._idle = True
             raise Empty()
